@@ -1,0 +1,86 @@
+"""The Python API: ``LLM`` loads a model once and chats or completes with it.
+
+>>> from puyu import LLM
+>>> llm = LLM("smollm2-135m-instruct")
+>>> llm.chat([{"role": "user", "content": "What is the capital of France?"}], temperature=0)
+'The capital of France is Paris.'
+>>> llm.generate(["Once upon a time"], max_new_tokens=8)
+
+Sampling keywords are the fields of :class:`~puyu.generation.SamplingParams`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from puyu.errors import ConfigError
+from puyu.generation import Completion, SamplingParams, generate, stream
+from puyu.model import DEFAULT_MODEL, load_model, save_pretrained
+
+Messages = list[dict[str, Any]] | str
+
+
+def _messages(messages: Messages) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
+
+
+def _params(sampling: dict[str, Any]) -> SamplingParams:
+    try:
+        return SamplingParams(**sampling)
+    except TypeError:
+        known = ", ".join(SamplingParams.__dataclass_fields__)
+        raise ConfigError(f"unknown sampling option in {sorted(sampling)}; known: {known}") from None
+
+
+class LLM:
+    """A loaded model with its tokenizer and chat template.
+
+    Args:
+        model: a registered name (default ``smollm2-135m-instruct``), a Hugging Face folder or a .gguf file.
+        dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        chat_template: override the model's template (``chatml``, ``internlm2``, ``llama3`` or Jinja source).
+    """
+
+    def __init__(self, model: str | Path = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "auto", chat_template: str | None = None):
+        self.name = str(model)
+        self.model, self.tokenizer = load_model(model, dtype=dtype, device=device)
+        if chat_template:
+            self.tokenizer.set_chat_template(chat_template)
+
+    @property
+    def context_length(self) -> int:
+        return self.model.config.max_position_embeddings
+
+    def prompt_ids(self, messages: Messages, tools: list[dict] | None = None) -> list[int]:
+        """Token ids of a conversation ready for the assistant's reply."""
+        return self.tokenizer.render(_messages(messages), tools, add_generation_prompt=True).ids
+
+    def stream_chat(self, messages: Messages, tools: list[dict] | None = None, **sampling: Any) -> Iterator[str]:
+        """Yield the reply's text piece by piece."""
+        for delta in stream(self.model, self.tokenizer, [self.prompt_ids(messages, tools)], _params(sampling)):
+            if delta.text:
+                yield delta.text
+
+    def chat(self, messages: Messages, tools: list[dict] | None = None, **sampling: Any) -> str:
+        """The assistant's reply to a conversation (a string is one user message)."""
+        return self.complete_chat(messages, tools, **sampling).text
+
+    def complete_chat(self, messages: Messages, tools: list[dict] | None = None, **sampling: Any) -> Completion:
+        """Like :meth:`chat`, with token ids and the finish reason."""
+        return generate(self.model, self.tokenizer, [self.prompt_ids(messages, tools)], _params(sampling))[0]
+
+    def generate(self, prompts: str | list[str], **sampling: Any) -> list[str]:
+        """Continue raw text prompts (no chat template), as one batch."""
+        return [c.text for c in self.complete(prompts, **sampling)]
+
+    def complete(self, prompts: str | list[str], **sampling: Any) -> list[Completion]:
+        """Like :meth:`generate`, with token ids and finish reasons."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        ids = [self.tokenizer.encode(p) for p in prompts]
+        return generate(self.model, self.tokenizer, ids, _params(sampling))
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the model as a Hugging Face folder (config, safetensors, tokenizer, chat template)."""
+        return save_pretrained(self.model, self.tokenizer, folder)

@@ -1,0 +1,1 @@
+"""Chat front ends: the conversation session and the terminal chat."""

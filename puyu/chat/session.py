@@ -1,0 +1,68 @@
+"""A multi-turn conversation with a model, kept within its context window.
+
+:class:`ChatSession` holds the system prompt and the turns, renders them with
+the model's template, and when the prompt plus room for the reply no longer
+fits the context it drops the oldest turns (never the system prompt, never the
+newest user message) and reports how many it dropped.  The terminal chat and
+the web UI both drive it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from puyu.api import LLM
+from puyu.errors import ContextLengthError
+from puyu.generation import SamplingParams, stream
+
+
+@dataclass
+class ChatSession:
+    llm: LLM
+    params: SamplingParams = field(default_factory=SamplingParams)
+    system: str | None = None
+    turns: list[dict] = field(default_factory=list)  # user/assistant messages, oldest first
+    dropped: int = 0  # messages dropped by the last fit
+
+    def clear(self) -> None:
+        self.turns.clear()
+
+    def messages(self) -> list[dict]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.turns
+
+    def _fit(self) -> list[int]:
+        """Prompt ids of the conversation, dropping oldest turns until the reply has room."""
+        context = self.llm.context_length
+        room = min(self.params.max_new_tokens, context // 2)
+        self.dropped = 0
+        while True:
+            ids = self.llm.prompt_ids(self.messages())
+            if len(ids) + room <= context:
+                return ids
+            if len(self.turns) <= 1:
+                raise ContextLengthError(
+                    f"the message needs {len(ids)} tokens plus {room} for the reply, but the context window is "
+                    f"{context}; shorten the message or the system prompt"
+                )
+            # Drop the oldest user turn with the replies that followed it.
+            cut = next((i for i, t in enumerate(self.turns[1:], 1) if t["role"] == "user"), len(self.turns) - 1)
+            del self.turns[:cut]
+            self.dropped += cut
+
+    def send(self, text: str) -> Iterator[str]:
+        """Add a user message and stream the reply; the reply joins the history as it is produced,
+        so stopping the iterator early (Ctrl-C) keeps what was shown."""
+        self.turns.append({"role": "user", "content": text})
+        try:
+            prompt = self._fit()
+        except ContextLengthError:
+            self.turns.pop()
+            raise
+        reply = {"role": "assistant", "content": ""}
+        self.turns.append(reply)
+        for delta in stream(self.llm.model, self.llm.tokenizer, [prompt], self.params):
+            if delta.text:
+                reply["content"] += delta.text
+                yield delta.text

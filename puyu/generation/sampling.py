@@ -1,0 +1,141 @@
+"""Sampling parameters and next-token selection for a batch of sequences.
+
+Each sequence has its own :class:`SamplingParams` and :class:`SequenceState`
+(its token counts for penalties and its seeded RNG); :func:`sample_next` takes
+logits ``[B, vocab]`` and returns the chosen ids ``[B]``.  Order of operations
+(as in vLLM): repetition penalty (HF-style, over prompt and output), presence
+and frequency penalties (OpenAI-style, over the output), then greedy when
+``temperature == 0``, else temperature, top-k, top-p, min-p and a draw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from puyu.errors import ConfigError
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens and when to stop.
+
+    Attributes:
+        max_new_tokens: most tokens to generate (capped by the context window).
+        temperature: 0 is greedy; higher is more random.
+        top_p: keep the smallest set of tokens whose probability reaches ``top_p`` (1 = off).
+        top_k: keep the ``top_k`` most likely tokens (0 = off).
+        min_p: drop tokens less likely than ``min_p`` times the top token (0 = off).
+        repetition_penalty: >1 discourages tokens already in prompt or output (1 = off).
+        presence_penalty: subtracted once from tokens already generated (OpenAI, -2..2).
+        frequency_penalty: subtracted per occurrence in the output (OpenAI, -2..2).
+        seed: makes sampling reproducible per request.
+        stop: strings that end the reply (not included in it).
+        stop_token_ids: extra ids that end the reply (the template's are always used).
+        ignore_eos: keep going past stop tokens (benchmarks).
+        skip_special_tokens: leave special tokens out of the text.
+    """
+
+    max_new_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        checks = [
+            ("max_new_tokens", self.max_new_tokens >= 1, "must be at least 1"),
+            ("temperature", self.temperature >= 0, "must be >= 0 (0 is greedy)"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("top_k", self.top_k >= 0, "must be >= 0 (0 turns it off)"),
+            ("min_p", 0 <= self.min_p <= 1, "must be in [0, 1]"),
+            ("repetition_penalty", self.repetition_penalty > 0, "must be > 0 (1 turns it off)"),
+            ("presence_penalty", -2 <= self.presence_penalty <= 2, "must be in [-2, 2]"),
+            ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "must be in [-2, 2]"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"sampling: {name} {rule}, got {getattr(self, name)}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class SequenceState:
+    """Per-sequence sampling state: output token counts, prompt tokens, RNG."""
+
+    def __init__(self, params: SamplingParams, prompt: list[int], vocab_size: int, device: torch.device):
+        self.params = params
+        self.vocab_size = vocab_size
+        needs_counts = params.repetition_penalty != 1 or params.presence_penalty or params.frequency_penalty
+        self.counts = torch.zeros(vocab_size, dtype=torch.float32, device=device) if needs_counts else None
+        self.prompt_seen = None
+        if params.repetition_penalty != 1:
+            self.prompt_seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            self.prompt_seen[torch.tensor([t for t in prompt if t < vocab_size], dtype=torch.long, device=device)] = True
+        self.generator = None
+        if params.seed is not None:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(params.seed)
+
+    def record(self, token: int) -> None:
+        if self.counts is not None and token < self.vocab_size:
+            self.counts[token] += 1
+
+
+def _penalize(logits: torch.Tensor, state: SequenceState) -> torch.Tensor:
+    p = state.params
+    if state.counts is None:
+        return logits
+    if p.repetition_penalty != 1:
+        seen = state.prompt_seen | (state.counts > 0)
+        logits = torch.where(seen & (logits > 0), logits / p.repetition_penalty, torch.where(seen, logits * p.repetition_penalty, logits))
+    if p.presence_penalty or p.frequency_penalty:
+        logits = logits - p.presence_penalty * (state.counts > 0) - p.frequency_penalty * state.counts
+    return logits
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
+    """Mask (``-inf``) tokens outside top-k, the top-p nucleus, and below min-p; ``logits`` ``[V]``."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the tokens before it already reach top_p; the top token always stays.
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        logits = logits.masked_fill(torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted), float("-inf"))
+    if min_p > 0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < min_p * probs.max(), float("-inf"))
+    return logits
+
+
+def sample_next(logits: torch.Tensor, states: list[SequenceState]) -> list[int]:
+    """Choose one token per row of ``logits`` ``[B, vocab]`` for the sequences ``states``."""
+    logits = logits.float()
+    if all(s.params.greedy and s.counts is None for s in states):
+        return logits.argmax(-1).tolist()
+    chosen = []
+    for row, state in zip(logits, states):
+        row = _penalize(row[: state.vocab_size], state)
+        p = state.params
+        if p.greedy:
+            chosen.append(int(row.argmax()))
+            continue
+        row = filter_logits(row / p.temperature, p.top_k, p.top_p, p.min_p)
+        chosen.append(int(torch.multinomial(row.softmax(-1), 1, generator=state.generator)))
+    return chosen

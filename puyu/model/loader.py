@@ -1,0 +1,95 @@
+"""Load a model by name or path onto a device, converting GGUF files once.
+
+``load_model("smollm2-135m-instruct")`` -> ``(Transformer, Tokenizer)``.  A
+GGUF is dequantized on first use and stored as a Hugging Face folder under
+``$PUYU_HOME/models/<name>-<key>/`` (key: path, size and mtime of the file), so
+later loads are a safetensors memory map.  ``dtype``/``device`` ``"auto"``
+pick CUDA when present (bf16), else the CPU (bf16 where the CPU computes it
+natively, fp32 otherwise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from puyu.errors import ConfigError, ModelLoadError
+from puyu.home import home_subdir
+from puyu.model.gguf_io import read_gguf
+from puyu.model.hf_io import build_model, load_folder, save_pretrained
+from puyu.model.registry import resolve
+from puyu.model.transformer import Transformer
+from puyu.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def converted_folder(gguf_path: Path) -> Path:
+    """Cache folder of a GGUF file's conversion (it may not exist yet)."""
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return home_subdir("models") / f"{gguf_path.stem}-{key}"
+
+
+def convert_gguf(gguf_path: Path) -> Path:
+    """Dequantize a GGUF into a Hugging Face folder in the cache, once; return the folder."""
+    target = converted_folder(gguf_path)
+    if (target / "config.json").exists():
+        return target
+    log.info("converting %s once to %s", gguf_path, target)
+    config, state, meta = read_gguf(gguf_path)
+    tokenizer = Tokenizer.from_gguf_metadata(meta)
+    model = build_model(config, state, torch.float32, "cpu")
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    save_pretrained(model, tokenizer, partial)
+    partial.rename(target)  # config.json appears only when the folder is complete
+    return target
+
+
+def load_model(
+    name_or_path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto"
+) -> tuple[Transformer, Tokenizer]:
+    """Load a registered name, a Hugging Face folder or a GGUF file.
+
+    Raises:
+        ModelLoadError: missing/corrupt files, unsupported architecture, unknown name.
+        ConfigError: a bad dtype or device.
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    path = resolve(name_or_path)
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelLoadError(f"{path} is a file but not a .gguf; give a .gguf file or a Hugging Face model folder")
+        path = convert_gguf(path)
+    return load_folder(path, dt, dev)

@@ -1,0 +1,208 @@
+"""A Llama-family decoder in plain PyTorch: RMSNorm, RoPE, GQA attention, SwiGLU.
+
+Parameter names follow the Hugging Face Llama layout
+(``model.layers.N.self_attn.q_proj.weight`` ...), so Llama/Mistral/Qwen2
+checkpoints load with an identity key map, PEFT adapter keys line up, and only
+InternLM2 needs a real map (see :mod:`puyu.model.keymaps`).
+
+Contract of :meth:`Transformer.forward`::
+
+    logits = model(tokens [B, T], positions [B, T] | None, cache=KVCache | None,
+                   mask=[B, 1, T, S] bool | None, logits_to_keep=0)  # -> [B, T', vocab]
+
+Without a cache the attention is causal over ``tokens``; with a cache the new
+keys/values are appended and the cache supplies the mask (causal, plus its key
+padding for left-padded batches).  ``mask`` overrides both (e.g. block-diagonal
+masks for packed training samples).  ``logits_to_keep=n`` computes the LM head
+on the last ``n`` positions only (prefill for generation needs one).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from puyu.model.config import ModelConfig
+from puyu.model.rope import RotaryEmbedding, apply_rope
+
+
+class RMSNorm(nn.Module):
+    """``y = w * x / sqrt(mean(x^2) + eps)``, the statistic in fp32 (as Llama does)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class KVCache:
+    """Static key/value buffers for a batch whose rows advance together.
+
+    Buffers are ``[B, kv_heads, max_len, head_dim]`` per layer.  Ragged batches
+    are left-padded; ``key_padding`` ``[B, max_len]`` marks real tokens (True)
+    so padding is never attended to.  ``length`` counts the positions written.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype, device: torch.device | str):
+        shape = (batch_size, config.num_kv_heads, max_len, config.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.max_len = max_len
+        self.length = 0
+        self.key_padding: torch.Tensor | None = None
+
+    def set_padding(self, real: torch.Tensor) -> None:
+        """Mark real tokens of the rows to come: ``real`` ``[B, T]`` bool for the next write."""
+        if self.key_padding is None:
+            self.key_padding = torch.ones(real.shape[0], self.max_len, dtype=torch.bool, device=real.device)
+        self.key_padding[:, self.length : self.length + real.shape[1]] = real
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``k``/``v`` ``[B, kv_heads, T, D]`` after the cached ones; return all keys/values so far."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; writing up to {end}")
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def attention_mask(self, new: int, device: torch.device) -> torch.Tensor | None:
+        """Bool mask ``[B|1, 1, new, length+new]`` for the next ``new`` queries (None: attend to all)."""
+        total = self.length + new
+        if new == 1 and self.key_padding is None:
+            return None
+        q_pos = torch.arange(self.length, total, device=device)
+        allowed = torch.arange(total, device=device)[None, :] <= q_pos[:, None]
+        if self.key_padding is not None:
+            allowed = allowed[None] & self.key_padding[:, None, :total]
+            # A padding query sees no key; let it see all so SDPA gives no NaN (its output is unused).
+            allowed = allowed | ~allowed.any(-1, keepdim=True)
+        return allowed.reshape(-1, 1, new, total)
+
+    def advance(self, new: int) -> None:
+        self.length += new
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        h, kv, d = config.num_heads, config.num_kv_heads, config.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, h * d, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, kv * d, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, kv * d, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(h * d, config.hidden_size, bias=config.o_bias)
+
+    def forward(self, x, cos, sin, cache: KVCache | None, layer: int, mask: torch.Tensor | None) -> torch.Tensor:
+        b, t, _ = x.shape
+        c = self.config
+        q = self.q_proj(x).view(b, t, c.num_heads, c.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        if t == 1 and mask is None:
+            # Decode: the query heads of one key/value head attend to the same keys, so they
+            # can stand in for positions - no copy of the cached keys/values per group.
+            out = F.scaled_dot_product_attention(q.view(b, c.num_kv_heads, c.kv_groups, c.head_dim), k, v)
+            return self.o_proj(out.reshape(b, 1, c.num_heads * c.head_dim))
+        if c.kv_groups > 1:
+            # Explicit repeat: SDPA's enable_gqa takes the slow math path on CPU.
+            k = k.repeat_interleave(c.kv_groups, dim=1)
+            v = v.repeat_interleave(c.kv_groups, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and cache is None and t > 1)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, c.num_heads * c.head_dim))
+
+
+class MLP(nn.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, cache, layer, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class Transformer(nn.Module):
+    """The decoder with its LM head; see the module docstring for ``forward``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.rope = RotaryEmbedding(config)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the embedding with the LM head when the config says so (call after loading)."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An empty :class:`KVCache` in this model's dtype and device."""
+        return KVCache(self.config, batch_size, max_len, self.dtype, self.device)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+    ) -> torch.Tensor:
+        b, t = tokens.shape
+        if positions is None:
+            start = cache.length if cache is not None else 0
+            positions = torch.arange(start, start + t, device=tokens.device).expand(b, t)
+        if mask is None and cache is not None:
+            mask = cache.attention_mask(t, tokens.device)
+        h = self.model.embed_tokens(tokens)
+        cos, sin = self.rope(positions, h.dtype)
+        for i, layer in enumerate(self.model.layers):
+            h = layer(h, cos, sin, cache, i, mask)
+        if cache is not None:
+            cache.advance(t)
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        return self.lm_head(self.model.norm(h))

@@ -1,0 +1,215 @@
+"""The model's tokenizer, its chat template, and the one render function.
+
+:meth:`Tokenizer.render` turns a conversation (system/user/assistant/tool
+messages, optional tools) into token ids **and the assistant-only loss mask**.
+Training, serving, evaluation and agents all call it, so a model is served
+with exactly the template it was trained on.
+
+How the mask is found: the conversation is rendered once with the model's own
+Jinja template and tokenized in one piece (so ids equal what serving sees).
+Each assistant message's character span is the difference between the render
+of the messages before it (with the generation prompt) and the render that
+includes it, cut after its end-of-turn marker; a token is trained when its first
+character lies in such a span.  Templates that are not prefix-stable (they
+rewrite earlier turns when later ones arrive) raise :class:`TemplateError`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from puyu.errors import ModelLoadError, TemplateError
+from puyu.tokenizer.gguf_vocab import tokenizer_from_gguf
+from puyu.tokenizer.templates import ChatTemplate
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass
+class RenderedChat:
+    """A rendered conversation: ``ids[i]`` is trained when ``loss_mask[i] == 1``."""
+
+    text: str
+    ids: list[int]
+    loss_mask: list[int]
+
+
+def _token_str(value: Any) -> str | None:
+    return value.get("content") if isinstance(value, dict) else value
+
+
+class Tokenizer:
+    """A ``tokenizers`` tokenizer with the model's special tokens and chat template."""
+
+    def __init__(
+        self,
+        backend: HFTokenizer,
+        *,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        pad_token: str | None = None,
+        unk_token: str | None = None,
+        chat_template: str | None = None,
+        extra_stop_ids: list[int] | None = None,
+    ):
+        self.backend = backend
+        self.bos_token, self.eos_token, self.pad_token, self.unk_token = bos_token, eos_token, pad_token, unk_token
+        specials = {k: v for k, v in (("bos_token", bos_token), ("eos_token", eos_token), ("pad_token", pad_token), ("unk_token", unk_token)) if v}
+        self.template = ChatTemplate(chat_template, specials) if chat_template else None
+        self.extra_stop_ids = list(extra_stop_ids or [])
+
+    # ---- construction -------------------------------------------------------------
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "Tokenizer":
+        """Load ``tokenizer.json`` + ``tokenizer_config.json`` (+ ``chat_template.jinja``) from a model folder."""
+        folder = Path(folder)
+        path = folder / "tokenizer.json"
+        if not path.exists():
+            hint = " (it has only a SentencePiece tokenizer.model: save it once with transformers' AutoTokenizer to write tokenizer.json)" if (folder / "tokenizer.model").exists() else ""
+            raise ModelLoadError(f"{folder} has no tokenizer.json{hint}")
+        try:
+            backend = HFTokenizer.from_file(str(path))
+            config = json.loads((folder / "tokenizer_config.json").read_text()) if (folder / "tokenizer_config.json").exists() else {}
+        except Exception as exc:  # tokenizers raises plain Exception subclasses
+            raise ModelLoadError(f"cannot read the tokenizer in {folder}: {exc}") from None
+        template = config.get("chat_template")
+        if isinstance(template, list):  # named templates: take "default"
+            template = next((t["template"] for t in template if t.get("name") == "default"), template[0]["template"])
+        if (folder / "chat_template.jinja").exists():
+            template = (folder / "chat_template.jinja").read_text()
+        stops: list[int] = []
+        gen = folder / "generation_config.json"
+        if gen.exists():
+            eos = json.loads(gen.read_text()).get("eos_token_id")
+            stops = [eos] if isinstance(eos, int) else list(eos or [])
+        return cls(
+            backend,
+            bos_token=_token_str(config.get("bos_token")),
+            eos_token=_token_str(config.get("eos_token")),
+            pad_token=_token_str(config.get("pad_token")),
+            unk_token=_token_str(config.get("unk_token")),
+            chat_template=template,
+            extra_stop_ids=stops,
+        )
+
+    @classmethod
+    def from_gguf_metadata(cls, meta: dict) -> "Tokenizer":
+        """Build from GGUF ``tokenizer.*`` metadata (see :mod:`puyu.tokenizer.gguf_vocab`)."""
+        tokens = meta["tokenizer.ggml.tokens"]
+
+        def token(key: str) -> str | None:
+            i = meta.get(f"tokenizer.ggml.{key}_token_id")
+            return tokens[i] if i is not None and 0 <= i < len(tokens) else None
+
+        return cls(
+            tokenizer_from_gguf(meta),
+            bos_token=token("bos"),
+            eos_token=token("eos"),
+            pad_token=token("padding"),
+            unk_token=token("unknown"),
+            chat_template=meta.get("tokenizer.chat_template"),
+        )
+
+    def save(self, folder: str | Path) -> None:
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` (with the chat template) for ``transformers``."""
+        folder = Path(folder)
+        self.backend.save(str(folder / "tokenizer.json"))
+        config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
+        for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            if getattr(self, key):
+                config[key] = getattr(self, key)
+        if self.template:
+            config["chat_template"] = self.template.source
+        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
+
+    # ---- ids <-> text ---------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def token_id(self, token: str | None) -> int | None:
+        return self.backend.token_to_id(token) if token else None
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.token_id(self.eos_token)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.token_id(self.bos_token)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; ``add_special_tokens`` adds what the tokenizer adds by itself (e.g. BOS)."""
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Ids that end a reply: EOS, the template's end-of-turn token, and generation_config's EOS ids."""
+        ids = [self.eos_id, self.token_id(self.template.end_of_turn if self.template else None), *self.extra_stop_ids]
+        return list(dict.fromkeys(i for i in ids if i is not None))
+
+    # ---- conversations --------------------------------------------------------------
+    def _require_template(self) -> ChatTemplate:
+        if self.template is None:
+            raise TemplateError("this model has no chat template; pass one with --chat-template chatml|internlm2|llama3")
+        return self.template
+
+    def set_chat_template(self, name_or_source: str) -> None:
+        """Use a built-in template (``chatml``, ``internlm2``, ``llama3``) or the given Jinja source."""
+        specials = {k: v for k, v in (("bos_token", self.bos_token), ("eos_token", self.eos_token)) if v}
+        self.template = ChatTemplate.builtin(name_or_source, specials) if "{" not in name_or_source else ChatTemplate(name_or_source, specials)
+
+    def render_text(self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = False) -> str:
+        """The conversation as the template's text."""
+        _check_messages(messages)
+        return self._require_template().render(messages, tools, add_generation_prompt)
+
+    def render(self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = False) -> RenderedChat:
+        """Ids and assistant-only loss mask of a conversation (see the module docstring).
+
+        Args:
+            messages: OpenAI-style dicts: ``role`` in system/user/assistant/tool, ``content``,
+                optional ``tool_calls`` on assistant messages.
+            tools: OpenAI-style tool schemas shown to the model.
+            add_generation_prompt: end with the header that opens an assistant reply (for inference).
+        """
+        _check_messages(messages)
+        template = self._require_template().select(messages, tools)
+        text = template.render(messages, tools, add_generation_prompt)
+        spans = []
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before = template.render(messages[:i], tools, add_generation_prompt=True)
+            upto = template.render(messages[: i + 1], tools)
+            if not (upto.startswith(before) and text.startswith(upto)):
+                raise TemplateError(
+                    "the chat template is not prefix-stable (it rewrites earlier turns), so the assistant tokens "
+                    "cannot be located; use a built-in template (--chat-template chatml|internlm2|llama3)"
+                )
+            end = len(upto)
+            marker = template.end_of_turn
+            if marker and (cut := upto.rfind(marker, len(before))) >= 0:
+                end = cut + len(marker)
+            spans.append((len(before), end))
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        mask = [int(any(s <= start < e for s, e in spans)) for start, _ in encoding.offsets]
+        return RenderedChat(text=text, ids=encoding.ids, loss_mask=mask)
+
+
+def _check_messages(messages: list[dict]) -> None:
+    if not isinstance(messages, list):
+        raise TemplateError("messages must be a list of {'role': ..., 'content': ...} dicts")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise TemplateError(f"message {i} needs a role in {ROLES}, got {m!r:.80}")
+        if m.get("content") is None and not m.get("tool_calls"):
+            raise TemplateError(f"message {i} ({m['role']}) has no content")

@@ -136,7 +136,7 @@ class ModelConfig:
                 qkv_bias=arch == "qwen2" or bool(hf.get("attention_bias", False)) or bias,
                 o_bias=bool(hf.get("attention_bias", False)) or bias,
                 mlp_bias=bool(hf.get("mlp_bias", False)),
-                extra={k: hf[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id", "auto_map") if k in hf},
+                extra={k: hf[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in hf},
             )
         except KeyError as exc:
             raise ModelLoadError(f"config.json is missing the key {exc.args[0]!r}; is this a causal LM config?") from None
@@ -168,9 +168,7 @@ class ModelConfig:
                 raise ModelLoadError("the llama layout biases q, k, v and o together; save this model as qwen2")
             hf["attention_bias"] = self.qkv_bias
             hf["mlp_bias"] = self.mlp_bias
-        hf.update({k: v for k, v in self.extra.items() if k != "auto_map"})
-        if self.arch == "internlm2" and "auto_map" in self.extra:
-            hf["auto_map"] = self.extra["auto_map"]
+        hf.update(self.extra)
         return hf
 
     def to_dict(self) -> dict[str, Any]:

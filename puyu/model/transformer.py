@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from puyu.model.config import ModelConfig
 from puyu.model.rope import RotaryEmbedding, apply_rope
@@ -164,6 +165,7 @@ class Transformer(nn.Module):
         self.model = Backbone(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.rope = RotaryEmbedding(config)
+        self.gradient_checkpointing = False  # recompute each layer in backward (training memory)
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -200,7 +202,10 @@ class Transformer(nn.Module):
         h = self.model.embed_tokens(tokens)
         cos, sin = self.rope(positions, h.dtype)
         for i, layer in enumerate(self.model.layers):
-            h = layer(h, cos, sin, cache, i, mask)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                h = checkpoint(layer, h, cos, sin, cache, i, mask, use_reentrant=False)
+            else:
+                h = layer(h, cos, sin, cache, i, mask)
         if cache is not None:
             cache.advance(t)
         if logits_to_keep:

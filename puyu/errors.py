@@ -26,3 +26,11 @@ class TemplateError(PuyuError):
 
 class ContextLengthError(PuyuError):
     """A prompt that does not fit the model's context window."""
+
+
+class DatasetError(PuyuError):
+    """A training or evaluation dataset that cannot be read: the message names file, line and field."""
+
+
+class QueueFullError(PuyuError):
+    """The serving engine's waiting queue is full; retry later."""

@@ -22,7 +22,7 @@ class SamplingParams:
     """How to pick tokens and when to stop.
 
     Attributes:
-        max_new_tokens: most tokens to generate (capped by the context window).
+        max_new_tokens: most tokens to generate (capped by the context window; 0 only scores the prompt).
         temperature: 0 is greedy; higher is more random.
         top_p: keep the smallest set of tokens whose probability reaches ``top_p`` (1 = off).
         top_k: keep the ``top_k`` most likely tokens (0 = off).
@@ -55,7 +55,7 @@ class SamplingParams:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         checks = [
-            ("max_new_tokens", self.max_new_tokens >= 1, "must be at least 1"),
+            ("max_new_tokens", self.max_new_tokens >= 0, "must be >= 0 (0 only scores the prompt)"),
             ("temperature", self.temperature >= 0, "must be >= 0 (0 is greedy)"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
             ("top_k", self.top_k >= 0, "must be >= 0 (0 turns it off)"),

@@ -10,11 +10,12 @@ Contract of :meth:`Transformer.forward`::
     logits = model(tokens [B, T], positions [B, T] | None, cache=KVCache | None,
                    mask=[B, 1, T, S] bool | None, logits_to_keep=0)  # -> [B, T', vocab]
 
-Without a cache the attention is causal over ``tokens``; with a cache the new
-keys/values are appended and the cache supplies the mask (causal, plus its key
-padding for left-padded batches).  ``mask`` overrides both (e.g. block-diagonal
-masks for packed training samples).  ``logits_to_keep=n`` computes the LM head
-on the last ``n`` positions only (prefill for generation needs one).
+Without a cache the attention is causal over ``tokens``, or follows ``mask``
+(e.g. block-diagonal masks for packed training samples).  With a cache, the
+cache computes attention over its stored keys/values (see :class:`KVCache`
+for the protocol; the serving engine's paged cache implements it too).  ``logits_to_keep=n`` computes the LM head
+on the last ``n`` positions only (prefill for generation needs one); a tensor
+of indices computes it at those positions of ``T``.
 """
 
 from __future__ import annotations
@@ -42,12 +43,34 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """SDPA with grouped-query heads: ``q`` ``[B, H, T, D]``, ``k``/``v`` ``[B, KV, S, D]`` -> ``[B, H, T, D]``.
+
+    ``mask`` is bool ``[B|1, 1, T, S]`` (True = attend) or None (all keys, or causal when ``causal``).
+    """
+    b, h, t, d = q.shape
+    kv = k.shape[1]
+    if t == 1 and not causal and (mask is None or mask.shape[-2] == 1):
+        # One query per sequence: the query heads of a key/value head can stand in for positions,
+        # so the cached keys/values are not copied per group.
+        out = F.scaled_dot_product_attention(q.reshape(b, kv, h // kv, d), k, v, attn_mask=mask)
+        return out.reshape(b, h, 1, d)
+    if kv != h:
+        # Explicit repeat: SDPA's enable_gqa takes the slow math path on CPU.
+        k, v = k.repeat_interleave(h // kv, dim=1), v.repeat_interleave(h // kv, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+
+
 class KVCache:
     """Static key/value buffers for a batch whose rows advance together.
 
     Buffers are ``[B, kv_heads, max_len, head_dim]`` per layer.  Ragged batches
     are left-padded; ``key_padding`` ``[B, max_len]`` marks real tokens (True)
     so padding is never attended to.  ``length`` counts the positions written.
+
+    The cache protocol the model calls (the paged cache of the serving engine
+    implements the same three methods): ``begin(new, device)`` before the
+    layers, ``attend(layer, q, k, v)`` in each layer, ``end(new)`` after.
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype, device: torch.device | str):
@@ -57,6 +80,7 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
         self.key_padding: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
 
     def set_padding(self, real: torch.Tensor) -> None:
         """Mark real tokens of the rows to come: ``real`` ``[B, T]`` bool for the next write."""
@@ -64,29 +88,30 @@ class KVCache:
             self.key_padding = torch.ones(real.shape[0], self.max_len, dtype=torch.bool, device=real.device)
         self.key_padding[:, self.length : self.length + real.shape[1]] = real
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write ``k``/``v`` ``[B, kv_heads, T, D]`` after the cached ones; return all keys/values so far."""
-        end = self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; writing up to {end}")
-        self.keys[layer][:, :, self.length : end] = k
-        self.values[layer][:, :, self.length : end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-    def attention_mask(self, new: int, device: torch.device) -> torch.Tensor | None:
-        """Bool mask ``[B|1, 1, new, length+new]`` for the next ``new`` queries (None: attend to all)."""
+    def begin(self, new: int, device: torch.device) -> None:
+        """Prepare the mask for the next ``new`` queries: causal over the cache, minus key padding."""
         total = self.length + new
+        if total > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; writing up to {total}")
+        self._mask = None
         if new == 1 and self.key_padding is None:
-            return None
+            return
         q_pos = torch.arange(self.length, total, device=device)
         allowed = torch.arange(total, device=device)[None, :] <= q_pos[:, None]
         if self.key_padding is not None:
             allowed = allowed[None] & self.key_padding[:, None, :total]
             # A padding query sees no key; let it see all so SDPA gives no NaN (its output is unused).
             allowed = allowed | ~allowed.any(-1, keepdim=True)
-        return allowed.reshape(-1, 1, new, total)
+        self._mask = allowed.reshape(-1, 1, new, total)
 
-    def advance(self, new: int) -> None:
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Append ``k``/``v`` ``[B, KV, T, D]`` and attend ``q`` ``[B, H, T, D]`` over everything cached."""
+        end = self.length + k.shape[2]
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return attention(q, self.keys[layer][:, :, :end], self.values[layer][:, :, :end], self._mask, causal=False)
+
+    def end(self, new: int) -> None:
         self.length += new
 
 
@@ -100,7 +125,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, kv * d, bias=config.qkv_bias)
         self.o_proj = nn.Linear(h * d, config.hidden_size, bias=config.o_bias)
 
-    def forward(self, x, cos, sin, cache: KVCache | None, layer: int, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x, cos, sin, cache, layer: int, mask: torch.Tensor | None) -> torch.Tensor:
         b, t, _ = x.shape
         c = self.config
         q = self.q_proj(x).view(b, t, c.num_heads, c.head_dim).transpose(1, 2)
@@ -108,17 +133,9 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(layer, k, v)
-        if t == 1 and mask is None:
-            # Decode: the query heads of one key/value head attend to the same keys, so they
-            # can stand in for positions - no copy of the cached keys/values per group.
-            out = F.scaled_dot_product_attention(q.view(b, c.num_kv_heads, c.kv_groups, c.head_dim), k, v)
-            return self.o_proj(out.reshape(b, 1, c.num_heads * c.head_dim))
-        if c.kv_groups > 1:
-            # Explicit repeat: SDPA's enable_gqa takes the slow math path on CPU.
-            k = k.repeat_interleave(c.kv_groups, dim=1)
-            v = v.repeat_interleave(c.kv_groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and cache is None and t > 1)
+            out = cache.attend(layer, q, k, v)
+        else:
+            out = attention(q, k, v, mask, causal=t > 1)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, c.num_heads * c.head_dim))
 
 
@@ -191,14 +208,14 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
     ) -> torch.Tensor:
         b, t = tokens.shape
         if positions is None:
             start = cache.length if cache is not None else 0
             positions = torch.arange(start, start + t, device=tokens.device).expand(b, t)
-        if mask is None and cache is not None:
-            mask = cache.attention_mask(t, tokens.device)
+        if cache is not None:
+            cache.begin(t, tokens.device)
         h = self.model.embed_tokens(tokens)
         cos, sin = self.rope(positions, h.dtype)
         for i, layer in enumerate(self.model.layers):
@@ -207,7 +224,9 @@ class Transformer(nn.Module):
             else:
                 h = layer(h, cos, sin, cache, i, mask)
         if cache is not None:
-            cache.advance(t)
-        if logits_to_keep:
+            cache.end(t)
+        if isinstance(logits_to_keep, torch.Tensor):
+            h = h[:, logits_to_keep]
+        elif logits_to_keep:
             h = h[:, -logits_to_keep:]
         return self.lm_head(self.model.norm(h))

@@ -57,7 +57,7 @@ def test_seeded_sampling_repeats_and_follows_the_distribution():
     assert 0.55 < freq0 < 0.73  # p = 0.644
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0), dict(top_k=-1), dict(min_p=2), dict(max_new_tokens=0),
+@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0), dict(top_k=-1), dict(min_p=2), dict(max_new_tokens=-1),
                                  dict(repetition_penalty=0), dict(presence_penalty=3)])
 def test_bad_parameters_name_themselves(bad):
     name = next(iter(bad))

@@ -1,0 +1,271 @@
+"""LLMEngine: continuous batching over a paged KV cache, with sync and async APIs.
+
+One background thread owns the scheduler, the cache and the model and runs
+steps while there is work; other threads talk to it through an inbox
+(:meth:`LLMEngine.submit`, :meth:`LLMEngine.abort`), and every request gets its
+:class:`~puyu.engine.sequence.StepEvent` objects through a callback.  On top:
+
+* ``engine.generate(prompts, params)`` — blocking, a list of completions;
+* ``async for event in engine.stream(prompt, params)`` — cancelling the
+  iteration (a client that disconnects) aborts the request and frees its blocks;
+* ``engine.abort(request_id)``.
+
+Why not vLLM/LMDeploy: they need CUDA (or x86 builds of their own kernels)
+and bring their own model code; the engine is puyu's core, written on puyu's
+model so that training, serving and evaluation share one implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from typing import AsyncIterator
+
+import torch
+
+from puyu.engine.blocks import BlockManager
+from puyu.engine.config import EngineConfig
+from puyu.engine.paged_cache import PagedKVCache
+from puyu.engine.runner import ModelRunner
+from puyu.engine.scheduler import Scheduler
+from puyu.engine.sequence import Sequence, StepEvent
+from puyu.errors import ContextLengthError, QueueFullError
+from puyu.generation.output import Completion, SequenceOutput
+from puyu.generation.sampling import SamplingParams
+from puyu.model.transformer import Transformer
+from puyu.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def _free_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+class LLMEngine:
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, config: EngineConfig | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.config = config = config or EngineConfig()
+        if config.quant != "none":
+            from puyu.quant.weight_only import quantize_model
+
+            quantize_model(model, config.quant, config.quant_group_size)
+        self.max_model_len = model.config.max_position_embeddings
+        per_block = PagedKVCache.bytes_per_block(model.config, config.block_size, model.dtype)
+        share = config.cache_max_entry_count or (0.8 if model.device.type == "cuda" else 0.1)
+        budget = share * 2**30 if share > 1 else share * _free_memory(model.device)
+        per_seq = -(-self.max_model_len // config.block_size)
+        num_blocks = config.num_blocks or min(int(budget // per_block), per_seq * config.max_num_seqs)
+        if num_blocks < per_seq:
+            log.warning("the KV cache holds %d blocks, fewer than one full context (%d); long requests will be cut", num_blocks, per_seq)
+        if num_blocks < 2:
+            raise ContextLengthError(f"the KV cache budget ({budget / 2**20:.0f} MiB) holds fewer than 2 blocks; raise cache_max_entry_count")
+        self.cache = PagedKVCache(model.config, num_blocks, config.block_size, model.dtype, model.device)
+        self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        self.runner = ModelRunner(model, self.cache)
+        self.stop_ids = set(tokenizer.stop_token_ids)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._live: dict[str, Sequence] = {}
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.totals = {"prompt_tokens": 0, "generation_tokens": 0, "requests": 0, "steps": 0}
+        log.info("KV cache: %d blocks of %d tokens (%.0f MiB)", num_blocks, config.block_size, num_blocks * per_block / 2**20)
+
+    # ---- submitting ------------------------------------------------------------------
+    def submit(self, prompt: list[int], params: SamplingParams, sink, request_id: str | None = None,
+               logprobs: int | None = None, prompt_logprobs: int | None = None) -> str:
+        """Queue a request; ``sink(event)`` is called from the engine thread. Thread-safe.
+
+        Raises:
+            ContextLengthError: the prompt does not fit the context window or the KV cache.
+            QueueFullError: ``max_queue`` requests are already waiting.
+        """
+        if not prompt:
+            raise ContextLengthError("the prompt is empty; give at least one token")
+        if len(prompt) >= self.max_model_len:
+            raise ContextLengthError(
+                f"the prompt has {len(prompt)} tokens but the context window is {self.max_model_len}; shorten it"
+            )
+        if self.blocks.blocks_for(len(prompt) + 1) > self.blocks.num_blocks:
+            raise ContextLengthError(
+                f"the prompt has {len(prompt)} tokens but the KV cache holds {self.blocks.num_blocks * self.blocks.block_size}; "
+                "raise cache_max_entry_count"
+            )
+        with self._lock:
+            if self._pending >= self.config.max_queue:
+                raise QueueFullError(f"{self._pending} requests are waiting (max_queue={self.config.max_queue}); retry later")
+            self._pending += 1
+        request_id = request_id or f"req-{next(self._ids)}"
+        output = SequenceOutput(request_id, prompt, params, self.tokenizer, self.model.config.vocab_size, self.model.device, self.stop_ids)
+        max_new = min(params.max_new_tokens, self.max_model_len - len(prompt))
+        seq = Sequence(request_id, list(prompt), output, max_new, sink, logprobs, prompt_logprobs)
+        self._inbox.put(("add", seq))
+        self.start()
+        self._wake.set()
+        return request_id
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its blocks (its sink gets a final ``abort`` event). Thread-safe."""
+        self._inbox.put(("abort", request_id))
+        self._wake.set()
+
+    # ---- the loop --------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="puyu-engine", daemon=True)
+            self._thread.start()
+
+    def shutdown(self, drain_timeout: float = 0.0) -> None:
+        """Let running requests finish for up to ``drain_timeout`` seconds, abort the rest, stop the thread."""
+        deadline = time.monotonic() + drain_timeout
+        while self._live and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for request_id in list(self._live):
+            self.abort(request_id)
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                kind, item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add":
+                self._live[item.request_id] = item
+                self.scheduler.add(item)
+            elif item in self._live:
+                self._finish(self._live[item], "abort")
+
+    def _loop(self) -> None:
+        while True:
+            self._drain_inbox()
+            if self._stopping and not self._live:
+                return
+            if not self.scheduler.has_work():
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+                continue
+            try:
+                self.step()
+            except Exception as exc:  # a failed step must not kill the server: fail its requests
+                log.exception("engine step failed")
+                for seq in list(self._live.values()):
+                    self._finish(seq, "error", error=f"{type(exc).__name__}: {exc}")
+
+    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
+        self.scheduler.finish(seq)
+        self._live.pop(seq.request_id, None)
+        with self._lock:
+            self._pending -= 1
+        self.totals["requests"] += 1
+        seq.sink(StepEvent(seq.request_id, None, finished=True, finish_reason=reason, prompt_tokens=len(seq.prompt),
+                           completion_tokens=len(seq.output.ids), error=error,
+                           prompt_logprobs=seq.collected_prompt_logprobs if seq.prompt_logprobs is not None else None))
+
+    def step(self) -> None:
+        """Schedule, run the model once, and deliver the new tokens."""
+        scheduled, starved = self.scheduler.schedule()
+        for seq in starved:
+            log.warning("request %s cannot get a KV block even alone; ending it", seq.request_id)
+            self._finish(seq, "length")
+        if not scheduled:
+            return
+        results = self.runner.run(scheduled)
+        self.totals["steps"] += 1
+        for seq, n in scheduled:
+            self.scheduler.computed(seq, n)
+        now = time.perf_counter()
+        for result in results:
+            seq = result.seq
+            if result.token is None:
+                continue
+            if seq.max_new_tokens == 0:  # scoring only: the prompt's log-probabilities are the answer
+                self.totals["prompt_tokens"] += len(seq.prompt)
+                self._finish(seq, "length")
+                continue
+            ttft = None
+            if seq.first_token_at is None:
+                seq.first_token_at, ttft = now, now - seq.arrival
+                self.totals["prompt_tokens"] += len(seq.prompt)
+            seq.tokens.append(result.token)
+            self.totals["generation_tokens"] += 1
+            room = seq.num_generated < seq.max_new_tokens and len(seq.tokens) < self.max_model_len
+            delta = seq.output.add(result.token, room)
+            event = StepEvent(seq.request_id, delta, result.logprob, prompt_tokens=len(seq.prompt),
+                              completion_tokens=len(seq.output.ids), ttft=ttft)
+            if delta.finish_reason is None:
+                seq.sink(event)
+                continue
+            seq.sink(event)
+            self._finish(seq, delta.finish_reason)
+
+    # ---- convenience APIs ------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None) -> list[Completion]:
+        """Run token-id prompts to completion (blocking); one :class:`Completion` each, in order."""
+        plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        results = [Completion("", [], "", len(p)) for p in prompts]
+        done = [threading.Event() for _ in prompts]
+
+        def sink_for(i: int):
+            def sink(event: StepEvent) -> None:
+                if event.delta is not None:
+                    results[i].text += event.delta.text
+                    results[i].token_ids += event.delta.token_ids
+                if event.finished:
+                    results[i].finish_reason = event.finish_reason or ""
+                    done[i].set()
+
+            return sink
+
+        for i, (prompt, p) in enumerate(zip(prompts, plist)):
+            self.submit(prompt, p, sink_for(i))
+        for event in done:
+            event.wait()
+        return results
+
+    async def stream(self, prompt: list[int], params: SamplingParams, request_id: str | None = None,
+                     logprobs: int | None = None, prompt_logprobs: int | None = None) -> AsyncIterator[StepEvent]:
+        """Yield the request's events as they happen; leaving the loop early aborts the request."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[StepEvent] = asyncio.Queue()
+        request_id = self.submit(prompt, params, lambda e: loop.call_soon_threadsafe(events.put_nowait, e),
+                                 request_id, logprobs, prompt_logprobs)
+        finished = False
+        try:
+            while not finished:
+                event = await events.get()
+                finished = event.finished
+                yield event
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    def stats(self) -> dict[str, float]:
+        """Counters and gauges for monitoring."""
+        return {
+            "running": len(self.scheduler.running),
+            "waiting": len(self.scheduler.waiting),
+            "kv_blocks_total": self.blocks.num_blocks,
+            "kv_blocks_free": self.blocks.num_free,
+            "kv_usage": self.blocks.usage,
+            "prefix_cache_hit_blocks": self.blocks.prefix_hits,
+            "preemptions": self.scheduler.preemptions,
+            **self.totals,
+        }

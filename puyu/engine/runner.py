@@ -1,0 +1,109 @@
+"""One engine step on the model: flatten the scheduled tokens, run the model, sample.
+
+All scheduled tokens of all sequences form one row ``[1, N]`` (so the linear
+layers see one matrix), with each token's position and KV slot; a
+:class:`~puyu.engine.paged_cache.PagedBatch` routes attention.  The LM head runs
+only where logits are needed: the last token of every sequence that samples
+this step, and every prompt position of requests that asked for prompt
+log-probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from puyu.engine.paged_cache import PagedBatch, PagedKVCache, PrefillChunk
+from puyu.engine.sequence import Sequence, TokenLogprob
+from puyu.generation.sampling import sample_next
+from puyu.model.transformer import Transformer
+
+
+@dataclass
+class StepResult:
+    seq: Sequence
+    token: int | None  # sampled token; None while a prompt is still being prefilled
+    logprob: TokenLogprob | None
+
+
+def _logprob(logprobs: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    alternatives = []
+    if top:
+        values, ids = logprobs.topk(top)
+        alternatives = list(zip(ids.tolist(), values.tolist()))
+    return TokenLogprob(token, float(logprobs[token]), alternatives)
+
+
+class ModelRunner:
+    def __init__(self, model: Transformer, cache: PagedKVCache):
+        self.model, self.cache = model, cache
+        self.device = model.device
+
+    def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
+        bs = self.cache.block_size
+        pos = torch.arange(start, end)
+        return torch.tensor(seq.block_table)[pos // bs] * bs + pos % bs
+
+    @torch.inference_mode()
+    def run(self, scheduled: list[tuple[Sequence, int]]) -> list[StepResult]:
+        tokens, positions, slots, prefills = [], [], [], []
+        decode_index, decode_slots, sample_at, prompt_rows = [], [], [], []
+        width = 0
+        for seq, n in scheduled:
+            start, past = width, seq.num_computed
+            tokens += seq.tokens[past : past + n]
+            positions.append(torch.arange(past, past + n))
+            slots.append(self._slots(seq, past, past + n))
+            if n == 1 and past > 0:
+                decode_index.append(start)
+                decode_slots.append(self._slots(seq, 0, past + 1))
+            else:
+                context = self._slots(seq, 0, past + n).to(self.device) if past else None
+                prefills.append(PrefillChunk(start, start + n, past, context))
+            if seq.prompt_logprobs is not None and past < len(seq.prompt) - 1:
+                last = min(past + n, len(seq.prompt) - 1)
+                prompt_rows.append((seq, past, list(range(start, start + last - past))))
+            if past + n == len(seq.tokens):
+                sample_at.append((seq, start + n - 1))
+            width += n
+
+        batch = PagedBatch(
+            self.cache,
+            torch.cat(slots).to(self.device),
+            torch.tensor(decode_index, device=self.device) if decode_index else None,
+            *self._decode_context(decode_slots),
+            prefills,
+        )
+        rows = [i for _, i in sample_at] + [i for _, _, idx in prompt_rows for i in idx]
+        step = torch.tensor([tokens], device=self.device)
+        pos = torch.cat(positions)[None].to(self.device)
+        logits = self.model(step, pos, cache=batch, logits_to_keep=torch.tensor(rows, dtype=torch.long, device=self.device))[0].float()
+
+        sampled = sample_next(logits[: len(sample_at)], [s.output.state for s, _ in sample_at]) if sample_at else []
+        results: dict[int, StepResult] = {id(seq): StepResult(seq, None, None) for seq, _ in scheduled}
+        for row, ((seq, _), token) in enumerate(zip(sample_at, sampled)):
+            logprob = _logprob(logits[row].log_softmax(-1), token, seq.logprobs) if seq.logprobs is not None else None
+            results[id(seq)] = StepResult(seq, token, logprob)
+        row = len(sample_at)
+        for seq, past, idx in prompt_rows:
+            if past == 0:
+                seq.collected_prompt_logprobs = [None]
+            logprobs = logits[row : row + len(idx)].log_softmax(-1)
+            for j in range(len(idx)):
+                seq.collected_prompt_logprobs.append(_logprob(logprobs[j], seq.prompt[past + j + 1], seq.prompt_logprobs))
+            row += len(idx)
+        return list(results.values())
+
+    def _decode_context(self, decode_slots: list[torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if not decode_slots:
+            return None, None
+        lengths = [len(s) for s in decode_slots]
+        longest = max(lengths)
+        padded = torch.zeros(len(decode_slots), longest, dtype=torch.long)
+        for i, s in enumerate(decode_slots):
+            padded[i, : len(s)] = s
+        mask = None
+        if min(lengths) != longest:
+            mask = (torch.arange(longest)[None] < torch.tensor(lengths)[:, None])[:, None, None].to(self.device)
+        return padded.to(self.device), mask

@@ -1,0 +1,127 @@
+"""Continuous batching: which sequences run in the next step, and how many tokens each.
+
+Every step (:meth:`Scheduler.schedule`) first gives each running sequence its
+next tokens (one for decode; the next chunk for a prompt still being
+prefilled), then admits waiting requests in arrival order while the step's
+token budget (``max_num_batched_tokens``), the batch cap (``max_num_seqs``)
+and free KV blocks allow — so new requests join the running batch at every
+step, prefill and decode mixed.  A waiting request first takes the cached
+blocks of its longest cached prefix.  When a running sequence needs a block
+and none is free, the most recently arrived running sequence is preempted:
+its blocks are freed and it waits at the front of the queue to be recomputed.
+A sequence that cannot get a block even alone ends with ``length``: the cache
+is smaller than its context.  Never an out-of-memory crash.
+
+After the step, :meth:`Scheduler.computed` records the new cache contents and
+offers full blocks to the prefix cache; :meth:`Scheduler.finish` frees a
+sequence's blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+from puyu.engine.blocks import BlockManager, block_hashes
+from puyu.engine.sequence import Sequence, Status
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+        self.blocks = blocks
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _grow(self, seq: Sequence, upto: int) -> bool:
+        """Give ``seq`` blocks for ``upto`` tokens; False when not enough are free."""
+        need = self.blocks.blocks_for(upto) - len(seq.block_table)
+        if need <= 0:
+            return True
+        if need > self.blocks.num_free:
+            return False
+        seq.block_table += self.blocks.allocate(need)
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.blocks.release(seq.block_table)
+        seq.block_table, seq.num_computed, seq.registered_blocks = [], 0, 0
+        seq.status = Status.WAITING
+        self.running.remove(seq)
+        self.waiting.appendleft(seq)
+        self.preemptions += 1
+        log.debug("preempted %s (recomputed later)", seq.request_id)
+
+    def finish(self, seq: Sequence) -> None:
+        """Free a finished or aborted sequence's blocks and forget it."""
+        self.blocks.release(seq.block_table)
+        seq.block_table = []
+        seq.status = Status.FINISHED
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+
+    def schedule(self) -> tuple[list[tuple[Sequence, int]], list[Sequence]]:
+        """``([(sequence, tokens to compute)], [sequences out of cache room])`` for the next step."""
+        budget = self.max_num_batched_tokens
+        scheduled: list[tuple[Sequence, int]] = []
+        starved: list[Sequence] = []
+        for seq in sorted(self.running, key=lambda s: s.arrival):
+            if seq.status is not Status.RUNNING or budget == 0:
+                continue
+            n = min(seq.remaining, budget)
+            while not self._grow(seq, seq.num_computed + n):
+                victims = [s for s in self.running if s is not seq and s not in (x for x, _ in scheduled)]
+                if not victims:
+                    break
+                self._preempt(max(victims, key=lambda s: s.arrival))
+            else:
+                scheduled.append((seq, n))
+                budget -= n
+                continue
+            if len(self.running) > 1:
+                self._preempt(seq)  # the older sequences scheduled this step hold the blocks: wait for them
+            else:
+                starved.append(seq)  # alone and still no room
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if not seq.block_table and seq.prompt_logprobs is None:
+                # Keep at least one token to compute: its logits give the next token.
+                cached = self.blocks.match_prefix(seq.tokens[: len(seq.tokens) - 1])
+                seq.block_table, seq.num_computed = cached, len(cached) * self.blocks.block_size
+                seq.registered_blocks = len(cached)
+            n = min(seq.remaining, budget)
+            if not self._grow(seq, seq.num_computed + n):
+                self.blocks.release(seq.block_table)  # hold nothing while waiting
+                seq.block_table, seq.num_computed, seq.registered_blocks = [], 0, 0
+                if not self.running and not scheduled:
+                    starved.append(self.waiting.popleft())
+                    continue
+                break
+            self.waiting.popleft()
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            scheduled.append((seq, n))
+            budget -= n
+        return scheduled, starved
+
+    def computed(self, seq: Sequence, n: int) -> None:
+        """``n`` more tokens of ``seq`` now have keys/values; offer newly full blocks to the prefix cache."""
+        seq.num_computed += n
+        full = seq.num_computed // self.blocks.block_size
+        if full > seq.registered_blocks:
+            hashes = block_hashes(seq.tokens[: full * self.blocks.block_size], self.blocks.block_size)
+            for i in range(seq.registered_blocks, full):
+                self.blocks.register(seq.block_table[i], hashes[i])
+            seq.registered_blocks = full

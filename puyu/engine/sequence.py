@@ -1,0 +1,81 @@
+"""A request inside the engine, and the events it produces.
+
+A :class:`Sequence` carries the prompt, the tokens generated so far, how many
+of them have keys/values in the cache (``num_computed``), its block table, its
+:class:`~puyu.generation.output.SequenceOutput` (sampling state, text, stops)
+and timing.  After a preemption its blocks are gone and ``num_computed`` is 0:
+the prompt and the tokens generated so far are recomputed as one prefill, and
+the text already streamed stays valid.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from puyu.generation.output import Delta, SequenceOutput
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class TokenLogprob:
+    """Log-probability of a token under the model (before sampling controls), with the top alternatives."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class StepEvent:
+    """What one engine step produced for one request."""
+
+    request_id: str
+    delta: Delta | None
+    logprob: TokenLogprob | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # with the final event, when asked for
+    finished: bool = False
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft: float | None = None  # seconds from arrival to first token, on the first token's event
+    error: str | None = None
+
+
+@dataclass
+class Sequence:
+    request_id: str
+    prompt: list[int]
+    output: SequenceOutput
+    max_new_tokens: int
+    sink: Callable[[StepEvent], None]
+    logprobs: int | None = None  # top alternatives per generated token (0 = chosen token only)
+    prompt_logprobs: int | None = None
+    tokens: list[int] = field(default_factory=list)
+    num_computed: int = 0
+    block_table: list[int] = field(default_factory=list)
+    registered_blocks: int = 0  # full blocks already offered to the prefix cache
+    status: Status = Status.WAITING
+    arrival: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    collected_prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)
+    aborted: bool = False
+
+    def __post_init__(self) -> None:
+        self.tokens = list(self.prompt)
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.tokens) - len(self.prompt)
+
+    @property
+    def remaining(self) -> int:
+        """Tokens whose keys/values still have to be computed."""
+        return len(self.tokens) - self.num_computed

@@ -1,0 +1,125 @@
+"""The engine on a tiny model: batch invariance, chunked prefill, preemption, prefix caching,
+abort, async streaming, prompt log-probabilities, and clear refusals."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from puyu.engine import EngineConfig, LLMEngine
+from puyu.errors import ContextLengthError, QueueFullError
+from puyu.generation import SamplingParams, generate
+
+GREEDY = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
+
+
+def prompts(tokenizer, count: int) -> list[list[int]]:
+    words = "the quick brown fox jumps over a lazy dog while you are fine today 你好 世界".split()
+    return [tokenizer.encode(" ".join(words[(i * 3) % 10 : (i * 3) % 10 + 2 + i % 7])) for i in range(count)]
+
+
+@pytest.fixture
+def engine_factory(tiny_llm):
+    engines = []
+
+    def make(**config) -> LLMEngine:
+        engine = LLMEngine(tiny_llm.model, tiny_llm.tokenizer, EngineConfig(**config))
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.shutdown()
+
+
+def test_32_concurrent_greedy_requests_equal_each_run_alone(tiny_llm, engine_factory):
+    engine = engine_factory()
+    batch = prompts(tiny_llm.tokenizer, 32)
+    together = engine.generate(batch, GREEDY)
+    alone = [engine.generate([p], GREEDY)[0] for p in batch]
+    reference = generate(tiny_llm.model, tiny_llm.tokenizer, batch, GREEDY)
+    for t, a, r in zip(together, alone, reference):
+        assert t.token_ids == a.token_ids == r.token_ids and t.text == r.text
+    assert engine.blocks.num_free == engine.blocks.num_blocks
+
+
+def test_chunked_prefill_and_preemption_keep_outputs_and_free_every_block(tiny_llm, engine_factory):
+    batch = [p * 6 for p in prompts(tiny_llm.tokenizer, 8)]  # tens of tokens each, more than the tight cache holds at once
+    params = SamplingParams(max_new_tokens=40, temperature=0, ignore_eos=True)
+    reference = engine_factory().generate(batch, params)
+    tight = engine_factory(block_size=4, num_blocks=60, max_num_batched_tokens=16, prefix_caching=False)
+    results = tight.generate(batch, params)
+    assert [r.token_ids for r in results] == [r.token_ids for r in reference]
+    assert tight.scheduler.preemptions > 0
+    assert tight.blocks.num_free == 60
+
+
+def test_shared_prefixes_reuse_blocks_without_changing_outputs(tiny_llm, engine_factory):
+    system = tiny_llm.tokenizer.encode("You are a helpful assistant. " * 4)
+    batch = [system + p for p in prompts(tiny_llm.tokenizer, 6)]
+    cached = engine_factory(block_size=4)
+    results = [cached.generate([p], GREEDY)[0] for p in batch]  # one after another: later ones hit the cache
+    plain = engine_factory(block_size=4, prefix_caching=False).generate(batch, GREEDY)
+    assert [r.token_ids for r in results] == [r.token_ids for r in plain]
+    assert cached.stats()["prefix_cache_hit_blocks"] >= 5 * (len(system) // 4)
+
+
+def test_abort_ends_the_request_and_frees_its_blocks(tiny_llm, engine_factory):
+    engine = engine_factory()
+    events = []
+    long = SamplingParams(max_new_tokens=200, temperature=0, ignore_eos=True)
+    request_id = engine.submit(prompts(tiny_llm.tokenizer, 1)[0], long, events.append)
+    while len(events) < 3:
+        pass
+    engine.abort(request_id)
+    while not (events and events[-1].finished):
+        pass
+    assert events[-1].finish_reason == "abort" and len(events) < 200
+    assert engine.blocks.num_free == engine.blocks.num_blocks
+
+
+def test_async_stream_and_leaving_early_aborts(tiny_llm, engine_factory):
+    engine = engine_factory()
+    prompt = prompts(tiny_llm.tokenizer, 1)[0]
+
+    async def run():
+        text = "".join([e.delta.text async for e in engine.stream(prompt, GREEDY) if e.delta])
+        stream = engine.stream(prompt, SamplingParams(max_new_tokens=200, temperature=0, ignore_eos=True))
+        async for event in stream:
+            if event.completion_tokens >= 2:
+                break
+        await stream.aclose()
+        await asyncio.sleep(0.3)
+        return text
+
+    assert asyncio.run(run()) == engine.generate([prompt], GREEDY)[0].text
+    assert engine.blocks.num_free == engine.blocks.num_blocks and not engine._live
+
+
+def test_prompt_logprobs_equal_the_full_forward(tiny_llm, engine_factory):
+    engine = engine_factory(max_num_batched_tokens=8)  # chunked: logprobs are gathered across chunks
+    prompt = prompts(tiny_llm.tokenizer, 5)[4] * 3
+    events = []
+    engine.submit(prompt, SamplingParams(max_new_tokens=0), events.append, prompt_logprobs=2)
+    while not (events and events[-1].finished):
+        pass
+    got = events[-1].prompt_logprobs
+    with torch.no_grad():
+        reference = tiny_llm.model(torch.tensor([prompt]))[0].float().log_softmax(-1)
+    assert got[0] is None and len(got) == len(prompt)
+    for i in range(1, len(prompt)):
+        assert abs(got[i].logprob - reference[i - 1, prompt[i]].item()) < 1e-4
+        assert got[i].top[0][0] == int(reference[i - 1].argmax())
+
+
+def test_refusals_say_why(tiny_llm, engine_factory):
+    engine = engine_factory(max_queue=2, max_num_seqs=1)
+    with pytest.raises(ContextLengthError, match="context window is 256"):
+        engine.submit([5] * 300, GREEDY, lambda e: None)
+    slow = SamplingParams(max_new_tokens=200, temperature=0, ignore_eos=True)
+    engine.submit([5, 6], slow, lambda e: None)
+    engine.submit([5, 6], slow, lambda e: None)
+    with pytest.raises(QueueFullError, match="max_queue=2"):
+        engine.submit([5, 6], slow, lambda e: None)

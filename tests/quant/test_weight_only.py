@@ -1,0 +1,54 @@
+"""Weight-only int8/int4: the kernels compute exactly with their dequantized weights, and the
+quantized built-in model stays close to bf16 on real text."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from puyu.quant.weight_only import Int4Linear, Int8Linear, quantize_model
+from tests.conftest import DATASETS
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernels_equal_their_dequantized_weights(dtype):
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 96, bias=True).to(dtype)
+    x = torch.randn(2, 5, 128, dtype=dtype)
+    tolerance = 1e-4 if dtype == torch.float32 else 0.1
+    int8 = Int8Linear(linear)
+    assert (int8(x).float() - nn.functional.linear(x, int8.dequantize(), linear.bias).float()).abs().max() <= tolerance
+    int4 = Int4Linear(linear, group_size=32)
+    # The module docstring's formula, computed here independently of the packed kernel.
+    w = linear.weight.float().reshape(96, 4, 32)
+    low, high = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+    scale = (high - low) / 15
+    expected = (((w - low) / scale).round().clamp(0, 15) * scale + low).reshape(96, 128).to(dtype)
+    assert (int4(x).float() - nn.functional.linear(x, expected, linear.bias).float()).abs().max() <= tolerance
+    assert (int8.dequantize().float() - linear.weight.float()).abs().max() <= linear.weight.float().abs().max() / 127
+
+
+def test_quantize_model_replaces_projections_and_keeps_the_embedding(tiny_llm):
+    model = copy.deepcopy(tiny_llm.model)
+    replaced = quantize_model(model, "w4a16", group_size=32)
+    assert replaced == 2 * 7 + 1
+    assert isinstance(model.lm_head, Int8Linear) and isinstance(model.model.layers[0].mlp.up_proj, Int4Linear) and isinstance(model.model.embed_tokens, nn.Embedding)
+
+
+@pytest.mark.builtin
+@pytest.mark.parametrize("mode, min_cosine, min_top1", [("w8a16", 0.998, 0.9), ("w4a16", 0.99, 0.85)])
+def test_builtin_model_stays_close_to_bf16_on_real_text(builtin_llm, mode, min_cosine, min_top1):
+    text = (DATASETS / "pretrain" / "llamafactory_text" / "wiki_demo.txt").read_text().splitlines()[0][:2000]
+    ids = torch.tensor([builtin_llm.tokenizer.encode(text)[:256]])
+    reference = copy.deepcopy(builtin_llm.model).to(torch.bfloat16)
+    quantized = copy.deepcopy(reference)
+    quantize_model(quantized, mode, group_size=32)  # the GGUF's own Q4_1 blocks are 32 wide
+    with torch.no_grad():
+        a, b = reference(ids)[0].float(), quantized(ids)[0].float()
+    cosine = nn.functional.cosine_similarity(a, b, dim=-1).mean().item()
+    top1 = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+    print(f"{mode}: logits cosine {cosine:.4f}, top-1 agreement {top1:.3f} over {ids.shape[1]} tokens")
+    assert cosine >= min_cosine and top1 >= min_top1

@@ -19,7 +19,7 @@ class EngineConfig:
         num_blocks: exact number of KV blocks, overriding cache_max_entry_count (0: size the cache from memory).
         max_num_seqs: most sequences in the running batch.
         max_num_batched_tokens: most tokens computed in one step; longer prompts are prefilled in chunks.
-        max_queue: most requests waiting; beyond it new ones are refused (HTTP 429).
+        max_queue: most requests in the engine, running or waiting; beyond it new ones are refused (HTTP 429).
         prefix_caching: reuse the KV blocks of prompts that share a prefix.
         quant: weight-only quantization at load: none, w8a16 (int8 per output channel) or w4a16 (int4 group-wise).
         quant_group_size: input channels per int4 group (w4a16).

@@ -51,6 +51,8 @@ def _free_memory(device: torch.device) -> int:
 
 
 class LLMEngine:
+    """See the module docstring; ``config.quant`` quantizes ``model`` in place."""
+
     def __init__(self, model: Transformer, tokenizer: Tokenizer, config: EngineConfig | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.config = config = config or EngineConfig()

@@ -1,8 +1,8 @@
 """Continuous batching: which sequences run in the next step, and how many tokens each.
 
 Every step (:meth:`Scheduler.schedule`) first gives each running sequence its
-next tokens (one for decode; the next chunk for a prompt still being
-prefilled), then admits waiting requests in arrival order while the step's
+next tokens (decodes first, one token each; then the next chunk of prompts
+still being prefilled), then admits waiting requests in arrival order while the step's
 token budget (``max_num_batched_tokens``), the batch cap (``max_num_seqs``)
 and free KV blocks allow — so new requests join the running batch at every
 step, prefill and decode mixed.  A waiting request first takes the cached
@@ -77,7 +77,8 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         scheduled: list[tuple[Sequence, int]] = []
         starved: list[Sequence] = []
-        for seq in sorted(self.running, key=lambda s: s.arrival):
+        # Decodes first (one token each keeps inter-token latency low), then prompt chunks; oldest first.
+        for seq in sorted(self.running, key=lambda s: (s.remaining > 1, s.arrival)):
             if seq.status is not Status.RUNNING or budget == 0:
                 continue
             n = min(seq.remaining, budget)

@@ -1,0 +1,250 @@
+"""Serving benchmark: puyu vs llama-cpp-python and transformers on the built-in model, same machine, same run.
+
+Part 1, in-process single-stream greedy decode (tok/s) for float32, bfloat16,
+w8a16 and w4a16 on puyu's engine, next to the memory-bandwidth bound (weight
+bytes read per token / measured copy bandwidth), and llama-cpp-python's
+``Llama`` on the same GGUF.
+
+Part 2, over HTTP with realistic prompts (MT-Bench first turns and Alpaca
+instructions from ../shared/datasets): output tokens/s, time to first token and
+inter-token latency p50/p99 at each concurrency, for ``puyu serve`` and
+llama-cpp-python's server (``--interrupt_requests False``, ``repeat_penalty``
+1.0 to match), plus transformers ``generate`` with static batches of the same
+size in-process.  Prints ratios ours / peer.
+
+    python bench/serve.py [--concurrency 1,8,32] [--max-tokens 128] [--quant w4a16]
+                          [--llama-python /path/to/venv/bin/python] [--skip-decode] [--skip-http]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("PUYU_DATA_DIR", ROOT.parent / "shared" / "datasets"))
+
+
+def prompts(count: int) -> list[str]:
+    mt = [json.loads(line)["turns"][0] for line in (DATA / "eval/mt_bench/question.jsonl").read_text().splitlines()]
+    alpaca = [r["instruction"] + ("\n" + r["input"] if r["input"] else "") for r in json.loads((DATA / "sft/llamafactory_demo/alpaca_en_demo.json").read_text())]
+    pool = mt + alpaca
+    random.Random(0).shuffle(pool)
+    return pool[:count]
+
+
+def bandwidth_gbs() -> float:
+    """Copy bandwidth (read + write) of a 256 MiB buffer, best of 5."""
+    a = torch.empty(64 * 2**20, dtype=torch.float32).fill_(1)
+    b = torch.empty_like(a)
+    best = min(_timed(lambda: b.copy_(a)) for _ in range(5))
+    return 2 * a.numel() * 4 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of every weight a decode step reads (all linear layers; one embedding row is negligible)."""
+    total = 0
+    for module in model.modules():
+        if module is model.model.embed_tokens:
+            continue
+        for tensor in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def decode_part(tokens: int, llama_python: str | None) -> None:
+    from puyu.engine import EngineConfig, LLMEngine
+    from puyu.generation import SamplingParams
+    from puyu.model import load_model
+    from puyu.model.registry import resolve
+
+    bw = bandwidth_gbs()
+    print(f"\nmeasured copy bandwidth: {bw:.1f} GB/s")
+    print(f"{'setting':18} {'tok/s':>8} {'MB/token':>9} {'bound tok/s':>12} {'of bound':>9}")
+    rates = {}
+    for name, dtype, quant in [("float32", "float32", "none"), ("bfloat16", "bfloat16", "none"),
+                               ("w8a16", "bfloat16", "w8a16"), ("w4a16", "bfloat16", "w4a16")]:
+        model, tokenizer = load_model("smollm2-135m-instruct", dtype=dtype, device="cpu")
+        engine = LLMEngine(model, tokenizer, EngineConfig(quant=quant))
+        prompt = tokenizer.render([{"role": "user", "content": "Write a long story about a dragon."}], add_generation_prompt=True).ids
+        run = lambda n: engine.generate([prompt], SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True))  # noqa: E731
+        run(4)
+        rate = (tokens - 1) / (min(_timed(lambda: run(tokens)) for _ in range(2)) - min(_timed(lambda: run(1)) for _ in range(2)))
+        per_token = weight_bytes_per_token(model)
+        bound = bw * 1e9 / per_token
+        rates[name] = rate
+        print(f"{name:18} {rate:8.1f} {per_token / 1e6:9.1f} {bound:12.1f} {rate / bound:9.2f}")
+        engine.shutdown()
+    if llama_python:
+        code = (
+            "import sys, time; from llama_cpp import Llama\n"
+            f"m = Llama(model_path={str(resolve('smollm2-135m-instruct'))!r}, n_threads=2, n_ctx=2048, verbose=False)\n"
+            "p = '<|im_start|>user\\nWrite a long story about a dragon.<|im_end|>\\n<|im_start|>assistant\\n'\n"
+            "def run(n):\n    t = time.perf_counter(); m.create_completion(p, max_tokens=n, temperature=0, repeat_penalty=1.0); return time.perf_counter() - t\n"
+            f"run(4); n = {tokens}\n"
+            "print((n - 1) / (min(run(n) for _ in range(2)) - min(run(1) for _ in range(2))))\n"
+        )
+        out = subprocess.run([llama_python, "-c", code], capture_output=True, text=True, timeout=600)
+        peer = float(out.stdout.strip().splitlines()[-1])
+        print(f"{'llama-cpp-python':18} {peer:8.1f}   (Q4_1 GGUF)")
+        print(f"ratio w4a16 / llama-cpp-python: {rates['w4a16'] / peer:.2f}; bfloat16 / llama-cpp-python: {rates['bfloat16'] / peer:.2f}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], port: int) -> subprocess.Popen:
+    import httpx
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"server did not start: {' '.join(cmd)}")
+
+
+async def load(url: str, model: str, questions: list[str], concurrency: int, max_tokens: int) -> dict[str, float]:
+    import httpx
+
+    gate = asyncio.Semaphore(concurrency)
+    ttfts, itls, tokens = [], [], []
+
+    async def one(http, question):
+        async with gate:
+            body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+                    "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, "repeat_penalty": 1.0}
+            start = last = time.perf_counter()
+            first, count, chunks = None, 0, 0
+            async with http.stream("POST", f"{url}/chat/completions", json=body) as response:
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if chunk.get("usage"):
+                        count = chunk["usage"]["completion_tokens"]
+                    if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                        chunks += 1
+                        now = time.perf_counter()
+                        if first is None:
+                            first = now - start
+                        else:
+                            itls.append(now - last)
+                        last = now
+            ttfts.append(first or 0.0)
+            tokens.append(count or chunks)  # a server without usage in streams: one chunk per token
+
+    async with httpx.AsyncClient(timeout=600) as http:
+        began = time.perf_counter()
+        await asyncio.gather(*(one(http, q) for q in questions))
+        wall = time.perf_counter() - began
+    q = lambda xs, p: statistics.quantiles(xs, n=100)[p - 1] if len(xs) > 1 else (xs[0] if xs else 0.0)  # noqa: E731
+    return {"tok/s": sum(tokens) / wall, "ttft p50": q(ttfts, 50), "ttft p99": q(ttfts, 99), "itl p50": q(itls, 50), "itl p99": q(itls, 99)}
+
+
+def transformers_static(questions: list[str], batch: int, max_tokens: int) -> dict[str, float]:
+    from transformers import AutoModelForCausalLM
+
+    from puyu.model.loader import convert_gguf
+    from puyu.model.registry import resolve
+
+    from puyu.tokenizer import Tokenizer
+
+    folder = convert_gguf(resolve("smollm2-135m-instruct"))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    tokenizer = Tokenizer.from_folder(folder)
+    total, began, ttfts = 0, time.perf_counter(), []
+    for i in range(0, len(questions), batch):
+        group = [tokenizer.render([{"role": "user", "content": q}], add_generation_prompt=True).ids for q in questions[i : i + batch]]
+        width = max(map(len, group))
+        ids = torch.tensor([[tokenizer.eos_id] * (width - len(g)) + g for g in group])
+        mask = torch.tensor([[0] * (width - len(g)) + [1] * len(g) for g in group])
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.eos_id)
+            prefill = time.perf_counter() - start
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.eos_id, eos_token_id=tokenizer.stop_token_ids)
+        new = out[:, width:]
+        total += int(sum(((row != tokenizer.eos_id).cumsum(0) > 0).sum() for row in new))
+        ttfts += [start - began + prefill] * len(group)
+    return {"tok/s": total / (time.perf_counter() - began), "ttft p50": statistics.median(ttfts), "ttft p99": max(ttfts)}
+
+
+def http_part(levels: list[int], max_tokens: int, quant: str, llama_python: str | None) -> None:
+    from puyu.model.registry import resolve
+
+    gguf = str(resolve("smollm2-135m-instruct"))
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    port = free_port()
+    proc = start([sys.executable, "-m", "puyu", "serve", "smollm2-135m-instruct", "--port", str(port), "--quant", quant,
+                  "--served-model-name", "smol"], port)
+    try:
+        results[f"puyu ({quant})"] = {c: asyncio.run(load(f"http://127.0.0.1:{port}/v1", "smol", prompts(max(2 * c, 8)), c, max_tokens)) for c in levels}
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    if llama_python:
+        port = free_port()
+        proc = start([llama_python, "-m", "llama_cpp.server", "--model", gguf, "--n_threads", "2", "--n_ctx", "8192",
+                      "--port", str(port), "--interrupt_requests", "False", "--model_alias", "smol"], port)
+        try:
+            results["llama-cpp-python server"] = {c: asyncio.run(load(f"http://127.0.0.1:{port}/v1", "smol", prompts(max(2 * c, 8)), c, max_tokens)) for c in levels}
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    results["transformers static batch"] = {c: transformers_static(prompts(max(2 * c, 8)), c, max_tokens) for c in levels}
+
+    print(f"\n{'server':28} {'conc':>4} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}")
+    for name, by_level in results.items():
+        for c, r in by_level.items():
+            print(f"{name:28} {c:4d} {r['tok/s']:8.1f} {r['ttft p50']:9.2f} {r['ttft p99']:9.2f} "
+                  f"{r.get('itl p50', float('nan')):8.3f} {r.get('itl p99', float('nan')):8.3f}")
+    ours = results[f"puyu ({quant})"]
+    for name, by_level in results.items():
+        if name != f"puyu ({quant})":
+            print(f"throughput ratio puyu / {name}: " + ", ".join(f"c={c}: {ours[c]['tok/s'] / r['tok/s']:.2f}" for c, r in by_level.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--decode-tokens", type=int, default=128)
+    parser.add_argument("--quant", default="w4a16")
+    parser.add_argument("--llama-python", default=None, help="a Python with llama-cpp-python[server] installed (the peer)")
+    parser.add_argument("--skip-decode", action="store_true")
+    parser.add_argument("--skip-http", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if not args.skip_decode:
+        decode_part(args.decode_tokens, args.llama_python)
+    if not args.skip_http:
+        http_part([int(c) for c in args.concurrency.split(",")], args.max_tokens, args.quant, args.llama_python)
+
+
+if __name__ == "__main__":
+    main()

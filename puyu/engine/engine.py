@@ -97,7 +97,7 @@ class LLMEngine:
         """
         if not prompt:
             raise ContextLengthError("the prompt is empty; give at least one token")
-        if len(prompt) >= self.max_model_len:
+        if len(prompt) > self.max_model_len or (len(prompt) == self.max_model_len and params.max_new_tokens > 0):
             raise ContextLengthError(
                 f"the prompt has {len(prompt)} tokens but the context window is {self.max_model_len}; shorten it"
             )

@@ -41,11 +41,17 @@ class LLM:
         dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         chat_template: override the model's template (``chatml``, ``internlm2``, ``llama3`` or Jinja source).
+        adapter: a LoRA adapter folder (PEFT format, e.g. from ``puyu train``) merged into the weights.
     """
 
-    def __init__(self, model: str | Path = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "auto", chat_template: str | None = None):
+    def __init__(self, model: str | Path = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "auto", chat_template: str | None = None,
+                 adapter: str | Path | None = None):
         self.name = str(model)
         self.model, self.tokenizer = load_model(model, dtype=dtype, device=device)
+        if adapter:
+            from puyu.train.adapters import load_adapter
+
+            load_adapter(self.model, adapter)
         if chat_template:
             self.tokenizer.set_chat_template(chat_template)
 

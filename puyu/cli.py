@@ -22,7 +22,7 @@ from puyu import __version__
 from puyu.errors import PuyuError
 
 log = logging.getLogger("puyu")
-STAGES = ["puyu.chat.commands", "puyu.model.commands", "puyu.eval.commands", "puyu.serve.commands"]
+STAGES = ["puyu.chat.commands", "puyu.model.commands", "puyu.eval.commands", "puyu.serve.commands", "puyu.train.commands"]
 
 
 def add_model_args(parser: argparse.ArgumentParser, optional: bool = True) -> None:
@@ -39,7 +39,8 @@ def add_model_args(parser: argparse.ArgumentParser, optional: bool = True) -> No
 
 
 def load_llm(args: argparse.Namespace):
-    """An :class:`~puyu.api.LLM` from the flags of :func:`add_model_args`, with a spinner on a terminal."""
+    """An :class:`~puyu.api.LLM` from the flags of :func:`add_model_args` (and ``--adapter`` where a
+    command has it), with a spinner on a terminal."""
     from pathlib import Path
 
     from puyu.api import LLM
@@ -49,7 +50,7 @@ def load_llm(args: argparse.Namespace):
         template = Path(template).read_text()
     start = time.perf_counter()
     with status(f"loading {args.model} (the first load of a GGUF converts it once)"):
-        llm = LLM(args.model, dtype=args.dtype, device=args.device, chat_template=template)
+        llm = LLM(args.model, dtype=args.dtype, device=args.device, chat_template=template, adapter=getattr(args, "adapter", None))
     log.info("loaded %s in %.1f s (%s, %s)", args.model, time.perf_counter() - start, llm.model.dtype, llm.model.device)
     return llm
 

@@ -36,5 +36,6 @@ def register(sub, common) -> None:
     add_model_args(chat)
     chat.add_argument("-p", "--prompt", default=None, help="ask one question, print the reply and exit")
     chat.add_argument("--system", default=None, help="system prompt")
+    chat.add_argument("--adapter", default=None, help="a LoRA adapter folder (from puyu train) to merge into the model")
     add_dataclass_flags(chat, SamplingParams, "sampling")
     chat.set_defaults(func=cmd_chat)

@@ -68,7 +68,7 @@ def _vocabulary(tokenizer: Tokenizer, vocab_size: int) -> dict:
     return {"tokens": tokens, "types": types, "merges": merges, "pre": _pre_type(spec.get("pre_tokenizer")), "add_bos": add_bos}
 
 
-def _tensor_data(name: str, value: torch.Tensor, outtype: str):
+def _tensor_data(value: torch.Tensor, outtype: str):
     """``(array, raw_dtype)`` for the writer: 1-D and odd-shaped tensors stay F32."""
     import gguf
 
@@ -142,7 +142,7 @@ def export_gguf(model: Transformer, tokenizer: Tokenizer, path: str | Path, outt
             value = permute_rope_rows(value, c.num_heads)
         elif permute and key.endswith("self_attn.k_proj.weight"):
             value = permute_rope_rows(value, c.num_kv_heads)
-        array, raw = _tensor_data(key, value, outtype)
+        array, raw = _tensor_data(value, outtype)
         writer.add_tensor(native_to_gguf(key), array, raw_dtype=raw)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -1,0 +1,142 @@
+"""LoRA fine-tuning speed and peak memory on the built-in model: puyu vs transformers + peft.
+
+Both sides train LoRA r=8 (alpha 16, dropout 0.05, on q_proj and v_proj - peft's
+default for Llama) with AdamW on the same batches: Alpaca demo chats rendered
+through puyu's template, one sample per row, cut/padded to ``--seq`` tokens,
+loss on the assistant tokens only; the same dtype (fp32, or bf16 weights with
+bf16 autocast) and the same thread count.  Each side runs in its own process so
+its peak resident memory (``ru_maxrss``, loading included) is its own.  Prints
+tokens/s (batch x seq per second of optimizer steps after warm-up), peak
+memory, and the ratios ours / theirs (target: >= 1.3x tokens/s at <= their memory).
+
+    python bench/train.py [--dtypes float32,bfloat16] [--steps 10] [--batch 4] [--seq 128] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DATA = "sft/llamafactory_demo/alpaca_en_demo.json"
+
+
+def batches(tokenizer, count: int, batch: int, seq: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``count`` batches of (ids [batch, seq], labels [batch, seq] with -100 off the assistant tokens), unshifted."""
+    from puyu.data import read_samples
+
+    data_dir = Path(os.environ.get("PUYU_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+    samples = read_samples(data_dir / DATA)[: count * batch]
+    pad = tokenizer.eos_id
+    out = []
+    for start in range(0, count * batch, batch):
+        ids = torch.full((batch, seq), pad)
+        labels = torch.full((batch, seq), -100)
+        for row, sample in enumerate(samples[start : start + batch]):
+            chat = tokenizer.render(sample.messages)
+            n = min(seq, len(chat.ids))
+            ids[row, :n] = torch.tensor(chat.ids[:n])
+            labels[row, :n] = torch.tensor([i if m else -100 for i, m in zip(chat.ids[:n], chat.loss_mask[:n])])
+        out.append((ids, labels))
+    return out
+
+
+def run_ours(folder: str, dtype: str):
+    from puyu.model import load_model
+    from puyu.train.lora import LoraConfig
+    from puyu.train.objective import LMObjective, prepare_model
+
+    model, _ = load_model(folder, dtype="float32", device="cpu")
+    prepare_model(model, "lora", LoraConfig(r=8, alpha=16, dropout=0.05, targets=["q_proj", "v_proj"]), "bf16" if dtype == "bfloat16" else "fp32")
+    objective = LMObjective(model.train())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step(ids, labels):
+        targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
+        positions = torch.arange(ids.shape[1]).expand_as(ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            loss = objective(ids, targets, positions, None) / (targets != -100).sum()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def run_peft(folder: str, dtype: str):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"])).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step(ids, labels):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def worker(args) -> None:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    from puyu.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_folder(args.folder)
+    data = batches(tokenizer, args.steps + 2, args.batch, args.seq)
+    step = (run_ours if args.worker == "ours" else run_peft)(args.folder, args.dtype)
+    for ids, labels in data[:2]:  # warm-up
+        step(ids, labels)
+    start = time.perf_counter()
+    for ids, labels in data[2:]:
+        step(ids, labels)
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"tok_s": args.steps * args.batch * args.seq / seconds, "peak_mb": peak_mb}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--worker", choices=["ours", "peft"], help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    from puyu.model.loader import convert_gguf
+    from puyu.model.registry import resolve
+
+    folder = str(convert_gguf(resolve("smollm2-135m-instruct")))
+    print(f"LoRA r=8, batch {args.batch}x{args.seq}, {args.steps} steps, {args.threads} threads")
+    print(f"{'dtype':<10} {'puyu tok/s':>11} {'peft tok/s':>11} {'ratio':>6} {'puyu MB':>8} {'peft MB':>8} {'ratio':>6}")
+    for dtype in args.dtypes.split(","):
+        results = {}
+        for side in ("ours", "peft"):
+            command = [sys.executable, __file__, "--worker", side, "--dtype", dtype, "--folder", folder, "--steps", str(args.steps),
+                       "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            results[side] = json.loads(done.stdout.strip().splitlines()[-1])
+        ours, theirs = results["ours"], results["peft"]
+        print(f"{dtype:<10} {ours['tok_s']:>11.1f} {theirs['tok_s']:>11.1f} {ours['tok_s'] / theirs['tok_s']:>6.2f} "
+              f"{ours['peak_mb']:>8.0f} {theirs['peak_mb']:>8.0f} {ours['peak_mb'] / theirs['peak_mb']:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()

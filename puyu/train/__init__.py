@@ -1,0 +1,1 @@
+"""Fine-tuning: recipes, LoRA/QLoRA/full training with exact resume, adapters, merge and export."""

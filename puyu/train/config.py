@@ -1,0 +1,244 @@
+"""Training recipes: YAML files that map 1:1 onto dataclasses, with ``key=value`` overrides.
+
+``load_recipe("configs/finetune/lora_sft.yaml", ["train.max_steps=20", "lora.r=16"])``
+reads the YAML, applies the overrides (values parsed as YAML, so lists and
+numbers work: ``data.train=[a.json,b.json]``), and builds a :class:`Recipe`.
+An unknown key raises :class:`~puyu.errors.ConfigError` naming it and listing
+the valid keys of its section; a value of the wrong type names the key too.
+A recipe name may also be given bare (``lora_sft``): it is looked up in the
+recipes shipped in ``configs/finetune/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from puyu.data.dataset import DataConfig
+from puyu.errors import ConfigError
+from puyu.train.lora import LoraConfig
+
+METHODS = ("lora", "qlora", "full")
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "configs" / "finetune"
+
+
+@dataclass
+class OptimConfig:
+    """The ``optim`` section: AdamW and the learning-rate schedule.
+
+    Attributes:
+        lr: peak learning rate.
+        weight_decay: AdamW decoupled weight decay (matrices only, never norms or biases).
+        beta1: AdamW first-moment decay.
+        beta2: AdamW second-moment decay.
+        eps: AdamW epsilon.
+        schedule: after warmup: cosine, linear or constant.
+        warmup_steps: steps of linear warmup from 0 (overrides warmup_ratio when > 0).
+        warmup_ratio: share of the total steps used for warmup.
+        min_lr_ratio: the schedule ends at lr * min_lr_ratio.
+        max_grad_norm: clip the global gradient norm to this (0 = no clipping).
+    """
+
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"optim.schedule {self.schedule!r} is unknown; use cosine, linear or constant")
+
+
+@dataclass
+class LoopConfig:
+    """The ``train`` section: steps, batches, precision, checkpoints.
+
+    Attributes:
+        epochs: passes over the data (ignored when max_steps > 0).
+        max_steps: optimizer steps to run (0 = epochs decide).
+        batch_size: rows per micro-batch on each process.
+        grad_accum: micro-batches per optimizer step.
+        precision: fp32, or bf16 (bf16 autocast; frozen base weights stored in bf16).
+        grad_checkpointing: recompute each layer in backward to save memory.
+        save_every: write a resumable checkpoint every N steps (0 = only at the end).
+        keep_checkpoints: how many recent checkpoints to keep.
+        strategy: with several processes: ddp, or fsdp (shards parameters; for large models).
+        device: auto, cpu, cuda or cuda:N.
+    """
+
+    epochs: int = 1
+    max_steps: int = 0
+    batch_size: int = 4
+    grad_accum: int = 1
+    precision: str = "fp32"
+    grad_checkpointing: bool = False
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    strategy: str = "ddp"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"train.precision {self.precision!r} is unknown; use fp32 or bf16")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"train.strategy {self.strategy!r} is unknown; use ddp or fsdp")
+        for name in ("batch_size", "grad_accum", "epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class MonitorConfig:
+    """The ``monitor`` section: what a run reports while it trains.
+
+    Attributes:
+        log_every: write metrics every N steps.
+        eval_every: validation loss every N steps (0 = only at the end; needs data.val or data.val_fraction).
+        sample_every: generate replies to sample_prompts every N steps (0 = only at the end).
+        sample_prompts: user messages to answer during training (greedy).
+        sample_max_new_tokens: length of those replies.
+        tensorboard: also log to TensorBoard when it is installed.
+    """
+
+    log_every: int = 1
+    eval_every: int = 0
+    sample_every: int = 0
+    sample_prompts: list[str] = field(default_factory=list)
+    sample_max_new_tokens: int = 48
+    tensorboard: bool = True
+
+
+@dataclass
+class Recipe:
+    """A fine-tuning run.
+
+    Attributes:
+        name: run name (the output folder is <runs>/train/<name>-<timestamp>).
+        model: base model: registered name, Hugging Face folder or .gguf file.
+        method: lora, qlora or full.
+        seed: seeds adapter init, dropout and the data order.
+        output_dir: where the run writes (default: $PUYU_HOME/runs/train/<name>-<timestamp>).
+        chat_template: override the model's template (chatml, internlm2, llama3 or Jinja source).
+        data: the data section.
+        lora: the lora section.
+        optim: the optim section.
+        train: the train section.
+        monitor: the monitor section.
+    """
+
+    name: str = "run"
+    model: str = "smollm2-135m-instruct"
+    method: str = "lora"
+    seed: int = 0
+    output_dir: str | None = None
+    chat_template: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
+        if not self.data.train:
+            raise ConfigError("data.train is empty; give at least one data file")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), [a for a in typing.get_args(hint) if a is not type(None)]
+    if value is None:
+        if type(None) in typing.get_args(hint):
+            return None
+        raise ConfigError(f"recipe key {key!r} cannot be empty")
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, key)
+    if origin in (typing.Union, types.UnionType) and args:
+        return _coerce(value, args[0], key)
+    if origin is list:
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list):
+            raise ConfigError(f"recipe key {key!r} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"recipe key {key!r} must be a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    try:
+        if hint is bool and not isinstance(value, bool):
+            raise ValueError
+        if hint in (int, float) and isinstance(value, bool):
+            raise ValueError
+        return hint(value) if hint in (int, float, str) else value
+    except (TypeError, ValueError):
+        raise ConfigError(f"recipe key {key!r} must be {hint.__name__}, got {value!r}") from None
+
+
+def build(cls: type, values: Any, prefix: str = "") -> Any:
+    """An instance of dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
+    section = prefix or "the recipe"
+    if not isinstance(values, dict):
+        raise ConfigError(f"{section} must be a mapping of keys to values, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"unknown recipe key {(prefix + '.' if prefix else '') + str(key)!r}; valid keys in {section}: {', '.join(known)}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def apply_override(values: dict[str, Any], override: str) -> None:
+    """Set ``a.b=value`` in the nested mapping ``values`` (the value is parsed as YAML)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key=value (e.g. train.max_steps=20)")
+    key, raw = override.split("=", 1)
+    *parents, last = key.strip().split(".")
+    target = values
+    for part in parents:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    target[last] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file: a path, or the name of a shipped recipe (``lora_sft``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = RECIPES_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    raise ConfigError(f"no recipe file {name_or_path}; give a YAML path or one of: {names}")
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe and apply ``key=value`` overrides (see the module docstring)."""
+    path = find_recipe(name_or_path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must be a mapping of recipe keys")
+    for override in overrides or []:
+        apply_override(values, override)
+    values.setdefault("name", path.stem)
+    return build(Recipe, values)

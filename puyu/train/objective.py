@@ -1,0 +1,134 @@
+"""The training objective and the per-method model set-up.
+
+:func:`prepare_model` turns a loaded :class:`~puyu.model.Transformer` into the
+model a method trains: ``full`` trains every weight; ``lora`` freezes the base
+and adds adapters; ``qlora`` also stores the adapted base layers in NF4.  With
+``precision: bf16`` the frozen weights are kept in bf16 (trainable ones stay
+fp32 master weights, buffers stay fp32, and the forward runs under bf16 autocast).
+
+:class:`LMObjective` computes the summed next-token cross-entropy of a batch.
+It takes the final hidden states (the model's forward with its LM head swapped
+for the identity, so the model code is reused untouched) and applies the LM
+head only at positions that have a target, fused with the cross-entropy
+(:class:`LinearCrossEntropy`).  SFT data trains on assistant tokens only, so
+this skips part of the vocabulary projection, and the ``[B, T, vocab]`` logits
+never exist in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from puyu.data.packing import IGNORE
+from puyu.model.transformer import Transformer
+from puyu.train.lora import LoraConfig, add_lora
+
+HEAD_CHUNK = 1024  # target positions per LM-head chunk
+
+
+def prepare_model(model: Transformer, method: str, lora: LoraConfig, precision: str) -> list[str]:
+    """Set up ``model`` for ``method`` in place; returns the names of the trainable parameters."""
+    if method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return [n for n, _ in model.named_parameters()]
+    add_lora(model, lora, quantize=method == "qlora")  # NF4 is quantized from the fp32 weights
+    if precision == "bf16":
+        for p in model.parameters():  # parameters only: RoPE and NF4 constants stay fp32
+            if not p.requires_grad:
+                p.data = p.data.to(torch.bfloat16)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+@contextlib.contextmanager
+def _hidden_states(model: Transformer):
+    """Within the block, ``model(...)`` returns the normed final hidden states instead of logits."""
+    head = model.lm_head
+    model.lm_head = nn.Identity()
+    try:
+        yield head
+    finally:
+        model.lm_head = head
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """``sum_i CE(hidden_i W^T, target_i)`` with the gradients computed chunk by chunk in the forward.
+
+    Written by hand because torch has no fused op for it: the ``[N, vocab]``
+    logits (and their fp32 softmax) exist for one chunk at a time, and the
+    gradients ``dL/dhidden = (softmax - onehot) W`` and, when the head trains,
+    ``dL/dW = (softmax - onehot)^T hidden`` are formed right there, so backward
+    only scales them - no logits kept for backward, no recomputation.
+
+    Args (of ``apply``): hidden ``[N, H]``, weight ``[V, H]``, targets ``[N]`` (all valid ids).
+    Returns: the summed loss, fp32 scalar.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        dtype = _compute_dtype(hidden)
+        need_h, need_w = hidden.requires_grad, weight.requires_grad
+        with torch.autocast(hidden.device.type, enabled=False):
+            h_all, w = hidden.to(dtype), weight.to(dtype)
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_h = torch.empty_like(hidden) if need_h else None
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+            for start in range(0, h_all.shape[0], HEAD_CHUNK):
+                h, t = h_all[start : start + HEAD_CHUNK], targets[start : start + HEAD_CHUNK]
+                logits = (h @ w.t()).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                if need_h or need_w:
+                    d = logits.sub_(lse[:, None]).exp_()
+                    d[torch.arange(t.shape[0], device=t.device), t] -= 1
+                    if need_h:
+                        grad_h[start : start + HEAD_CHUNK] = (d.to(dtype) @ w).to(hidden.dtype)
+                    if need_w:
+                        grad_w += d.t() @ h.float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        dh = grad_h * grad.to(grad_h.dtype) if grad_h is not None else None
+        dw = (grad_w * grad).to(ctx.weight_dtype) if grad_w is not None else None
+        return dh, dw, None
+
+
+class LMObjective(nn.Module):
+    """Summed cross-entropy over the target positions of a batch (the module DDP/FSDP wrap).
+
+    Args:
+        model: the (prepared) transformer.
+    """
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Sum of ``-log p(target)`` over positions whose target is not ``-100``.
+
+        Args:
+            tokens: ``[B, T]`` input ids.
+            targets: ``[B, T]`` next-token ids or ``-100``.
+            positions: ``[B, T]`` RoPE positions.
+            mask: ``[B, 1, T, T]`` bool attention mask, or None for causal rows.
+
+        Returns:
+            A scalar: the loss summed (not averaged) over trained positions.
+        """
+        with _hidden_states(self.model) as head:
+            hidden = self.model(tokens, positions=positions, mask=mask)
+        keep = targets != IGNORE
+        # "+ 0 * sum" keeps the graph connected when a micro-batch has no target.
+        return LinearCrossEntropy.apply(hidden[keep], head.weight, targets[keep]) + hidden.sum().float() * 0

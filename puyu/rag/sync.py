@@ -1,0 +1,139 @@
+"""Incremental sync of a knowledge base with files on disk.
+
+Contract: :func:`sync` makes the store hold exactly the chunks of the supported
+files under the given paths: new and changed files (by SHA-256 of their bytes)
+are loaded, split, embedded and written; files the store knows under those
+paths that are gone (or now excluded) are removed; unchanged files are not
+touched.  Files left ``pending`` by a crashed run count as changed.  Unreadable
+files (a corrupt PDF ...) are skipped with a warning naming them and listed in
+the report; the build goes on.  Chunks are embedded in batches across files
+and a file is marked done only once all its chunks are stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from puyu.rag.embedder import Embedder
+from puyu.rag.loaders import LoaderError, discover, load_file
+from puyu.rag.splitter import Chunk, Splitter
+from puyu.rag.store import ChunkStore, chunk_id, chunk_metadata
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncReport:
+    """What one build changed.
+
+    Attributes:
+        added: files new to the store.
+        changed: files whose content changed (or were left pending by a crash).
+        removed: files deleted from the store.
+        unchanged: files already up to date.
+        skipped: ``(path, reason)`` of files that could not be read.
+        chunks_written: chunks embedded and stored.
+        chunks_total: chunks in the store afterwards.
+        seconds: wall time of the build.
+    """
+
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    chunks_written: int = 0
+    chunks_total: int = 0
+    seconds: float = 0.0
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _under(source: str, roots: list[Path]) -> bool:
+    path = Path(source)
+    return any(path == root or root in path.parents for root in roots)
+
+
+class _Batch:
+    """Chunks of whole files waiting to be embedded and stored together."""
+
+    def __init__(self, store: ChunkStore, embedder: Embedder, report: SyncReport, progress):
+        self.store, self.embedder, self.report, self.progress = store, embedder, report, progress
+        self.files: list[tuple[str, str, list[Chunk]]] = []
+
+    def __len__(self) -> int:
+        return sum(len(chunks) for _, _, chunks in self.files)
+
+    def add(self, source: str, digest: str, chunks: list[Chunk]) -> None:
+        self.store.begin_file(source, digest)
+        self.files.append((source, digest, chunks))
+
+    def flush(self) -> None:
+        rows = [(source, digest, i, chunk) for source, digest, chunks in self.files for i, chunk in enumerate(chunks)]
+        if rows:
+            vectors = self.embedder.embed([chunk.indexed_text() for *_, chunk in rows])
+            self.store.add([chunk_id(s, d, i) for s, d, i, _ in rows], vectors, [c.text for *_, c in rows],
+                           [chunk_metadata(c, d, i) for _, d, i, c in rows])
+        for source, digest, chunks in self.files:
+            self.store.finish_file(source, digest, len(chunks))
+        self.report.chunks_written += len(rows)
+        if self.progress is not None:
+            self.progress.update(len(self.files))
+            self.progress.set_postfix(chunks=self.report.chunks_written, refresh=False)
+        self.files = []
+
+
+def sync(store: ChunkStore, splitter: Splitter, embedder: Embedder, paths: Iterable[str | Path],
+         include: Iterable[str] = (), exclude: Iterable[str] = (), show_progress: bool = False,
+         batch_chunks: int = 256) -> SyncReport:
+    """Bring ``store`` in line with the files under ``paths`` (see the module docstring)."""
+    from tqdm import tqdm
+
+    start, report = time.perf_counter(), SyncReport()
+    paths = list(paths)
+    roots = [Path(p).expanduser().resolve() for p in paths]
+    files = discover(paths, include, exclude)
+    known = store.files()
+    current = {str(f) for f in files}
+    for source in sorted(s for s in known if _under(s, roots) and s not in current):
+        store.remove_file(source)
+        report.removed.append(source)
+
+    todo = []
+    for path in files:
+        digest, entry = file_hash(path), known.get(str(path))
+        if entry is not None and entry[0] == digest and entry[1] == "done":
+            report.unchanged += 1
+        else:
+            todo.append((path, digest))
+            (report.changed if entry is not None else report.added).append(str(path))
+
+    progress = tqdm(total=len(todo), unit="file", desc="indexing", disable=not show_progress) if todo else None
+    batch = _Batch(store, embedder, report, progress)
+    for path, digest in todo:
+        try:
+            chunks = splitter.split(load_file(path))
+        except LoaderError as exc:
+            log.warning("skipped %s", exc)
+            report.skipped.append((str(path), str(exc)))
+            if str(path) in known:
+                store.remove_file(str(path))
+            (report.changed if str(path) in known else report.added).remove(str(path))
+            continue
+        batch.add(str(path), digest, chunks)
+        if len(batch) >= batch_chunks:
+            batch.flush()
+    batch.flush()
+    if progress is not None:
+        progress.close()
+    store.bm25()
+    report.chunks_total = store.count()
+    report.seconds = time.perf_counter() - start
+    return report

@@ -49,7 +49,7 @@ class SequenceOutput:
     def __init__(self, index, prompt: list[int], params: SamplingParams, tokenizer: Tokenizer, vocab_size: int,
                  device: torch.device, stop_ids: set[int]):
         self.index, self.params = index, params
-        self.state = SequenceState(params, prompt, vocab_size, device)
+        self.state = SequenceState(params, prompt, vocab_size, device, tokenizer)
         self.decoder = StreamDecoder(tokenizer, params.skip_special_tokens)
         self.stop_ids = set() if params.ignore_eos else stop_ids | set(params.stop_token_ids)
         self.text = ""  # decoded so far

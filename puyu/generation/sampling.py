@@ -6,6 +6,9 @@ logits ``[B, vocab]`` and returns the chosen ids ``[B]``.  Order of operations
 (as in vLLM): repetition penalty (HF-style, over prompt and output), presence
 and frequency penalties (OpenAI-style, over the output), then greedy when
 ``temperature == 0``, else temperature, top-k, top-p, min-p and a draw.
+A sequence with a ``grammar`` (see :mod:`puyu.generation.constraints`) has its
+disallowed tokens masked after the penalties and its matcher advanced with the
+chosen token.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class SamplingParams:
         stop_token_ids: extra ids that end the reply (the template's are always used).
         ignore_eos: keep going past stop tokens (benchmarks).
         skip_special_tokens: leave special tokens out of the text.
+        grammar: constrain the output to this llguidance grammar (Lark text or
+            JSON; build one with puyu.generation.constraints).
     """
 
     max_new_tokens: int = 512
@@ -50,6 +55,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     skip_special_tokens: bool = True
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -76,7 +82,7 @@ class SamplingParams:
 class SequenceState:
     """Per-sequence sampling state: output token counts, prompt tokens, RNG."""
 
-    def __init__(self, params: SamplingParams, prompt: list[int], vocab_size: int, device: torch.device):
+    def __init__(self, params: SamplingParams, prompt: list[int], vocab_size: int, device: torch.device, tokenizer=None):
         self.params = params
         self.vocab_size = vocab_size
         needs_counts = params.repetition_penalty != 1 or params.presence_penalty or params.frequency_penalty
@@ -89,6 +95,13 @@ class SequenceState:
         if params.seed is not None:
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(params.seed)
+        self.matcher = None
+        if params.grammar is not None:
+            from puyu.generation.constraints import GrammarMatcher
+
+            if tokenizer is None:
+                raise ConfigError("sampling: a grammar needs the tokenizer; use generate/stream or the engine")
+            self.matcher = GrammarMatcher(params.grammar, tokenizer, vocab_size)
 
     def record(self, token: int) -> None:
         if self.counts is not None and token < self.vocab_size:
@@ -127,15 +140,19 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) 
 def sample_next(logits: torch.Tensor, states: list[SequenceState]) -> list[int]:
     """Choose one token per row of ``logits`` ``[B, vocab]`` for the sequences ``states``."""
     logits = logits.float()
-    if all(s.params.greedy and s.counts is None for s in states):
+    if all(s.params.greedy and s.counts is None and s.matcher is None for s in states):
         return logits.argmax(-1).tolist()
     chosen = []
     for row, state in zip(logits, states):
         row = _penalize(row[: state.vocab_size], state)
+        if state.matcher is not None:
+            row = state.matcher.mask(row)
         p = state.params
         if p.greedy:
             chosen.append(int(row.argmax()))
-            continue
-        row = filter_logits(row / p.temperature, p.top_k, p.top_p, p.min_p)
-        chosen.append(int(torch.multinomial(row.softmax(-1), 1, generator=state.generator)))
+        else:
+            row = filter_logits(row / p.temperature, p.top_k, p.top_p, p.min_p)
+            chosen.append(int(torch.multinomial(row.softmax(-1), 1, generator=state.generator)))
+        if state.matcher is not None:
+            state.matcher.advance(chosen[-1])
     return chosen

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from puyu.engine import TokenLogprob
+from puyu.generation.constraints import check_grammar
 from puyu.serve.app import ChoiceResult, Job, OpenAIError
 from puyu.serve.protocol import ChatCompletionRequest, CompletionRequest
 from puyu.serve.tool_calls import ToolCallStream, parse_tool_calls
@@ -57,15 +58,16 @@ def add_endpoints(app: FastAPI) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         check_model(body.model)
-        if body.response_format and body.response_format.get("type") != "text":
-            raise OpenAIError(400, "response_format other than 'text' is not supported by this server yet", param="response_format")
         tools = body.selected_tools()
         family = tokenizer.template.select([], tools).family if tools and tokenizer.template else "custom"
+        grammar = body.grammar(tools, family)
+        if grammar is not None:
+            check_grammar(grammar, tokenizer, engine.model.config.vocab_size)
         prompt = tokenizer.render([m.to_puyu() for m in body.messages], tools, add_generation_prompt=True).ids
         limit = body.max_completion_tokens or body.max_tokens or (engine.max_model_len - len(prompt))
         keep_specials = family == "internlm2" and bool(tools)  # its action markers are special tokens
         top = (body.top_logprobs or 0) if body.logprobs else None
-        jobs = [Job(prompt, body.sampling(max(limit, 1), i, not keep_specials), top) for i in range(body.n)]
+        jobs = [Job(prompt, body.sampling(max(limit, 1), i, not keep_specials, grammar), top) for i in range(body.n)]
         running = app.state.run(jobs)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:

@@ -2,8 +2,10 @@
 
 Fields puyu does not use are accepted and ignored, as OpenAI-compatible
 servers do, so that every client works; fields it cannot honour (images,
-``suffix``, JSON-constrained ``response_format``) are refused with a 400 that
-says so, never silently dropped.
+``suffix``) are refused with a 400 that says so, never silently dropped.
+``response_format`` ``json_object``/``json_schema`` and a required or named
+``tool_choice`` become a grammar the output is decoded under
+(:mod:`puyu.generation.constraints`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from puyu.errors import ConfigError
 from puyu.generation import SamplingParams
+from puyu.generation.constraints import CALL_WRAPPERS, json_object_grammar, json_schema_grammar, tool_call_grammar
 
 
 class _Request(BaseModel):
@@ -36,14 +39,14 @@ class _Request(BaseModel):
     repetition_penalty: float = Field(default=1.0, gt=0)
     ignore_eos: bool = False
 
-    def sampling(self, max_tokens: int, index: int, skip_special_tokens: bool = True) -> SamplingParams:
+    def sampling(self, max_tokens: int, index: int, skip_special_tokens: bool = True, grammar: str | None = None) -> SamplingParams:
         """SamplingParams for choice ``index`` (a given seed is offset per choice so choices differ)."""
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(
             max_new_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, seed=None if self.seed is None else self.seed + index, stop=stop,
-            ignore_eos=self.ignore_eos, skip_special_tokens=skip_special_tokens,
+            ignore_eos=self.ignore_eos, skip_special_tokens=skip_special_tokens, grammar=grammar,
         )
 
     @property
@@ -100,6 +103,22 @@ class ChatCompletionRequest(_Request):
                 raise ConfigError(f"tool_choice names the function {name!r}, which is not in tools")
             return chosen
         return self.tools
+
+    def grammar(self, tools: list[dict[str, Any]] | None, family: str) -> str | None:
+        """The grammar the reply must follow: from ``response_format``, else a required/named tool call, else None."""
+        fmt = self.response_format or {"type": "text"}
+        kind = fmt.get("type")
+        if kind == "json_object":
+            return json_object_grammar()
+        if kind == "json_schema":
+            spec = fmt.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+                raise ConfigError("response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}")
+            return json_schema_grammar(spec["schema"])
+        if kind != "text":
+            raise ConfigError(f"response_format type {kind!r} is not one of text, json_object, json_schema")
+        forced = self.tool_choice == "required" or isinstance(self.tool_choice, dict)
+        return tool_call_grammar(tools, family) if tools and forced and family in CALL_WRAPPERS else None
 
 
 class CompletionRequest(_Request):

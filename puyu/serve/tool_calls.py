@@ -15,9 +15,10 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
+# Everything between the markers is the call's JSON (a "}" inside a string argument must not end it).
 PATTERNS = {
-    "chatml": re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL),
-    "internlm2": re.compile(r"<\|action_start\|>\s*<\|plugin\|>\s*(\{.*?\})\s*<\|action_end\|>", re.DOTALL),
+    "chatml": re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL),
+    "internlm2": re.compile(r"<\|action_start\|>\s*<\|plugin\|>(.*?)<\|action_end\|>", re.DOTALL),
     "llama3": re.compile(r"^\s*(\{.*\})\s*$", re.DOTALL),
 }
 START = {"chatml": "<tool_call>", "internlm2": "<|action_start|>", "llama3": "{"}
@@ -43,7 +44,7 @@ def parse_tool_calls(text: str, family: str) -> tuple[str, list[ToolCall]]:
 
     def take(match: re.Match) -> str:
         try:
-            data = json.loads(match.group(1))
+            data = json.loads(match.group(1).strip())
         except json.JSONDecodeError:
             return match.group(0)
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):

@@ -30,6 +30,12 @@ def test_each_family_parses_its_format():
         assert content == ("" if family == "llama3" else "Let me add.")
 
 
+def test_braces_inside_arguments_do_not_end_the_call():
+    text = '<tool_call>\n{"name": "python", "arguments": {"code": "print({1: 2})}"}}\n</tool_call>'
+    _, calls = parse_tool_calls(text, "chatml")
+    assert json.loads(calls[0].arguments) == {"code": "print({1: 2})}"}
+
+
 def test_broken_calls_stay_text():
     for text in ['<tool_call>{"name": "add", "arguments": </tool_call>', "<tool_call>[1, 2]</tool_call>", "just words"]:
         assert parse_tool_calls(text, "chatml") == (text, [])

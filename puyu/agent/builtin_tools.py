@@ -1,0 +1,212 @@
+"""The built-in tools: Python interpreter (sandboxed), calculator, equation solver, file reader, knowledge base.
+
+:func:`builtin_tools` builds a :class:`~puyu.agent.tools.ToolRegistry` from
+names (``python``, ``calculator``, ``solve``, ``read_file``, ``search_kb``);
+tools that hold a resource (the interpreter's session, the reader's folder, the
+knowledge base) are made by factories.  The calculator walks the expression's
+AST (numbers, arithmetic, a few math functions; never ``eval``); the solver
+checks the text against a small alphabet before handing it to sympy, because
+sympy's parser evaluates Python.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import re
+from pathlib import Path
+
+from puyu.agent.sandbox import PythonSandbox
+from puyu.agent.tools import Tool, ToolRegistry, tool
+from puyu.errors import ConfigError
+
+BUILTIN_NAMES = ["python", "calculator", "solve", "read_file", "search_kb"]
+OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+             ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos}
+FUNCTIONS = {name: getattr(math, name) for name in ["sqrt", "exp", "log", "log10", "log2", "sin", "cos", "tan", "asin", "acos", "atan",
+                                                   "floor", "ceil", "factorial", "fabs"]} | {"abs": abs, "round": round}
+CONSTANTS = {"pi": math.pi, "e": math.e}
+MAX_EXPONENT = 1000
+
+
+def python_tool(sandbox: PythonSandbox) -> Tool:
+    """The interpreter tool over one sandbox session (state persists between calls)."""
+
+    def python(code: str) -> str:
+        """Run Python code in a sandboxed interpreter and return what it prints; variables persist between calls.
+
+        Args:
+            code: Python source; print the values you need (the last expression is shown too).
+        """
+        result = sandbox.run(code)
+        parts = [result.stdout.rstrip()] if result.stdout.strip() else []
+        if result.stderr.strip():
+            parts.append("stderr:\n" + result.stderr.rstrip())
+        if result.error:
+            raise RuntimeError(result.error + (("\n" + "\n".join(parts)) if parts else ""))
+        return "\n".join(parts) or "(no output; print the result)"
+
+    return Tool(python)
+
+
+def _evaluate(node: ast.AST) -> float | int:
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body)
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in CONSTANTS:
+        return CONSTANTS[node.id]
+    if isinstance(node, ast.UnaryOp) and type(node.op) in OPERATORS:
+        return OPERATORS[type(node.op)](_evaluate(node.operand))
+    if isinstance(node, ast.BinOp) and type(node.op) in OPERATORS:
+        left, right = _evaluate(node.left), _evaluate(node.right)
+        if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
+            raise ValueError(f"exponent {right} is too large (limit {MAX_EXPONENT})")
+        return OPERATORS[type(node.op)](left, right)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS and not node.keywords:
+        return FUNCTIONS[node.func.id](*[_evaluate(a) for a in node.args])
+    raise ValueError(f"unsupported expression element {ast.unparse(node)!r}; use numbers, + - * / // % **, "
+                     f"{', '.join(sorted(FUNCTIONS))}, pi, e")
+
+
+@tool
+def calculator(expression: str) -> str:
+    """Evaluate an arithmetic expression exactly as written, e.g. (3 + 4) * 2 or sqrt(2) ** 2.
+
+    Args:
+        expression: numbers with + - * / // % ** ^ and functions such as sqrt, log, sin; constants pi and e.
+    """
+    try:
+        tree = ast.parse(expression.replace("^", "**"), mode="eval")
+    except SyntaxError as e:
+        raise ValueError(f"not an arithmetic expression: {e.msg}") from None
+    value = _evaluate(tree)
+    return str(int(value)) if isinstance(value, float) and value.is_integer() and abs(value) < 1e15 else str(value)
+
+
+SAFE_MATH = re.compile(r"^[0-9A-Za-z_+\-*/^().,\s]*$")
+SYMPY_NAMES = {"sqrt", "exp", "log", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "Abs", "abs", "factorial",
+               "pi", "E", "I", "oo"}
+
+
+def _sympy_text(text: str) -> str:
+    """``text`` when it is plain mathematics: sympy's parser evaluates Python, so only numbers, operators,
+    short variable names and a few function names get through."""
+    names = re.findall(r"[A-Za-z_]\w*", text)
+    if not SAFE_MATH.match(text) or any(len(n) > 2 and n not in SYMPY_NAMES or "_" in n for n in names):
+        raise ValueError(f"{text!r} is not plain mathematics; use numbers, variables of one or two letters, + - * / ^ ( ), "
+                         f"{', '.join(sorted(SYMPY_NAMES))} and =")
+    return text
+
+
+def _show(value) -> str:
+    """A sympy value, with its decimal form when it is an exact fraction (7/2 = 3.5)."""
+    return f"{value} = {float(value):g}" if value.is_Rational and not value.is_Integer else str(value)
+
+
+@tool
+def solve(equations: str, variables: str = "") -> str:
+    """Solve equations or simplify an expression symbolically with sympy, e.g. 2*x + 3 = 10.
+
+    Args:
+        equations: one or more equations separated by commas or semicolons (x^2 = 4; 2x+3=10 also works).
+        variables: the unknowns to solve for, comma-separated (default: all symbols).
+    """
+    import sympy
+    from sympy.parsing.sympy_parser import convert_xor, implicit_multiplication_application, parse_expr, standard_transformations
+
+    transforms = standard_transformations + (implicit_multiplication_application, convert_xor)
+
+    def parse(text: str):
+        return parse_expr(_sympy_text(text.strip()), transformations=transforms)
+
+    parts = [p for p in re.split(r"[;,]", equations) if p.strip()]
+    if not parts:
+        raise ValueError("give at least one equation, e.g. 2*x + 3 = 10")
+    system = []
+    for part in parts:
+        sides = part.split("=")
+        if len(sides) > 2:
+            raise ValueError(f"{part!r} has more than one '='")
+        system.append(sympy.Eq(parse(sides[0]), parse(sides[1])) if len(sides) == 2 else parse(sides[0]))
+    if len(system) == 1 and not isinstance(system[0], sympy.Equality) and not variables.strip():
+        return str(sympy.simplify(system[0]))
+    unknowns = [sympy.Symbol(v.strip()) for v in variables.split(",") if v.strip()] if variables.strip() else None
+    solutions = sympy.solve(system, unknowns, dict=True) if unknowns else sympy.solve(system, dict=True)
+    if not solutions:
+        return "no solution"
+    return "; ".join(", ".join(f"{k} = {_show(v)}" for k, v in s.items()) for s in solutions)
+
+
+def file_reader_tool(root: str | Path, max_chars: int = 20_000) -> Tool:
+    """A tool that reads text files under ``root`` only (paths are resolved; links out of it are refused)."""
+    base = Path(root).expanduser().resolve()
+    if not base.is_dir():
+        raise ConfigError(f"the file reader's folder {root} does not exist; create it or pass another --files folder")
+
+    def read_file(path: str) -> str:
+        """Read a text file from the allowed folder.
+
+        Args:
+            path: the file's path relative to the allowed folder.
+        """
+        target = (base / path).resolve()
+        if not target.is_relative_to(base):
+            raise PermissionError(f"{path!r} is outside the allowed folder")
+        if not target.is_file():
+            listing = ", ".join(sorted(p.name for p in base.iterdir())[:50])
+            raise FileNotFoundError(f"no file {path!r}; the folder holds: {listing}")
+        text = target.read_text(errors="replace")
+        return text if len(text) <= max_chars else text[:max_chars] + f"\n... [cut at {max_chars} of {len(text)} characters]"
+
+    return Tool(read_file)
+
+
+def knowledge_base_tool(name: str, k: int = 4) -> Tool:
+    """A tool that searches the knowledge base ``name`` (built with ``puyu kb``)."""
+    from puyu.rag.kb import KnowledgeBase
+
+    kb = KnowledgeBase.open(name)
+
+    def search_kb(query: str) -> str:
+        """Search the knowledge base for passages about a question; returns the best passages with their sources.
+
+        Args:
+            query: what to look for, in a few words.
+        """
+        hits = kb.search(query, k)
+        return "\n\n".join(f"[{i}] ({Path(h.source).name}) {h.text}" for i, h in enumerate(hits, 1)) or "nothing found"
+
+    return Tool(search_kb)
+
+
+def builtin_tools(names: list[str], sandbox: PythonSandbox | None = None, files: str | Path | None = None,
+                  kb: str | None = None) -> ToolRegistry:
+    """A registry of the built-in tools ``names`` (see :data:`BUILTIN_NAMES`).
+
+    Args:
+        names: which tools.
+        sandbox: the interpreter's session (a new :class:`PythonSandbox` when ``python`` is asked and none given).
+        files: the folder ``read_file`` may read.
+        kb: the knowledge base ``search_kb`` searches.
+    """
+    registry = ToolRegistry()
+    for name in names:
+        if name == "python":
+            registry.add(python_tool(sandbox or PythonSandbox()))
+        elif name == "calculator":
+            registry.add(calculator)
+        elif name == "solve":
+            registry.add(solve)
+        elif name == "read_file":
+            if files is None:
+                raise ConfigError("the read_file tool needs a folder; pass --files FOLDER")
+            registry.add(file_reader_tool(files))
+        elif name == "search_kb":
+            if kb is None:
+                raise ConfigError("the search_kb tool needs a knowledge base; pass --kb NAME")
+            registry.add(knowledge_base_tool(kb))
+        else:
+            raise ConfigError(f"unknown tool {name!r}; built-in tools are {', '.join(BUILTIN_NAMES)}")
+    return registry

@@ -1,9 +1,15 @@
 """LLMEngine: continuous batching over a paged KV cache, with sync and async APIs.
 
-One background thread owns the scheduler, the cache and the model and runs
-steps while there is work; other threads talk to it through an inbox
+One thread owns the scheduler, the cache and the model and runs steps while
+there is work; other threads talk to it through an inbox
 (:meth:`LLMEngine.submit`, :meth:`LLMEngine.abort`), and every request gets its
-:class:`~puyu.engine.sequence.StepEvent` objects through a callback.  On top:
+:class:`~puyu.engine.sequence.StepEvent` objects through a callback.  That
+thread is best the main thread (:meth:`LLMEngine.run`, what ``puyu serve``
+does, with the HTTP server in a second thread): PyTorch's OpenMP workers stay
+warm only for the main thread, and on 2 CPU cores a step run from another
+thread takes about twice as long.  Without :meth:`run`, :meth:`generate`
+drives the loop in the calling thread and :meth:`stream` starts a background
+thread.  On top:
 
 * ``engine.generate(prompts, params)`` — blocking, a list of completions;
 * ``async for event in engine.stream(prompt, params)`` — cancelling the
@@ -23,7 +29,7 @@ import logging
 import queue
 import threading
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import torch
 
@@ -82,6 +88,7 @@ class LLMEngine:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
+        self._driver: str | None = None  # who runs the loop: None (nobody yet), "thread" or "caller"
         self._stopping = False
         self.totals = {"prompt_tokens": 0, "generation_tokens": 0, "requests": 0, "steps": 0}
         log.info("KV cache: %d blocks of %d tokens (%.0f MiB)", num_blocks, config.block_size, num_blocks * per_block / 2**20)
@@ -115,7 +122,8 @@ class LLMEngine:
         max_new = min(params.max_new_tokens, self.max_model_len - len(prompt))
         seq = Sequence(request_id, list(prompt), output, max_new, sink, logprobs, prompt_logprobs)
         self._inbox.put(("add", seq))
-        self.start()
+        if self._driver is None:
+            self.start()
         self._wake.set()
         return request_id
 
@@ -126,9 +134,23 @@ class LLMEngine:
 
     # ---- the loop --------------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is None:
+        """Run the loop in a background thread (unless something already runs it)."""
+        if self._driver is None:
+            self._driver = "thread"
             self._thread = threading.Thread(target=self._loop, name="puyu-engine", daemon=True)
             self._thread.start()
+
+    def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Run the loop in the calling thread until :meth:`shutdown` (called from another thread).
+
+        ``ready`` is called once the engine belongs to this thread (start the HTTP server there).
+        """
+        if self._driver is not None:
+            raise RuntimeError(f"the engine loop already runs ({self._driver})")
+        self._driver = "caller"
+        if ready is not None:
+            ready()
+        self._loop()
 
     def shutdown(self, drain_timeout: float = 0.0) -> None:
         """Let running requests finish for up to ``drain_timeout`` seconds, abort the rest, stop the thread."""
@@ -141,7 +163,7 @@ class LLMEngine:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-            self._thread = None
+            self._thread, self._driver = None, None
 
     def _drain_inbox(self) -> None:
         while True:
@@ -164,12 +186,15 @@ class LLMEngine:
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
                 continue
-            try:
-                self.step()
-            except Exception as exc:  # a failed step must not kill the server: fail its requests
-                log.exception("engine step failed")
-                for seq in list(self._live.values()):
-                    self._finish(seq, "error", error=f"{type(exc).__name__}: {exc}")
+            self._safe_step()
+
+    def _safe_step(self) -> None:
+        try:
+            self.step()
+        except Exception as exc:  # a failed step must not kill the server: fail its requests
+            log.exception("engine step failed")
+            for seq in list(self._live.values()):
+                self._finish(seq, "error", error=f"{type(exc).__name__}: {exc}")
 
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
         self.scheduler.finish(seq)
@@ -236,8 +261,18 @@ class LLMEngine:
 
             return sink
 
-        for i, (prompt, p) in enumerate(zip(prompts, plist)):
-            self.submit(prompt, p, sink_for(i))
+        drive = self._driver is None  # nobody runs the loop: run it here, in this thread
+        if drive:
+            self._driver = "caller"
+        try:
+            for i, (prompt, p) in enumerate(zip(prompts, plist)):
+                self.submit(prompt, p, sink_for(i))
+            while drive and not all(event.is_set() for event in done):
+                self._drain_inbox()
+                self._safe_step()
+        finally:
+            if drive:
+                self._driver = None
         for event in done:
             event.wait()
         return results

@@ -140,8 +140,7 @@ def create_app(engine: LLMEngine, served_name: str, api_key: str | None = None, 
                drain_timeout: float = 5.0) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine.start()
-        yield
+        yield  # the engine loop is already running (puyu serve) or starts with the first request
         await asyncio.to_thread(engine.shutdown, drain_timeout)
 
     app = FastAPI(title="puyu", lifespan=lifespan)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 from pathlib import Path
 
 from puyu.cli import add_model_args, status
@@ -26,8 +28,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         engine = LLMEngine(model, tokenizer, config)
     name = args.served_model_name or Path(str(args.model).rstrip("/")).name.removesuffix(".gguf")
     app = create_app(engine, name, api_key=args.api_key, cors_origins=args.cors_origins, drain_timeout=args.drain_timeout)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                           timeout_graceful_shutdown=int(args.drain_timeout) or None))
+
+    def serve_http() -> None:
+        try:
+            server.run()
+        finally:
+            engine.shutdown()  # also when the server could not start (a port in use): the loop below ends
+
+    http = threading.Thread(target=serve_http, name="puyu-http", daemon=True)
+
+    def stop(signum, frame) -> None:
+        server.should_exit = True  # uvicorn drains, then the app's lifespan shuts the engine down
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     print(f"serving {name!r} on http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=int(args.drain_timeout) or None)
+    # The engine computes in this (main) thread, whose PyTorch workers stay warm; HTTP runs beside it.
+    engine.run(ready=http.start)
+    http.join(timeout=30)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Serving benchmark: puyu vs llama-cpp-python and transformers on the built-in model, same machine, same run.
 
 Part 1, in-process single-stream greedy decode (tok/s) for float32, bfloat16,
-w8a16 and w4a16 on puyu's engine, next to the memory-bandwidth bound (weight
+w8a16 and w4a16 on puyu's engine (and w4a16 with the decode step compiled), next to the memory-bandwidth bound (weight
 bytes read per token / measured copy bandwidth), and llama-cpp-python's
 ``Llama`` on the same GGUF.
 
@@ -10,9 +10,10 @@ instructions from ../shared/datasets): output tokens/s, time to first token and
 inter-token latency p50/p99 at each concurrency, for ``puyu serve`` and
 llama-cpp-python's server (``--interrupt_requests False``, ``repeat_penalty``
 1.0 to match), plus transformers ``generate`` with static batches of the same
-size in-process.  Prints ratios ours / peer.
+size in-process.  ``puyu serve`` runs with ``--compile`` unless ``--no-compile``.
+Prints ratios ours / peer.
 
-    python bench/serve.py [--concurrency 1,8,32] [--max-tokens 128] [--quant w4a16]
+    python bench/serve.py [--concurrency 1,8,32] [--max-tokens 128] [--quant w4a16] [--no-compile]
                           [--llama-python /path/to/venv/bin/python] [--skip-decode] [--skip-http]
 """
 
@@ -79,10 +80,14 @@ def decode_part(tokens: int, llama_python: str | None) -> None:
     print(f"\nmeasured copy bandwidth: {bw:.1f} GB/s")
     print(f"{'setting':18} {'tok/s':>8} {'MB/token':>9} {'bound tok/s':>12} {'of bound':>9}")
     rates = {}
-    for name, dtype, quant in [("float32", "float32", "none"), ("bfloat16", "bfloat16", "none"),
-                               ("w8a16", "bfloat16", "w8a16"), ("w4a16", "bfloat16", "w4a16")]:
+    for name, dtype, quant, compile in [("float32", "float32", "none", False), ("bfloat16", "bfloat16", "none", False),
+                                        ("w8a16", "bfloat16", "w8a16", False), ("w4a16", "bfloat16", "w4a16", False),
+                                        ("w4a16 + compile", "bfloat16", "w4a16", True)]:
         model, tokenizer = load_model("smollm2-135m-instruct", dtype=dtype, device="cpu")
-        engine = LLMEngine(model, tokenizer, EngineConfig(quant=quant))
+        started = time.perf_counter()
+        engine = LLMEngine(model, tokenizer, EngineConfig(quant=quant, compile=compile))
+        if compile:
+            print(f"  (compiled in {time.perf_counter() - started:.0f} s)")
         prompt = tokenizer.render([{"role": "user", "content": "Write a long story about a dragon."}], add_generation_prompt=True).ids
         run = lambda n: engine.generate([prompt], SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True))  # noqa: E731
         run(4)
@@ -104,7 +109,7 @@ def decode_part(tokens: int, llama_python: str | None) -> None:
         out = subprocess.run([llama_python, "-c", code], capture_output=True, text=True, timeout=600)
         peer = float(out.stdout.strip().splitlines()[-1])
         print(f"{'llama-cpp-python':18} {peer:8.1f}   (Q4_1 GGUF)")
-        print(f"ratio w4a16 / llama-cpp-python: {rates['w4a16'] / peer:.2f}; bfloat16 / llama-cpp-python: {rates['bfloat16'] / peer:.2f}")
+        print("ratio to llama-cpp-python: " + ", ".join(f"{name} {rate / peer:.2f}" for name, rate in rates.items()))
 
 
 def free_port() -> int:
@@ -194,14 +199,14 @@ def transformers_static(questions: list[str], batch: int, max_tokens: int) -> di
     return {"tok/s": total / (time.perf_counter() - began), "ttft p50": statistics.median(ttfts), "ttft p99": max(ttfts)}
 
 
-def http_part(levels: list[int], max_tokens: int, quant: str, llama_python: str | None) -> None:
+def http_part(levels: list[int], max_tokens: int, quant: str, compile: bool, llama_python: str | None) -> None:
     from puyu.model.registry import resolve
 
     gguf = str(resolve("smollm2-135m-instruct"))
     results: dict[str, dict[int, dict[str, float]]] = {}
     port = free_port()
     proc = start([sys.executable, "-m", "puyu", "serve", "smollm2-135m-instruct", "--port", str(port), "--quant", quant,
-                  "--served-model-name", "smol"], port)
+                  "--served-model-name", "smol", "--compile" if compile else "--no-compile"], port)
     try:
         results[f"puyu ({quant})"] = {c: asyncio.run(load(f"http://127.0.0.1:{port}/v1", "smol", prompts(max(2 * c, 8)), c, max_tokens)) for c in levels}
     finally:
@@ -235,6 +240,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--quant", default="w4a16")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="serve without torch.compile of the decode step")
     parser.add_argument("--llama-python", default=None, help="a Python with llama-cpp-python[server] installed (the peer)")
     parser.add_argument("--skip-decode", action="store_true")
     parser.add_argument("--skip-http", action="store_true")
@@ -243,7 +249,7 @@ def main() -> None:
     if not args.skip_decode:
         decode_part(args.decode_tokens, args.llama_python)
     if not args.skip_http:
-        http_part([int(c) for c in args.concurrency.split(",")], args.max_tokens, args.quant, args.llama_python)
+        http_part([int(c) for c in args.concurrency.split(",")], args.max_tokens, args.quant, args.compile, args.llama_python)
 
 
 if __name__ == "__main__":

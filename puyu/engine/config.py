@@ -23,6 +23,9 @@ class EngineConfig:
         prefix_caching: reuse the KV blocks of prompts that share a prefix.
         quant: weight-only quantization at load: none, w8a16 (int8 per output channel) or w4a16 (int4 group-wise).
         quant_group_size: input channels per int4 group (w4a16).
+        compile: torch.compile the decode step (steps without prompt tokens): on the CPU it fuses the many small
+            per-layer ops, about 1.35x faster decode, after a one-off compile when the engine starts (about a
+            minute; needs a C++ compiler).
     """
 
     block_size: int = 16
@@ -34,6 +37,7 @@ class EngineConfig:
     prefix_caching: bool = True
     quant: str = "none"
     quant_group_size: int = 32
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.max_queue < 1:

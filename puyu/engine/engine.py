@@ -39,7 +39,7 @@ from puyu.engine.paged_cache import PagedKVCache
 from puyu.engine.runner import ModelRunner
 from puyu.engine.scheduler import Scheduler
 from puyu.engine.sequence import Sequence, StepEvent
-from puyu.errors import ContextLengthError, QueueFullError
+from puyu.errors import ConfigError, ContextLengthError, QueueFullError
 from puyu.generation.output import Completion, SequenceOutput
 from puyu.generation.sampling import SamplingParams
 from puyu.model.transformer import Transformer
@@ -79,7 +79,7 @@ class LLMEngine:
         self.cache = PagedKVCache(model.config, num_blocks, config.block_size, model.dtype, model.device)
         self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
-        self.runner = ModelRunner(model, self.cache)
+        self.runner = ModelRunner(model, self.cache, config.compile)
         self.stop_ids = set(tokenizer.stop_token_ids)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -92,6 +92,20 @@ class LLMEngine:
         self._stopping = False
         self.totals = {"prompt_tokens": 0, "generation_tokens": 0, "requests": 0, "steps": 0}
         log.info("KV cache: %d blocks of %d tokens (%.0f MiB)", num_blocks, config.block_size, num_blocks * per_block / 2**20)
+        if config.compile:
+            self._compile_decode()
+
+    def _compile_decode(self) -> None:
+        """Compile both decode graphs now (one sequence; several) so that no request waits for it."""
+        log.warning("compiling the decode step (torch.compile; about a minute on 2 CPU cores)")
+        start = time.perf_counter()
+        params = SamplingParams(max_new_tokens=3, temperature=0, ignore_eos=True)
+        results = self.generate([[0, 1, 2]], params) + self.generate([[3, 4, 5], [6, 7, 8, 9, 10]], params)
+        if any(r.finish_reason == "error" for r in results):  # a failed step is logged and ends its requests
+            raise ConfigError("torch.compile of the decode step failed (the error is logged above); "
+                              "run without compile, or install a C++ compiler (gcc) for Inductor")
+        self.totals = dict.fromkeys(self.totals, 0)
+        log.warning("decode step compiled in %.0f s", time.perf_counter() - start)
 
     # ---- submitting ------------------------------------------------------------------
     def submit(self, prompt: list[int], params: SamplingParams, sink, request_id: str | None = None,

@@ -58,7 +58,7 @@ class PagedBatch:
         slot_mapping: ``[N]`` slot of every scheduled token.
         decode_index: ``[Bd]`` positions in the step row of single-token sequences.
         decode_slots: ``[Bd, Lmax]`` their context slots (padded with 0).
-        decode_mask: ``[Bd, 1, 1, Lmax]`` bool, or None when all contexts have the same length.
+        decode_mask: ``[Bd, 1, 1, Lmax]`` bool, or None for a single sequence.
         prefills: the multi-token chunks.
     """
 

@@ -123,3 +123,18 @@ def test_refusals_say_why(tiny_llm, engine_factory):
     engine.submit([5, 6], slow, lambda e: None)
     with pytest.raises(QueueFullError, match="max_queue=2"):
         engine.submit([5, 6], slow, lambda e: None)
+
+
+def test_compiled_decode_gives_the_eager_tokens_and_compiles_only_at_start(tiny_llm, engine_factory):
+    from torch._dynamo.utils import counters
+
+    batch = prompts(tiny_llm.tokenizer, 8)
+    eager = engine_factory().generate(batch, GREEDY)
+    compiled = engine_factory(compile=True)
+    graphs = counters["stats"]["unique_graphs"]
+    together = compiled.generate(batch, GREEDY)
+    alone = compiled.generate(batch[:1], GREEDY)
+    assert [r.token_ids for r in together] == [r.token_ids for r in eager]
+    assert alone[0].token_ids == eager[0].token_ids
+    assert counters["stats"]["unique_graphs"] == graphs  # both decode shapes were compiled when the engine started
+    assert compiled.totals["requests"] == 9  # the warm-up requests are not counted

@@ -40,6 +40,12 @@ class PagedKVCache:
         return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * torch.finfo(dtype).bits // 8
 
 
+def _gather(store: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """``store[slots]`` (``[slots, KV, D]`` by ``[...]`` -> ``[..., KV, D]``) through ``index_select``, which copies
+    whole rows: several times faster on the CPU than advanced indexing."""
+    return store.index_select(0, slots.reshape(-1)).view(*slots.shape, *store.shape[1:])
+
+
 @dataclass
 class PrefillChunk:
     """``start:end`` of the flattened step row; the chunk's first position is ``past`` (0 = fresh prompt)."""
@@ -56,17 +62,17 @@ class PagedBatch:
     Args:
         cache: the storage.
         slot_mapping: ``[N]`` slot of every scheduled token.
-        decode_index: ``[Bd]`` positions in the step row of single-token sequences.
+        num_decodes: ``Bd``: the step row starts with this many single-token (decode) sequences.
         decode_slots: ``[Bd, Lmax]`` their context slots (padded with 0).
         decode_mask: ``[Bd, 1, 1, Lmax]`` bool, or None for a single sequence.
-        prefills: the multi-token chunks.
+        prefills: the multi-token chunks, after the decodes.
     """
 
-    def __init__(self, cache: PagedKVCache, slot_mapping: torch.Tensor, decode_index: torch.Tensor | None,
+    def __init__(self, cache: PagedKVCache, slot_mapping: torch.Tensor, num_decodes: int,
                  decode_slots: torch.Tensor | None, decode_mask: torch.Tensor | None, prefills: list[PrefillChunk]):
         self.cache = cache
         self.slot_mapping = slot_mapping
-        self.decode_index, self.decode_slots, self.decode_mask = decode_index, decode_slots, decode_mask
+        self.num_decodes, self.decode_slots, self.decode_mask = num_decodes, decode_slots, decode_mask
         self.prefills = prefills
 
     def begin(self, new: int, device: torch.device) -> None:
@@ -81,19 +87,20 @@ class PagedBatch:
         keys.index_copy_(0, self.slot_mapping, k[0].transpose(0, 1))
         values.index_copy_(0, self.slot_mapping, v[0].transpose(0, 1))
         out = torch.empty_like(q)
-        if self.decode_index is not None:
-            qd = q[0][:, self.decode_index].transpose(0, 1).unsqueeze(2)  # [Bd, H, 1, D]
-            kd = keys[self.decode_slots].permute(0, 2, 1, 3)  # [Bd, KV, Lmax, D]
-            vd = values[self.decode_slots].permute(0, 2, 1, 3)
-            out[0][:, self.decode_index] = attention(qd, kd, vd, self.decode_mask, causal=False).squeeze(2).transpose(0, 1)
+        bd = self.num_decodes
+        if bd:
+            qd = q[0, :, :bd].transpose(0, 1).unsqueeze(2)  # [Bd, H, 1, D]
+            kd = _gather(keys, self.decode_slots).permute(0, 2, 1, 3)  # [Bd, KV, Lmax, D]
+            vd = _gather(values, self.decode_slots).permute(0, 2, 1, 3)
+            out[0, :, :bd] = attention(qd, kd, vd, self.decode_mask, causal=False).squeeze(2).transpose(0, 1)
         for chunk in self.prefills:
             qp = q[:, :, chunk.start : chunk.end]
             if chunk.past == 0:
                 op = attention(qp, k[:, :, chunk.start : chunk.end], v[:, :, chunk.start : chunk.end], None, causal=True)
             else:
                 n = chunk.end - chunk.start
-                kp = keys[chunk.context_slots].transpose(0, 1).unsqueeze(0)
-                vp = values[chunk.context_slots].transpose(0, 1).unsqueeze(0)
+                kp = _gather(keys, chunk.context_slots).transpose(0, 1).unsqueeze(0)
+                vp = _gather(values, chunk.context_slots).transpose(0, 1).unsqueeze(0)
                 mask = torch.ones(n, chunk.past + n, dtype=torch.bool, device=q.device).tril(diagonal=chunk.past)
                 op = attention(qp, kp, vp, mask[None, None], causal=False)
             out[:, :, chunk.start : chunk.end] = op

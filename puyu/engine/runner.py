@@ -60,15 +60,16 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, scheduled: list[tuple[Sequence, int]]) -> list[StepResult]:
         tokens, positions, slots, prefills = [], [], [], []
-        decode_index, decode_slots, sample_at, prompt_rows = [], [], [], []
+        decode_slots, sample_at, prompt_rows = [], [], []
         width = 0
+        # Decodes first: the attention then slices them off the row instead of indexing.
+        scheduled = sorted(scheduled, key=lambda item: not (item[1] == 1 and item[0].num_computed > 0))
         for seq, n in scheduled:
             start, past = width, seq.num_computed
             tokens += seq.tokens[past : past + n]
             positions.append(torch.arange(past, past + n))
             slots.append(self._slots(seq, past, past + n))
             if n == 1 and past > 0:
-                decode_index.append(start)
                 decode_slots.append(self._slots(seq, 0, past + 1))
             else:
                 context = self._slots(seq, 0, past + n).to(self.device) if past else None
@@ -83,7 +84,7 @@ class ModelRunner:
         batch = PagedBatch(
             self.cache,
             torch.cat(slots).to(self.device),
-            torch.tensor(decode_index, device=self.device) if decode_index else None,
+            len(decode_slots),
             *self._decode_context(decode_slots),
             prefills,
         )

@@ -2,13 +2,21 @@
 
 ``puyu eval --model M --tasks a,b [--mode gen|ppl] [--shots K] [--limit N]``,
 ``puyu eval CONFIG.yaml`` (models × tasks), ``puyu eval --list`` and
-``puyu eval compare RUN_A RUN_B``.
+``puyu eval compare RUN_A RUN_B``.  Judged tasks (``mt_bench``) take
+``--judge-model NAME --judge-api-base URL [--judge-api-key KEY]``, which
+override the config file's ``judge:``.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+
+def _judge_from_args(args: argparse.Namespace, configured: dict | None) -> dict | None:
+    flags = {"model": args.judge_model, "api_base": args.judge_api_base, "api_key": args.judge_api_key}
+    given = {k: v for k, v in flags.items() if v is not None}
+    return {**(configured or {}), **given} if given or configured else None
 
 
 def _config_from_args(args: argparse.Namespace):
@@ -22,6 +30,7 @@ def _config_from_args(args: argparse.Namespace):
         for key, value in overrides.items():
             if value is not None:
                 setattr(config, key, value)
+        config.judge = _judge_from_args(args, config.judge)
         EvalConfig.__post_init__(config)
         return config
     if not args.tasks:
@@ -30,8 +39,7 @@ def _config_from_args(args: argparse.Namespace):
              "max_length": args.max_length, "base_url": args.base_url, "api_key": args.api_key, "tokenizer": args.tokenizer, "chat_template": args.chat_template}
     return EvalConfig(models=[{k: v for k, v in entry.items() if v is not None}], tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
                       mode=args.mode, shots=args.shots, limit=args.limit, chat=args.apply_chat_template, data_dir=args.data_dir,
-                      max_new_tokens=args.max_new_tokens,
-                      out=args.out)
+                      max_new_tokens=args.max_new_tokens, out=args.out, judge=_judge_from_args(args, None))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -88,4 +96,8 @@ def register(sub, common) -> None:
     p.add_argument("--base-url", default=None, help="openai: the server, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--api-key", default=None, help="openai: the key (default: EMPTY)")
     p.add_argument("--tokenizer", default=None, help="openai: model name/folder whose tokenizer the server uses (default: --model)")
+    p.add_argument("--judge-model", default=None, help="judged tasks (mt_bench): the judge's model name on its server, e.g. gpt-4")
+    p.add_argument("--judge-api-base", default=None,
+                   help="judged tasks: the judge's OpenAI-compatible server URL, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--judge-api-key", default=None, help="judged tasks: the judge server's key (default: $OPENAI_API_KEY, else EMPTY)")
     p.set_defaults(func=cmd_eval)

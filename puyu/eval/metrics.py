@@ -11,7 +11,9 @@ Metrics: ``acc``/``acc_norm`` (argmax of the loglikelihoods, raw and divided by
 the choice's length in characters, as lm-eval), ``mc2`` (TruthfulQA: the
 normalized probability of the true answers), ``exact_match``, ``pass@1``,
 ``perplexity`` (``exp(-mean ll)``, LAMBADA), ``word_perplexity``,
-``byte_perplexity`` and ``bits_per_byte`` (rolling).
+``byte_perplexity`` and ``bits_per_byte`` (rolling); the judge metrics
+``judge_score``, ``judge_score_turnN``, ``judged`` and ``judge_failed`` (MT-Bench,
+see :func:`puyu.eval.judge.judge_metric`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import re
 from typing import Any
 
 from puyu.errors import ConfigError
+from puyu.eval.judge import JUDGE_METRIC, judge_metric
 
 INVALID = "[invalid]"
 NUMBER = re.compile(r"-?[$0-9.,]*[0-9](?:\.[0-9]+)?")
@@ -104,6 +107,8 @@ def aggregate(records: list[dict[str, Any]], metric: str) -> float:
         if metric == "byte_perplexity":
             return math.exp(-ll / sum(r["bytes"] for r in records))
         return -ll / sum(r["bytes"] for r in records) / math.log(2)
+    if JUDGE_METRIC.fullmatch(metric):
+        return judge_metric(records, metric)
     values = [r["metrics"][metric] for r in records if metric in r.get("metrics", {})]
     if not values:
         raise ConfigError(f"metric {metric!r} was not computed for any example; check the task's metrics")
@@ -112,4 +117,4 @@ def aggregate(records: list[dict[str, Any]], metric: str) -> float:
 
 def is_percentage(metric: str) -> bool:
     """Whether a metric is a rate shown as a percentage in summaries (accuracies, pass rates)."""
-    return metric not in CORPUS_METRICS
+    return metric not in CORPUS_METRICS and not JUDGE_METRIC.fullmatch(metric)

@@ -10,9 +10,10 @@
     max_new_tokens: null         # cap on generated tokens (default: each task's own)
     limit: 100
     out: null                    # default: $PUYU_HOME/runs/eval
+    judge: null                  # for judged tasks (mt_bench): {model, api_base, api_key, concurrency, max_tokens}
 
-:func:`run_eval` makes ``OUT/<timestamp>/`` with ``config.yaml``,
-``predictions/``, ``results/``, ``summary.md`` and ``summary.csv``; with
+:func:`run_eval` makes ``OUT/<timestamp>/`` with ``config.yaml`` (API keys
+masked), ``predictions/``, ``results/``, ``summary.md`` and ``summary.csv``; with
 ``reuse`` it continues an existing run folder (``latest`` = the newest).
 """
 
@@ -29,6 +30,7 @@ import yaml
 
 from puyu.errors import ConfigError
 from puyu.eval.data import data_dir as resolve_data_dir
+from puyu.eval.judge import JudgeConfig, missing_judge
 from puyu.eval.runner import RunSettings, run_task
 from puyu.eval.summary import write_summary
 from puyu.eval.tasks import load_task
@@ -50,6 +52,7 @@ class EvalConfig:
     data_dir: str | None = None
     out: str | None = None
     chunk_size: int = 32
+    judge: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -63,8 +66,26 @@ class EvalConfig:
         for i, entry in enumerate(self.models):
             if not isinstance(entry, dict) or "model" not in entry:
                 raise ConfigError(f"models[{i}] needs a 'model' key (a name, folder or .gguf; the served name for backend openai)")
-        for name in self.tasks:
-            self.task(name)
+        judged = [name for name in self.tasks if self.task(name).judge]
+        if judged and not self.judge:
+            raise missing_judge(judged[0])
+        self.judge_config()
+
+    def judge_config(self) -> JudgeConfig | None:
+        """The judge for judged tasks (validated), or ``None`` when the config names none."""
+        if self.judge is None:
+            return None
+        if not isinstance(self.judge, dict):
+            raise ConfigError(f"judge: expected a mapping {{model, api_base, ...}}, got {self.judge!r}")
+        return JudgeConfig.from_dict(self.judge)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as saved in the run folder: API keys masked."""
+        raw = dataclasses.asdict(self)
+        for entry in raw["models"] + [raw["judge"] or {}]:
+            if entry.get("api_key"):
+                entry["api_key"] = "***"
+        return raw
 
     def task(self, name: str):
         """Task ``name`` with this run's overrides (``mode`` applies to tasks that have it)."""
@@ -120,8 +141,8 @@ def run_eval(config: EvalConfig, reuse: str | None = None, backends: dict[str, A
     run_dir = run_dir_for(config, reuse)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not reuse:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False, allow_unicode=True))
-    settings = RunSettings(data_dir=root, run_dir=run_dir, limit=config.limit, chunk_size=config.chunk_size)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.public_dict(), sort_keys=False, allow_unicode=True))
+    settings = RunSettings(data_dir=root, run_dir=run_dir, limit=config.limit, chunk_size=config.chunk_size, judge=config.judge_config())
     for entry in config.models:
         name = entry.get("name") or Path(str(entry["model"])).name
         backend = (backends or {}).get(name) or make_backend(entry)

@@ -8,9 +8,11 @@ A ``multiple_choice`` task asks the backend for ``loglikelihood(context,
 target_delimiter + choice)`` of each choice (or, with
 ``choices_are_contexts``, of one continuation after each choice, as WinoGrande
 does); ``loglikelihood`` scores one continuation; ``rolling`` the whole text;
-``generate`` asks ``generate_until`` and extracts an answer.  With ``chat`` on,
-the prompt is one user message rendered through the model's chat template and
-continuations lose their leading delimiter.  Templates are Jinja in a sandboxed
+``generate`` asks ``generate_until`` and extracts an answer; ``multi_turn``
+carries the row's user ``turns``, answered one after the other in one chat
+(always through the chat template, see :func:`puyu.eval.runner.answer_turns`).
+With ``chat`` on, the prompt is one user message rendered through the model's
+chat template and continuations lose their leading delimiter.  Templates are Jinja in a sandboxed
 environment; an undefined field raises a :class:`DatasetError` naming the row.
 """
 
@@ -69,7 +71,7 @@ class Prepared:
     """An example turned into requests: ``kind`` names the backend method, ``requests`` its arguments."""
 
     example: Example
-    kind: str  # loglikelihood | rolling | generate
+    kind: str  # loglikelihood | rolling | generate | multi_turn
     requests: list[Any]
     prompt: str
     gold: Any = None
@@ -135,6 +137,11 @@ def prepare(spec: TaskSpec, example: Example, pool: list[dict] | str, chat_rende
     if spec.output == "rolling":
         text = render(spec.text, doc, spec.name)
         return Prepared(example, "rolling", [text], text)
+    if spec.output == "multi_turn":
+        turns = evaluate_expression(spec.turns, doc, spec.name)
+        if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t for t in turns):
+            raise DatasetError(f"{doc.get('_source', '?')}: task {spec.name}: turns must be a non-empty list of texts, got {turns!r}")
+        return Prepared(example, "multi_turn", turns, turns[0])
     delimiter = "" if spec.chat else spec.target_delimiter
     wrap = (lambda c: chat_render([{"role": "user", "content": c}])) if spec.chat else (lambda c: c)
     if spec.output == "generate":

@@ -8,6 +8,12 @@ loses at most one chunk; with ``reuse`` the finished examples are read back
 instead of recomputed.  Then ``results/<model>/<task>.json`` gets the task
 metrics and group averages (subset categories such as MMLU's STEM, and named
 groups such as C-Eval's hard).  A progress bar per task shows examples/s.
+
+A ``multi_turn`` task answers each row's user turns in one chat; with a
+``judge:`` section its records are then rated turn by turn by the judge model
+(:mod:`puyu.eval.judge`), each judgment appended to the same predictions log,
+so a resumed run neither regenerates finished answers nor re-asks finished
+judgments (the last line of an id is its current record).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 from tqdm import tqdm
 
 from puyu.eval.backends.base import Backend
+from puyu.eval.judge import JudgeClient, JudgeConfig, JudgeTemplates, judge_pending, missing_judge
 from puyu.eval.metrics import INVALID, aggregate, answers_match, choice_metrics, extract, rolling_counts
 from puyu.eval.prompts import Prepared, prepare, render, uses_own_rows
 from puyu.eval.tasks import Example, TaskSpec, fewshot_pool, load_examples
@@ -39,6 +46,7 @@ class RunSettings:
         limit: examples per task (a seeded sample), all when ``None``.
         chunk_size: examples per scoring chunk (the resume granularity).
         code_timeout_s: wall-clock limit per HumanEval/MBPP program.
+        judge: the judge model for tasks with a ``judge:`` section (MT-Bench).
     """
 
     data_dir: Path
@@ -46,6 +54,7 @@ class RunSettings:
     limit: int | None = None
     chunk_size: int = 32
     code_timeout_s: float = 10.0
+    judge: JudgeConfig | None = None
 
 
 def safe_name(name: str) -> str:
@@ -62,6 +71,12 @@ def _read_done(path: Path) -> dict[str, dict]:
                 continue
             done[record["id"]] = record
     return done
+
+
+def append_record(out, record: dict[str, Any]) -> None:
+    """Append one record to the predictions log and flush it, so a crash loses nothing written before."""
+    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    out.flush()
 
 
 def run_task(backend: Backend, spec: TaskSpec, settings: RunSettings, model_name: str, reuse: bool = False) -> dict[str, Any]:
@@ -91,23 +106,59 @@ def run_task(backend: Backend, spec: TaskSpec, settings: RunSettings, model_name
                     pool = [r for r in all_rows if r.get("subset") == example.subset]
                 prepared.append(prepare(spec, example, pool, backend.render_chat))
             for record in score_chunk(backend, spec, prepared, settings):
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                append_record(out, record)
                 done[record["id"]] = record
-            out.flush()
             bar.update(len(chunk))
-    bar.close()
-    records = [done[e.id] for e in examples]
+        bar.close()
+        records = [done[e.id] for e in examples]
+        if spec.judge:
+            judge_records(spec, records, settings, out, f"{safe_name(model_name)}/{spec.name} judge")
     results = summarize_task(spec, records, examples)
     results.update(model=model_name, seconds=round(time.perf_counter() - start, 2))
+    if spec.judge:
+        results["judge"] = settings.judge.model
     target = settings.run_dir / "results" / safe_name(model_name) / f"{spec.name}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(results, indent=2, ensure_ascii=False))
     return results
 
 
+def judge_records(spec: TaskSpec, records: list[dict], settings: RunSettings, out, desc: str) -> None:
+    """Rate the records' unjudged turns with the run's judge, appending each updated record to ``out``."""
+    if settings.judge is None:
+        raise missing_judge(spec.name)
+    judge_pending(records, JudgeTemplates(spec.judge, settings.data_dir, spec.name), JudgeClient(settings.judge),
+                  lambda record: append_record(out, record), desc)
+
+
+def answer_turns(backend: Backend, spec: TaskSpec, prepared: list[Prepared]) -> list[dict[str, Any]]:
+    """Answer each example's user turns in one chat: turn k's request holds the earlier turns and their answers.
+
+    Turn k of every example in the chunk goes to the backend in one ``generate_until`` call (chat messages,
+    so the model's chat template applies; greedy).
+    """
+    answers: list[list[str]] = [[] for _ in prepared]
+    for turn in range(max(len(p.requests) for p in prepared)):
+        active = [i for i, p in enumerate(prepared) if turn < len(p.requests)]
+        requests = []
+        for i in active:
+            messages = []
+            for question, answer in zip(prepared[i].requests, answers[i]):
+                messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            messages.append({"role": "user", "content": prepared[i].requests[turn]})
+            requests.append((messages, spec.until, spec.max_new_tokens))
+        for i, text in zip(active, backend.generate_until(requests)):
+            answers[i].append(text.strip())
+    return [{"id": p.example.id, "subset": p.example.subset, "prompt": p.prompt, "question_id": p.example.doc.get("question_id"),
+             "category": p.example.doc.get("category"), "turns": p.requests, "answers": a, "judgments": [], "metrics": {}}
+            for p, a in zip(prepared, answers)]
+
+
 def score_chunk(backend: Backend, spec: TaskSpec, prepared: list[Prepared], settings: RunSettings) -> list[dict[str, Any]]:
     """Send a chunk's requests in one call per kind and turn the outputs into records."""
     kind = prepared[0].kind
+    if kind == "multi_turn":
+        return answer_turns(backend, spec, prepared)
     flat = [r for p in prepared for r in p.requests]
     if kind == "loglikelihood":
         outputs = backend.loglikelihood(flat)
@@ -168,8 +219,9 @@ def summarize_task(spec: TaskSpec, records: list[dict], examples: list[Example])
                                "main_metric": spec.main_metric, "metrics": {m: aggregate(records, m) for m in spec.metrics}}
     groups: dict[str, list[dict]] = {}
     for record, example in zip(records, examples):
-        if spec.group_by:
-            groups.setdefault(str(example.doc.get("info", {}).get(spec.group_by, "other")), []).append(record)
+        if spec.group_by:  # a field of the subset info (MMLU's category), else of the row itself (MT-Bench's category)
+            group = example.doc.get("info", {}).get(spec.group_by, example.doc.get(spec.group_by, "other"))
+            groups.setdefault(str(group), []).append(record)
         for name, members in spec.groups.items():
             if example.subset in members:
                 groups.setdefault(name, []).append(record)

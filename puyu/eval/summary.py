@@ -24,6 +24,8 @@ HEADER = ["dataset", "metric", "mode", "shots"]
 def _fmt(value: float, metric: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if isinstance(value, int):  # a count, e.g. MT-Bench's judged / judge_failed turns
+        return str(value)
     return f"{value * 100:.2f}" if is_percentage(metric) else f"{value:.4f}"
 
 

@@ -3,10 +3,13 @@
 A task file names its data (files relative to the data dir, format, optional
 subsets from file names with a mapping file of subset info), its prompt
 (Jinja ``text``/``target``/``description`` templates; ``choices``/``gold``/
-``answer`` Jinja expressions over a row's fields), few-shot source, output type
-(``multiple_choice``, ``loglikelihood``, ``rolling``, ``generate``),
-answer extraction and metrics.  ``modes:`` holds alternatives (``ppl``,
-``gen``) that override the top-level keys; ``default_mode`` picks one.
+``answer``/``turns`` Jinja expressions over a row's fields), few-shot source,
+output type (``multiple_choice``, ``loglikelihood``, ``rolling``, ``generate``,
+``multi_turn``: one chat whose user ``turns`` are answered in order), answer
+extraction, an LLM ``judge:`` (see :mod:`puyu.eval.judge`) and metrics;
+``group_by`` names a field of the subset info or of the row to average by.
+``modes:`` holds alternatives (``ppl``, ``gen``) that override the top-level
+keys; ``default_mode`` picks one.
 A row hook (``process:``) names a function in :mod:`puyu.eval.hooks` for what
 templates cannot say.  :func:`load_examples` reads and validates the rows,
 :func:`fewshot_pool` the few-shot rows of a subset.
@@ -29,7 +32,7 @@ from puyu.errors import ConfigError, DatasetError
 from puyu.eval.data import read_rows, require_fields
 
 TASK_DIR = Path(__file__).with_name("tasks")
-OUTPUTS = ("multiple_choice", "loglikelihood", "rolling", "generate")
+OUTPUTS = ("multiple_choice", "loglikelihood", "rolling", "generate", "multi_turn")
 FEWSHOT_SEED = 1234
 
 
@@ -48,6 +51,7 @@ class TaskSpec:
     choices: str | None = None
     gold: str | None = None
     answer: str | None = None
+    turns: str | None = None
     choices_are_contexts: bool = False
     fewshot: dict[str, Any] = field(default_factory=dict)
     shots: int = 0
@@ -63,6 +67,7 @@ class TaskSpec:
     groups: dict[str, list[str]] = field(default_factory=dict)
     chat: bool = False
     program: str | None = None
+    judge: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
 
     @property
@@ -106,7 +111,7 @@ def load_task(name: str, mode: str | None = None, shots: int | None = None, chat
     """
     raw = dict(_raw(name))
     modes = raw.pop("modes", {}) or {}
-    default = raw.pop("default_mode", next(iter(modes), "gen" if raw.get("output") == "generate" else "ppl"))
+    default = raw.pop("default_mode", next(iter(modes), "gen" if raw.get("output") in ("generate", "multi_turn") else "ppl"))
     chosen = mode or default
     if modes and chosen not in modes:
         raise ConfigError(f"task {name} has no mode {chosen!r}; its modes: {', '.join(modes)}")

@@ -45,6 +45,8 @@ GOLDEN = {
     "mbpp": ("10", "You are an expert Python programmer, and here is your task: Write a function to find the s",
              'assert remove_Occ("PHP","P") == "H"\n[BEGIN]\n', None, None, 500),
     "wiki_demo": ("0", "Anarchism is a political philosophy", "SocialismFar-left politics", None, None, 30),
+    "mt_bench": ("0", "Compose an engaging travel blog post about a recent trip to Hawaii", "cultural experiences and must-see attractions.",
+                 None, None, 80),
 }
 
 

@@ -22,7 +22,7 @@ from puyu import __version__
 from puyu.errors import PuyuError
 
 log = logging.getLogger("puyu")
-STAGES = ["puyu.agent.commands", "puyu.chat.commands", "puyu.model.commands", "puyu.eval.commands", "puyu.rag.commands", "puyu.serve.commands", "puyu.train.commands"]
+STAGES = ["puyu.agent.commands", "puyu.chat.commands", "puyu.model.commands", "puyu.eval.commands", "puyu.rag.commands", "puyu.serve.commands", "puyu.train.commands", "puyu.web.commands"]
 
 
 def add_model_args(parser: argparse.ArgumentParser, optional: bool = True) -> None:

@@ -1,4 +1,10 @@
-"""``puyu serve``: registered with the CLI (see :mod:`puyu.cli`)."""
+"""``puyu serve``: registered with the CLI (see :mod:`puyu.cli`).
+
+:func:`run_engine_server` is shared with ``puyu web``: it loads the model into
+an engine, builds the OpenAI-compatible app (plus the browser UI with
+``web=True``) and runs it: the engine computes in the main thread, whose
+PyTorch workers stay warm, and uvicorn serves HTTP in a thread beside it.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,8 @@ from pathlib import Path
 from puyu.cli import add_model_args, status
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve a model over an OpenAI-compatible HTTP API (continuous batching, paged KV cache)."""
+def run_engine_server(args: argparse.Namespace, web: bool = False) -> int:
+    """Serve ``args.model`` over the OpenAI API (and the web UI when ``web``) until Ctrl-C/SIGTERM."""
     import uvicorn
 
     from puyu.cli_args import dataclass_from_args
@@ -28,6 +34,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         engine = LLMEngine(model, tokenizer, config)
     name = args.served_model_name or Path(str(args.model).rstrip("/")).name.removesuffix(".gguf")
     app = create_app(engine, name, api_key=args.api_key, cors_origins=args.cors_origins, drain_timeout=args.drain_timeout)
+    if web:
+        from puyu.web.app import UIConfig, local_url, mount_ui
+
+        mount_ui(app, UIConfig(api_base=f"{local_url(args.host, args.port)}/v1", api_key=args.api_key, model=name,
+                               tokenizer=tokenizer, context_length=engine.max_model_len, key=args.api_key,
+                               files=getattr(args, "files", None)))
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                            timeout_graceful_shutdown=int(args.drain_timeout) or None))
 
@@ -45,23 +57,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     print(f"serving {name!r} on http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
+    if web:
+        print(f"web UI on http://{args.host}:{args.port}/", flush=True)
     # The engine computes in this (main) thread, whose PyTorch workers stay warm; HTTP runs beside it.
     engine.run(ready=http.start)
     http.join(timeout=30)
     return 0
 
 
-def register(sub, common) -> None:
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a model over an OpenAI-compatible HTTP API (continuous batching, paged KV cache)."""
+    return run_engine_server(args, web=args.web)
+
+
+def add_server_args(parser: argparse.ArgumentParser, port: int,
+                    api_key_help: str = "require 'Authorization: Bearer KEY' on /v1 routes (and /ui with --web)") -> None:
+    """The model, listening, API and engine flags shared by ``puyu serve`` and ``puyu web``."""
     from puyu.cli_args import add_dataclass_flags
     from puyu.engine.config import EngineConfig
 
+    add_model_args(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=port, help=f"port (default: {port})")
+    parser.add_argument("--api-key", default=None, help=api_key_help)
+    parser.add_argument("--cors-origins", nargs="*", default=None, help="allow browser requests from these origins ('*' for any)")
+    parser.add_argument("--served-model-name", default=None, help="the model id clients use (default: the model's name)")
+    parser.add_argument("--drain-timeout", type=float, default=5.0, help="seconds to let running requests finish on shutdown")
+    add_dataclass_flags(parser, EngineConfig, "engine")
+
+
+def register(sub, common) -> None:
     serve = sub.add_parser("serve", parents=[common], help=cmd_serve.__doc__, description=cmd_serve.__doc__)
-    add_model_args(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=23333, help="port (default: 23333)")
-    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
-    serve.add_argument("--cors-origins", nargs="*", default=None, help="allow browser requests from these origins ('*' for any)")
-    serve.add_argument("--served-model-name", default=None, help="the model id clients use (default: the model's name)")
-    serve.add_argument("--drain-timeout", type=float, default=5.0, help="seconds to let running requests finish on shutdown")
-    add_dataclass_flags(serve, EngineConfig, "engine")
+    add_server_args(serve, 23333)
+    serve.add_argument("--web", action="store_true", help="also serve the browser UI (chat, agent, knowledge base) at /")
     serve.set_defaults(func=cmd_serve)

@@ -10,7 +10,9 @@ They differ only in how they get the continuation logits and how they generate.
 :class:`LocalBackend` takes the last decoder layer's hidden states with a
 forward hook and applies the final norm and LM head to the continuation
 positions alone, so a batch never materializes ``[B, T, vocab]`` logits; it
-generates with :func:`puyu.generation.generate` (batched, greedy, stop strings).
+generates with the serving engine (:class:`~puyu.engine.LLMEngine`: continuous
+batching, and few-shot prompts that share their examples share their KV blocks
+through prefix caching, so a 5-shot prefix is computed once).
 :class:`HFBackend` runs a ``transformers`` model as the reference
 (``model(ids).logits`` over the whole batch, as lm-eval does).
 """
@@ -59,6 +61,13 @@ class BatchedBackend(Backend):
     def generate_batch(self, prompts: list[list[int]], until: list[str], max_new_tokens: int) -> list[str]:
         """Greedy continuations of tokenized prompts."""
 
+    def generate_group(self, prompts: list[list[int]], until: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy continuations of prompts sorted longest first, in ``batches`` of :meth:`generate_batch`."""
+        out: list[str] = []
+        for batch in self.batches(list(range(len(prompts))), lambda i: len(prompts[i]) + max_new_tokens):
+            out += self.generate_batch([prompts[i] for i in batch], until, max_new_tokens)
+        return out
+
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
@@ -95,10 +104,9 @@ class BatchedBackend(Backend):
             room = max(self.max_length - max_new, 1)  # left-truncate prompts to leave room for the answer, as lm-eval does
             prompts = {i: self.prompt_ids(requests[i][0])[-room:] or [self.prefix_id] for i in members}
             members.sort(key=lambda i: -len(prompts[i]))
-            for batch in self.batches(members, lambda i: len(prompts[i]) + max_new):
-                texts = self.generate_batch([prompts[i] for i in batch], list(until), max_new)
-                for i, text in zip(batch, texts):
-                    out[i] = cut_at_stop(text, list(until))
+            texts = self.generate_group([prompts[i] for i in members], list(until), max_new)
+            for i, text in zip(members, texts):
+                out[i] = cut_at_stop(text, list(until))
         return out
 
 
@@ -108,6 +116,7 @@ class LocalBackend(BatchedBackend):
     def __init__(self, llm, batch_size: int = 16, max_batch_tokens: int = 8192, max_length: int | None = None):
         super().__init__(batch_size, max_batch_tokens, max_length)
         self.llm, self.tokenizer, self.name = llm, llm.tokenizer, llm.name
+        self._engine = None
 
     @property
     def max_length(self) -> int:
@@ -131,10 +140,18 @@ class LocalBackend(BatchedBackend):
         return list(logits.split([end - start for start, end in spans]))
 
     def generate_batch(self, prompts: list[list[int]], until: list[str], max_new_tokens: int) -> list[str]:
-        from puyu.generation import SamplingParams, generate
+        return self.generate_group(prompts, until, max_new_tokens)
 
+    def generate_group(self, prompts: list[list[int]], until: list[str], max_new_tokens: int) -> list[str]:
+        """All prompts to the engine at once; it keeps ``batch_size`` sequences running."""
+        from puyu.engine import EngineConfig, LLMEngine
+        from puyu.generation import SamplingParams
+
+        if self._engine is None:
+            self._engine = LLMEngine(self.llm.model, self.tokenizer,
+                                     EngineConfig(max_num_seqs=self.batch_size, max_num_batched_tokens=self.max_batch_tokens))
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=list(until))
-        return [c.text for c in generate(self.llm.model, self.tokenizer, prompts, params)]
+        return [c.text for c in self._engine.generate(prompts, params)]
 
 
 class HFBackend(BatchedBackend):

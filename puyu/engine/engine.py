@@ -65,6 +65,8 @@ class LLMEngine:
         if config.quant != "none":
             from puyu.quant.weight_only import quantize_model
 
+            # The model is rewritten for inference anyway: fuse q/k/v and gate/up first (fewer int4/int8 kernels).
+            model.fuse_projections()
             quantize_model(model, config.quant, config.quant_group_size)
         self.max_model_len = model.config.max_position_embeddings
         per_block = PagedKVCache.bytes_per_block(model.config, config.block_size, model.dtype)

@@ -124,13 +124,18 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, kv * d, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.hidden_size, kv * d, bias=config.qkv_bias)
         self.o_proj = nn.Linear(h * d, config.hidden_size, bias=config.o_bias)
+        self.qkv_proj: nn.Linear | None = None  # see Transformer.fuse_projections
 
     def forward(self, x, cos, sin, cache, layer: int, mask: torch.Tensor | None) -> torch.Tensor:
         b, t, _ = x.shape
         c = self.config
-        q = self.q_proj(x).view(b, t, c.num_heads, c.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split([c.num_heads * c.head_dim] + [c.num_kv_heads * c.head_dim] * 2, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(b, t, c.num_heads, c.head_dim).transpose(1, 2)
+        k = k.view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        v = v.view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             out = cache.attend(layer, q, k, v)
@@ -147,9 +152,14 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.gate_up_proj: nn.Linear | None = None  # see Transformer.fuse_projections
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -163,6 +173,18 @@ class DecoderLayer(nn.Module):
     def forward(self, x, cos, sin, cache, layer, mask):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def _concat_linears(*linears: nn.Linear) -> nn.Linear:
+    """One ``nn.Linear`` whose outputs are those of ``linears`` side by side."""
+    first = linears[0]
+    fused = nn.Linear(first.in_features, sum(m.out_features for m in linears), bias=first.bias is not None,
+                      device=first.weight.device, dtype=first.weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([m.weight for m in linears]))
+        if first.bias is not None:
+            fused.bias.copy_(torch.cat([m.bias for m in linears]))
+    return fused
 
 
 class Backbone(nn.Module):
@@ -189,6 +211,17 @@ class Transformer(nn.Module):
         """Share the embedding with the LM head when the config says so (call after loading)."""
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def fuse_projections(self) -> None:
+        """For inference only: one matmul for q/k/v and one for gate/up in every layer (fewer, wider kernels;
+        on the CPU a decode step at batch 1 is mostly kernel overhead).  The Hugging Face parameter names of
+        those projections are gone afterwards, so fuse a model that will not be saved, trained or given adapters.
+        """
+        for layer in self.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            attn.qkv_proj = _concat_linears(attn.q_proj, attn.k_proj, attn.v_proj)
+            mlp.gate_up_proj = _concat_linears(mlp.gate_proj, mlp.up_proj)
+            del attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
 
     @property
     def device(self) -> torch.device:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+TARGETS = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj", "lm_head")
 
 
 class Int8Linear(nn.Module):

@@ -18,7 +18,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from puyu.errors import ConfigError
 from puyu.home import home_subdir
@@ -129,10 +129,11 @@ class KnowledgeBase:
         return cls(folder, read_settings(folder), embedder, device)
 
     def build(self, paths: Iterable[str | Path], include: Iterable[str] = (), exclude: Iterable[str] = (),
-              show_progress: bool = False) -> SyncReport:
+              show_progress: bool = False, on_progress: Callable[[int, int], None] | None = None) -> SyncReport:
         """Add new and changed files under ``paths``, remove deleted ones (see :func:`puyu.rag.sync.sync`)."""
         splitter = Splitter(self.embedder, self.settings["chunk_size"], self.settings["chunk_overlap"])
-        return sync(self.store, splitter, self.embedder, paths, include, exclude, show_progress=show_progress)
+        return sync(self.store, splitter, self.embedder, paths, include, exclude, show_progress=show_progress,
+                    on_progress=on_progress)
 
     def search(self, query: str, k: int = 5, *, mode: str = "hybrid", paths: list[str] | None = None,
                mmr: float | None = None, reranker: str | None = None, fetch_k: int | None = None) -> list[Hit]:

@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from puyu.rag.embedder import Embedder
 from puyu.rag.loaders import LoaderError, discover, load_file
@@ -64,8 +64,8 @@ def _under(source: str, roots: list[Path]) -> bool:
 class _Batch:
     """Chunks of whole files waiting to be embedded and stored together."""
 
-    def __init__(self, store: ChunkStore, embedder: Embedder, report: SyncReport, progress):
-        self.store, self.embedder, self.report, self.progress = store, embedder, report, progress
+    def __init__(self, store: ChunkStore, embedder: Embedder, report: SyncReport, advance: Callable[[int], None]):
+        self.store, self.embedder, self.report, self.advance = store, embedder, report, advance
         self.files: list[tuple[str, str, list[Chunk]]] = []
 
     def __len__(self) -> int:
@@ -84,16 +84,18 @@ class _Batch:
         for source, digest, chunks in self.files:
             self.store.finish_file(source, digest, len(chunks))
         self.report.chunks_written += len(rows)
-        if self.progress is not None:
-            self.progress.update(len(self.files))
-            self.progress.set_postfix(chunks=self.report.chunks_written, refresh=False)
+        self.advance(len(self.files))
         self.files = []
 
 
 def sync(store: ChunkStore, splitter: Splitter, embedder: Embedder, paths: Iterable[str | Path],
          include: Iterable[str] = (), exclude: Iterable[str] = (), show_progress: bool = False,
-         batch_chunks: int = 256) -> SyncReport:
-    """Bring ``store`` in line with the files under ``paths`` (see the module docstring)."""
+         batch_chunks: int = 256, on_progress: Callable[[int, int], None] | None = None) -> SyncReport:
+    """Bring ``store`` in line with the files under ``paths`` (see the module docstring).
+
+    ``on_progress(done, total)`` is called as files to (re)index are stored or skipped (``total`` counts
+    only those), first with ``done = 0``.
+    """
     from tqdm import tqdm
 
     start, report = time.perf_counter(), SyncReport()
@@ -115,8 +117,19 @@ def sync(store: ChunkStore, splitter: Splitter, embedder: Embedder, paths: Itera
             todo.append((path, digest))
             (report.changed if entry is not None else report.added).append(str(path))
 
-    progress = tqdm(total=len(todo), unit="file", desc="indexing", disable=not show_progress) if todo else None
-    batch = _Batch(store, embedder, report, progress)
+    bar = tqdm(total=len(todo), unit="file", desc="indexing", disable=not show_progress or not todo)
+    done = 0
+
+    def advance(files: int) -> None:
+        nonlocal done
+        done += files
+        bar.update(files)
+        bar.set_postfix(chunks=report.chunks_written, refresh=False)
+        if on_progress is not None:
+            on_progress(done, len(todo))
+
+    advance(0)
+    batch = _Batch(store, embedder, report, advance)
     for path, digest in todo:
         try:
             chunks = splitter.split(load_file(path))
@@ -126,13 +139,13 @@ def sync(store: ChunkStore, splitter: Splitter, embedder: Embedder, paths: Itera
             if str(path) in known:
                 store.remove_file(str(path))
             (report.changed if str(path) in known else report.added).remove(str(path))
+            advance(1)
             continue
         batch.add(str(path), digest, chunks)
         if len(batch) >= batch_chunks:
             batch.flush()
     batch.flush()
-    if progress is not None:
-        progress.close()
+    bar.close()
     store.bm25()
     report.chunks_total = store.count()
     report.seconds = time.perf_counter() - start

@@ -124,29 +124,19 @@ def kb_summary(name: str) -> dict[str, Any]:
 
 
 def sync_kb(name: str, emit: Emit) -> None:
-    """Index the uploaded documents file by file (each a real incremental sync), then drop deleted ones."""
+    """One incremental sync of the uploaded documents, reporting progress file by file."""
     from puyu.rag import KnowledgeBase
     from puyu.rag.loaders import discover
 
     docs = docs_folder(name)
-    files = discover([docs]) if docs.is_dir() else []
-    if not files:
+    if not docs.is_dir() or not discover([docs]):
         raise ConfigError(f"knowledge base {name} has no documents yet; upload files first")
     kb = KnowledgeBase.create(name)
-    totals: dict[str, Any] = {"added": 0, "changed": 0, "removed": 0, "unchanged": 0, "skipped": [], "chunks_written": 0}
     try:
-        emit({"type": "progress", "done": 0, "total": len(files), "file": None})
-        for done, path in enumerate(files, 1):
-            report = kb.build([path])
-            for key in ("added", "changed"):
-                totals[key] += len(getattr(report, key))
-            totals["unchanged"] += report.unchanged
-            totals["chunks_written"] += report.chunks_written
-            totals["skipped"] += [{"file": relative_source(p, docs), "reason": reason} for p, reason in report.skipped]
-            emit({"type": "progress", "done": done, "total": len(files), "file": relative_source(str(path), docs)})
-        final = kb.build([docs])  # every file is current now: this only removes the deleted ones
-        totals["removed"] = len(final.removed)
-        emit({"type": "report", **totals, "chunks_total": final.chunks_total})
+        report = kb.build([docs], on_progress=lambda done, total: emit({"type": "progress", "done": done, "total": total}))
+        emit({"type": "report", "added": len(report.added), "changed": len(report.changed), "removed": len(report.removed),
+              "unchanged": report.unchanged, "chunks_written": report.chunks_written, "chunks_total": report.chunks_total,
+              "skipped": [{"file": relative_source(p, docs), "reason": reason} for p, reason in report.skipped]})
     finally:
         kb.close()
 

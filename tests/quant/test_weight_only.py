@@ -52,3 +52,19 @@ def test_builtin_model_stays_close_to_bf16_on_real_text(builtin_llm, mode, min_c
     top1 = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
     print(f"{mode}: logits cosine {cosine:.4f}, top-1 agreement {top1:.3f} over {ids.shape[1]} tokens")
     assert cosine >= min_cosine and top1 >= min_top1
+
+
+@pytest.mark.parametrize("mode", ["none", "w8a16", "w4a16"])
+def test_fused_projections_compute_what_the_separate_ones_do(tiny_llm, mode):
+    separate = copy.deepcopy(tiny_llm.model)
+    if mode != "none":
+        quantize_model(separate, mode, group_size=32)
+    fused = copy.deepcopy(tiny_llm.model)
+    fused.fuse_projections()
+    if mode != "none":
+        assert quantize_model(fused, mode, group_size=32) == 2 * 4 + 1  # qkv, o, gate_up, down per layer, and the head
+    assert not hasattr(fused.model.layers[0].self_attn, "q_proj") and not hasattr(fused.model.layers[0].mlp, "up_proj")
+    ids = torch.tensor([tiny_llm.tokenizer.encode("the quick brown fox jumps over the lazy dog")])
+    with torch.no_grad():
+        # Rows of a weight are quantized on their own, so fusing changes no value, only how many kernels run.
+        assert torch.allclose(fused(ids), separate(ids), atol=1e-5)

@@ -87,7 +87,9 @@ def test_corrupt_file_is_skipped_reported_and_retried(make_kb, tmp_path):
     (docs / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
     (docs / "empty.txt").write_bytes(b"")
     kb = make_kb()
-    report = kb.build([docs])
+    progress = []
+    report = kb.build([docs], on_progress=lambda done, total: progress.append((done, total)))
+    assert progress[0] == (0, 4) and progress[-1] == (4, 4) and progress == sorted(progress)  # the skipped file counts too
     assert [p.rsplit("/", 1)[1] for p, _ in report.skipped] == ["broken.pdf"] and "broken.pdf" in report.skipped[0][1]
     assert len(report.added) == 3 and kb.store.files()[str(docs / "empty.txt")][2] == 0
     assert kb.build([docs]).skipped  # not recorded, so the next build tries it again

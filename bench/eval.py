@@ -10,7 +10,7 @@ does; generation through ``model.generate`` with stop strings.  Prints
 examples/s for both and the ratio ours / transformers (higher is better), and
 checks that both pick the same HellaSwag endings.
 
-    python bench/eval.py [--hellaswag 500] [--gsm8k 50] [--dtype float32] [--batch-size 16] [--threads 2]
+    python bench/eval.py [--hellaswag 500] [--gsm8k 50] [--dtype auto] [--batch-size 16] [--threads 2]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hellaswag", type=int, default=500, help="HellaSwag items (loglikelihood)")
     parser.add_argument("--gsm8k", type=int, default=50, help="GSM8K items (generation, 5-shot)")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 only where the CPU computes it natively), float32, bfloat16")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=None, help="default: $PUYU_DATA_DIR or ../shared/datasets")
@@ -75,6 +75,9 @@ def main() -> None:
     theirs_gen_rate, theirs_text = rate(lambda: theirs.generate_until(gen), len(gsm8k))
     rows.append((f"GSM8K generation, 5-shot ({len(gsm8k)} items)", ours_gen_rate, theirs_gen_rate))
 
+    from puyu.hardware import describe_machine
+
+    print(describe_machine())
     print(f"built-in model, {args.dtype}, batch {args.batch_size}, {args.threads} threads")
     print("| measure (examples/s) | puyu | transformers (lm-eval HF style) | ratio |\n|---|---|---|---|")
     for name, a, b in rows:

@@ -77,7 +77,9 @@ def decode_part(tokens: int, llama_python: str | None) -> None:
     from puyu.model.registry import resolve
 
     bw = bandwidth_gbs()
-    print(f"\nmeasured copy bandwidth: {bw:.1f} GB/s")
+    from puyu.hardware import describe_machine
+
+    print(f"\n{describe_machine()}\nmeasured copy bandwidth: {bw:.1f} GB/s")
     print(f"{'setting':18} {'tok/s':>8} {'MB/token':>9} {'bound tok/s':>12} {'of bound':>9}")
     rates = {}
     for name, dtype, quant, compile in [("float32", "float32", "none", False), ("bfloat16", "bfloat16", "none", False),

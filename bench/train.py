@@ -1,4 +1,4 @@
-"""LoRA fine-tuning speed and peak memory on the built-in model: puyu vs transformers + peft.
+"""LoRA fine-tuning speed and peak memory on the built-in model: puyu vs transformers + peft; the shipped recipe end to end.
 
 Both sides train LoRA r=8 (alpha 16, dropout 0.05, on q_proj and v_proj - peft's
 default for Llama) with AdamW on the same batches: Alpaca demo chats rendered
@@ -8,8 +8,14 @@ bf16 autocast) and the same thread count.  Each side runs in its own process so
 its peak resident memory (``ru_maxrss``, loading included) is its own.  Prints
 tokens/s (batch x seq per second of optimizer steps after warm-up), peak
 memory, and the ratios ours / theirs (target: >= 1.3x tokens/s at <= their memory).
+The default dtype is the one ``precision: auto`` picks on this machine (bf16
+only where the CPU computes it natively), and the CPU's features are printed.
 
-    python bench/train.py [--dtypes float32,bfloat16] [--steps 10] [--batch 4] [--seq 128] [--threads 2]
+Then the shipped ``lora_sft`` recipe runs as a user runs it (``puyu train
+lora_sft train.max_steps=N``, its default precision): the time from the command
+to the first logged step, and its tokens/s (real tokens, packed rows).
+
+    python bench/train.py [--dtypes auto|float32,bfloat16] [--steps 10] [--batch 4] [--seq 128] [--threads 2] [--recipe-steps 3]
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -106,13 +113,34 @@ def worker(args) -> None:
     print(json.dumps({"tok_s": args.steps * args.batch * args.seq / seconds, "peak_mb": peak_mb}))
 
 
+def run_recipe(steps: int) -> tuple[float, float, str]:
+    """``puyu train lora_sft`` for ``steps`` steps: (seconds to the first logged step, mean tokens/s, precision)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        command = [sys.executable, "-m", "puyu", "train", "lora_sft", f"train.max_steps={steps}", f"output_dir={run}",
+                   "train.save_every=0", "monitor.sample_prompts=[]", "monitor.tensorboard=false"]
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        first = None
+        while process.poll() is None:
+            if first is None and (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().strip():
+                first = time.perf_counter() - start
+            time.sleep(0.2)
+        if process.returncode:
+            raise SystemExit(f"puyu train failed:\n{process.stderr.read()}")
+        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "loss" in x]
+        precision = json.loads((run / "summary.json").read_text())["precision"]
+        return first or time.perf_counter() - start, sum(m["tokens_per_s"] for m in metrics) / len(metrics), precision
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--dtypes", default="auto", help="comma-separated: auto (what precision: auto picks here), float32, bfloat16")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--recipe-steps", type=int, default=3, help="steps of the shipped lora_sft recipe (0 = skip)")
     parser.add_argument("--worker", choices=["ours", "peft"], help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -120,13 +148,19 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
+    from puyu.hardware import describe_machine, resolve_precision
     from puyu.model.loader import convert_gguf
     from puyu.model.registry import resolve
 
+    torch.set_num_threads(args.threads)
+    auto = resolve_precision("auto", torch.device("cpu"))
+    print(describe_machine())
+    print(f"precision auto -> {auto.name} ({auto.reason})")
     folder = str(convert_gguf(resolve("smollm2-135m-instruct")))
     print(f"LoRA r=8, batch {args.batch}x{args.seq}, {args.steps} steps, {args.threads} threads")
     print(f"{'dtype':<10} {'puyu tok/s':>11} {'peft tok/s':>11} {'ratio':>6} {'puyu MB':>8} {'peft MB':>8} {'ratio':>6}")
     for dtype in args.dtypes.split(","):
+        dtype = {"auto": "bfloat16" if auto.name == "bf16" else "float32"}.get(dtype, dtype)
         results = {}
         for side in ("ours", "peft"):
             command = [sys.executable, __file__, "--worker", side, "--dtype", dtype, "--folder", folder, "--steps", str(args.steps),
@@ -136,6 +170,11 @@ def main() -> None:
         ours, theirs = results["ours"], results["peft"]
         print(f"{dtype:<10} {ours['tok_s']:>11.1f} {theirs['tok_s']:>11.1f} {ours['tok_s'] / theirs['tok_s']:>6.2f} "
               f"{ours['peak_mb']:>8.0f} {theirs['peak_mb']:>8.0f} {ours['peak_mb'] / theirs['peak_mb']:>6.2f}")
+
+    if args.recipe_steps:
+        first, rate, precision = run_recipe(args.recipe_steps)
+        print(f"\npuyu train lora_sft train.max_steps={args.recipe_steps} (precision {precision}): "
+              f"first logged step after {first:.1f} s, {rate:.1f} tok/s")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 GGUF is dequantized on first use and stored as a Hugging Face folder under
 ``$PUYU_HOME/models/<name>-<key>/`` (key: path, size and mtime of the file), so
 later loads are a safetensors memory map.  ``dtype``/``device`` ``"auto"``
-pick CUDA when present (bf16), else the CPU (bf16 where the CPU computes it
-natively, fp32 otherwise).
+are decided by :mod:`puyu.hardware` (CUDA when present; bf16 only where the
+device computes it natively, fp32 otherwise).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from puyu.errors import ConfigError, ModelLoadError
+from puyu.errors import ModelLoadError
+from puyu.hardware import resolve_device, resolve_dtype
 from puyu.home import home_subdir
 from puyu.model.gguf_io import read_gguf
 from puyu.model.hf_io import build_model, load_folder, save_pretrained
@@ -26,31 +27,6 @@ from puyu.model.transformer import Transformer
 from puyu.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    return dev
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
-    if dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
 
 
 def converted_folder(gguf_path: Path) -> Path:

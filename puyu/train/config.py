@@ -22,6 +22,7 @@ import yaml
 
 from puyu.data.dataset import DataConfig
 from puyu.errors import ConfigError
+from puyu.hardware import PRECISIONS
 from puyu.train.lora import LoraConfig
 
 METHODS = ("lora", "qlora", "full")
@@ -70,7 +71,8 @@ class LoopConfig:
         max_steps: optimizer steps to run (0 = epochs decide).
         batch_size: rows per micro-batch on each process.
         grad_accum: micro-batches per optimizer step.
-        precision: fp32, or bf16 (bf16 autocast; frozen base weights stored in bf16).
+        precision: auto (bf16 where the hardware computes it natively, else fp32), fp32, or bf16
+            (bf16 autocast; frozen base weights stored in bf16; emulated, so slow, on CPUs without native bf16).
         grad_checkpointing: recompute each layer in backward to save memory.
         save_every: write a resumable checkpoint every N steps (0 = only at the end).
         keep_checkpoints: how many recent checkpoints to keep.
@@ -82,7 +84,7 @@ class LoopConfig:
     max_steps: int = 0
     batch_size: int = 4
     grad_accum: int = 1
-    precision: str = "fp32"
+    precision: str = "auto"
     grad_checkpointing: bool = False
     save_every: int = 50
     keep_checkpoints: int = 2
@@ -90,8 +92,8 @@ class LoopConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"train.precision {self.precision!r} is unknown; use fp32 or bf16")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision {self.precision!r} is unknown; use {', '.join(PRECISIONS)}")
         if self.strategy not in ("ddp", "fsdp"):
             raise ConfigError(f"train.strategy {self.strategy!r} is unknown; use ddp or fsdp")
         for name in ("batch_size", "grad_accum", "epochs"):

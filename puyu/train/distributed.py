@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from puyu.model.loader import resolve_device
+from puyu.hardware import resolve_device
 
 log = logging.getLogger(__name__)
 

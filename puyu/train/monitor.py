@@ -40,6 +40,8 @@ class Monitor:
         self.bar = None
         self.writer = None
         self.window_seconds, self.window_tokens = 0.0, 0
+        self.done_steps, self.partial_tokens = start_step, 0
+        self.postfix: dict[str, str] = {}
         if not enabled:
             return
         if self.metrics_path.exists():
@@ -57,15 +59,38 @@ class Monitor:
             except ImportError:
                 log.info("tensorboard is not installed; metrics go to %s only", self.metrics_path)
 
+    def note(self, text: str) -> None:
+        """A line above the progress bar (the run's set-up: precision and why, data size)."""
+        if self.enabled:
+            self.bar.write(text)
+
+    def micro_batch(self, index: int, count: int, tokens: int, seconds: float) -> None:
+        """Micro-batch ``index`` of ``count`` in the current step is done: ``seconds`` since the step began.
+
+        Moves the bar by a fraction of a step and shows tokens/s from the first micro-batch on, so a slow
+        configuration is visible within seconds rather than after a whole optimizer step.
+        """
+        if not self.enabled:
+            return
+        self.partial_tokens += tokens
+        elapsed = self.window_seconds + seconds
+        rate = (self.window_tokens + self.partial_tokens) / elapsed if elapsed > 0 else 0.0
+        if index < count:
+            self.bar.n = self.done_steps + index / count
+            self.postfix.update(micro=f"{index}/{count}", tok_s=f"{rate:.0f}")
+            self.bar.set_postfix(self.postfix)
+
     def step(self, step: int, loss: float, lr: float, grad_norm: float, tokens: int, seconds: float, log_now: bool) -> None:
         """Record optimizer step ``step`` (1-based) that trained on ``tokens`` tokens in ``seconds`` (all processes)."""
         if not self.enabled:
             return
         self.window_tokens += tokens
         self.window_seconds += seconds
+        self.done_steps, self.partial_tokens = step, 0
         rate = self.window_tokens / self.window_seconds if self.window_seconds > 0 else 0.0
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
+        self.bar.n = step
+        self.postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "tok_s": f"{rate:.0f}"}
+        self.bar.set_postfix(self.postfix)
         if log_now:
             self.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "tokens_per_s": round(rate, 1)})
             self.window_seconds, self.window_tokens = 0.0, 0

@@ -2,7 +2,9 @@
 
 ``Trainer(recipe).fit()`` loads the base model, prepares it for the method,
 builds the data, and runs AdamW with warmup + cosine/linear decay, gradient
-accumulation, clipping, bf16 autocast and gradient checkpointing.  Every
+accumulation, clipping, bf16 autocast (``precision: auto`` uses it only where
+the hardware computes bf16 natively: :mod:`puyu.hardware`) and gradient
+checkpointing.  Every
 ``save_every`` steps it writes a resumable checkpoint; ``resume=True``
 continues from the newest one with weights, optimizer, scheduler, RNG and data
 position restored, so a killed run ends with the same weights as one that was
@@ -29,6 +31,7 @@ import yaml
 
 from puyu.data.dataset import TrainData
 from puyu.errors import ConfigError
+from puyu.hardware import resolve_precision
 from puyu.home import home_subdir
 from puyu.model import load_model, save_pretrained
 from puyu.model.hf_io import build_model
@@ -93,6 +96,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, resume: bool = False, hooks: list[StepHook] | None = None):
         self.recipe, self.resume, self.hooks = recipe, resume, list(hooks or [])
         self.env = D.init_distributed(recipe.train.device)
+        self.precision = resolve_precision(recipe.train.precision, self.env.device)
         self.run_dir = run_folder(recipe, resume, self.env)
 
     def _setup(self):
@@ -101,7 +105,7 @@ class Trainer:
         model, tokenizer = load_model(r.model, dtype=torch.float32, device=env.device)
         if r.chat_template:
             tokenizer.set_chat_template(r.chat_template)
-        trainable = prepare_model(model, r.method, r.lora, r.train.precision)
+        trainable = prepare_model(model, r.method, r.lora, self.precision.name)
         model.gradient_checkpointing = r.train.grad_checkpointing
         model.train()
         data = TrainData.build(r.data, tokenizer, r.seed)
@@ -133,7 +137,8 @@ class Trainer:
             (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(r.to_dict(), sort_keys=False, allow_unicode=True))
         D.barrier(env)
         monitor = Monitor(self.run_dir, total, start, env.main, r.monitor.tensorboard)
-        autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=r.train.precision == "bf16")
+        monitor.note(f"precision {self.precision.name} ({self.precision.reason}); {len(data.rows)} training rows, "
+                     f"{global_batch} rows per step")
         params = [p for p in module.parameters() if p.requires_grad]
         loss = float("nan")
         for step in range(start, total):
@@ -141,10 +146,11 @@ class Trainer:
             summed, tokens, began = 0.0, 0, time.perf_counter()
             for i, batch in enumerate(batches):
                 batch = batch.to(env.device)
-                with D.no_sync(module, i < len(batches) - 1), autocast:
+                with D.no_sync(module, i < len(batches) - 1), self.precision.autocast(env.device):
                     part = module(batch.tokens, batch.targets, batch.positions, batch.mask)
                 (part * env.world / max(1, target_tokens)).backward()
                 summed, tokens = summed + float(part.detach()), tokens + batch.real_tokens
+                monitor.micro_batch(i + 1, len(batches), batch.real_tokens * env.world, time.perf_counter() - began)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, r.optim.max_grad_norm or float("inf"))
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
@@ -164,7 +170,7 @@ class Trainer:
         output = self._save_result(module, model, tokenizer)
         if env.main:
             plot = monitor.close()
-            summary = {"steps": total, "train_loss": loss, "val_loss": val, "output": str(output) if output else None,
+            summary = {"steps": total, "precision": self.precision.name, "train_loss": loss, "val_loss": val, "output": str(output) if output else None,
                        "loss_plot": str(plot) if plot else None, "truncated_samples": len(data.report.truncated),
                        "dropped_samples": len(data.report.dropped)}
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -180,7 +186,7 @@ class Trainer:
             if self.recipe.train.strategy == "fsdp" and self.env.active:
                 log.warning("sample generations are skipped under FSDP (the weights are sharded)")
             elif self.env.main:
-                with torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.recipe.train.precision == "bf16"):
+                with self.precision.autocast(self.env.device):
                     monitor.samples(done, generate_samples(model, tokenizer, m.sample_prompts, m.sample_max_new_tokens))
             D.barrier(self.env)
 
@@ -194,7 +200,7 @@ class Trainer:
         summed, count = 0.0, 0
         for batch in data.val_batches(self.recipe.train.batch_size)[env.rank :: env.world]:
             batch = batch.to(env.device)
-            with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=self.recipe.train.precision == "bf16"):
+            with self.precision.autocast(env.device):
                 summed += float(module(batch.tokens, batch.targets, batch.positions, batch.mask))
             count += batch.trained_tokens
         module.train()

@@ -67,12 +67,14 @@ def _current_records(run) -> list[dict]:
 
 
 def test_judged_run_counts_failures_and_resumes_without_new_requests(tiny_llm, judge_server, tmp_path):
+    tmp_path = tmp_path / "eval"  # its own folder: tiny_llm's model folder sits in the test's tmp_path too
     local = LocalBackend(tiny_llm, batch_size=16)
     answering = Recording(local)
     with pytest.raises(ConfigError, match="judge tiny at .* failed"):  # nothing listens there: answers are saved, judging stops
         run_eval(_config(tmp_path, f"http://127.0.0.1:{free_port()}/v1"), backends={"tiny": answering})
     assert answering.calls == 2 * QUESTIONS // CHUNK  # one generate_until per turn and chunk
-    first = _current_records(next(tmp_path.iterdir()))[0]
+    (first_run,) = tmp_path.iterdir()
+    first = _current_records(first_run)[0]
     second_turn = [r for r in answering.requests if r[0][0]["content"] == first["turns"][0] and len(r[0]) == 3][0]
     assert second_turn[0] == [{"role": "user", "content": first["turns"][0]}, {"role": "assistant", "content": first["answers"][0]},
                               {"role": "user", "content": first["turns"][1]}]  # turn 2 sees turn 1's answer

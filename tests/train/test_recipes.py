@@ -10,7 +10,8 @@ from puyu.cli import main
 from puyu.data.dataset import TrainData
 from puyu.errors import ConfigError
 from puyu.train.config import RECIPES_DIR, load_recipe
-from tests.conftest import DATASETS
+from puyu.train.trainer import Trainer
+from tests.conftest import DATASETS, make_hf_model
 
 RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
@@ -31,6 +32,27 @@ def test_recipe_is_valid_and_its_data_builds(name, tiny_tokenizer):
     if name == "tool_use_sft":
         text = tiny_tokenizer.decode([t for r in data.rows for t in r.targets if t != -100], skip_special_tokens=False)
         assert "<tool_call>" in text  # assistant tool calls are trained
+
+
+@pytest.fixture(scope="module")
+def long_context_tiny_model(tmp_path_factory, tiny_tokenizer_dir):
+    """The tiny random model with room for the recipes' own max_length (up to 2048 tokens)."""
+    folder = tmp_path_factory.mktemp("recipes") / "tiny"
+    make_hf_model(folder, tiny_tokenizer_dir, max_position_embeddings=2048)
+    return folder
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_trains_a_step_with_its_own_settings(name, long_context_tiny_model, tmp_path):
+    """Precision, batch sizes, packing, LoRA/QLoRA/full, samples: all as shipped; only the model and the length differ."""
+    recipe = load_recipe(name, [f"model={long_context_tiny_model}", f"data.data_dir={DATASETS}", "data.limit=16",
+                                "train.max_steps=1", f"output_dir={tmp_path / 'run'}", "monitor.sample_max_new_tokens=4"])
+    assert recipe.train.precision == "auto"
+    result = Trainer(recipe).fit()
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["steps"] == 1 and summary["precision"] in ("fp32", "bf16")
+    assert result.output is not None and result.output.exists()
+    assert json.loads((result.run_dir / "metrics.jsonl").read_text().splitlines()[0])["tokens"] > 0
 
 
 def test_wrong_key_is_named_with_the_valid_ones(capsys):

@@ -149,7 +149,7 @@ class HFBackend(BatchedBackend):
 
     Args:
         model: a registered name, a Hugging Face folder or a .gguf (converted once, as :func:`puyu.model.load_model` does).
-        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        dtype: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (as :func:`puyu.hardware.resolve_dtype` decides).
     """
 
     def __init__(self, model: str, dtype: str = "float32", batch_size: int = 16, max_batch_tokens: int = 8192,
@@ -157,14 +157,14 @@ class HFBackend(BatchedBackend):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from puyu.eval.backends import model_folder
-        from puyu.model.loader import DTYPES
+        from puyu.hardware import resolve_dtype
         from puyu.tokenizer import Tokenizer
 
         super().__init__(batch_size, max_batch_tokens, max_length)
         folder = model_folder(model)
         self.name = str(model)
         self.tokenizer = Tokenizer.from_folder(folder)
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES.get(dtype, torch.float32)).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=resolve_dtype(dtype, torch.device("cpu"))).eval()
         self.hf_tokenizer = AutoTokenizer.from_pretrained(folder)  # for transformers' stop-string matching
 
     @property

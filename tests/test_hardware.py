@@ -1,0 +1,81 @@
+"""Device, dtype and precision choices follow what the hardware computes natively (CPU flags faked both ways)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from puyu import hardware
+from puyu.errors import ConfigError
+from puyu.hardware import CpuFeatures, resolve_dtype, resolve_precision
+
+CPU = torch.device("cpu")
+AVX2_ONLY = CpuFeatures(avx2=True)  # e.g. AMD Zen 3: bf16 only emulated
+AVX512_NO_BF16 = CpuFeatures(avx2=True, avx512=True, vnni=True)  # e.g. Skylake/Cascade Lake servers
+AVX512_BF16 = CpuFeatures(avx2=True, avx512=True, vnni=True, avx512_bf16=True)  # e.g. Zen 4, Cooper Lake
+AMX = CpuFeatures(avx2=True, avx512=True, vnni=True, avx512_bf16=True, amx=True)  # e.g. Sapphire Rapids
+
+
+@pytest.fixture
+def flags(monkeypatch):
+    def fake(features: CpuFeatures):
+        monkeypatch.setattr(hardware, "cpu_features", lambda: features)
+
+    return fake
+
+
+@pytest.mark.parametrize("features", [AVX2_ONLY, AVX512_NO_BF16, CpuFeatures()])
+def test_auto_is_float32_without_native_bf16(flags, features):
+    flags(features)
+    precision = resolve_precision("auto", CPU)
+    assert precision.name == "fp32" and "no native bf16" in precision.reason
+    assert resolve_dtype("auto", CPU) == torch.float32
+
+
+@pytest.mark.parametrize("features", [AVX512_BF16, AMX, CpuFeatures(arm_bf16=True)])
+def test_auto_is_bf16_with_native_bf16(flags, features):
+    flags(features)
+    precision = resolve_precision("auto", CPU)
+    assert precision.name == "bf16" and "natively" in precision.reason
+    assert resolve_dtype("auto", CPU) == torch.bfloat16
+
+
+def test_forced_bf16_on_emulating_cpu_warns_with_cost_and_flag_but_runs(flags, caplog):
+    flags(AVX2_ONLY)
+    with caplog.at_level(logging.WARNING, logger="puyu"):
+        precision = resolve_precision("bf16", CPU)
+    assert precision.name == "bf16"  # the user insisted: it still runs
+    assert "slower than float32" in caplog.text and "train.precision=fp32" in caplog.text and "avx2" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="puyu"):
+        assert resolve_dtype("bfloat16", CPU, flag="--dtype float32") == torch.bfloat16
+    assert "--dtype float32" in caplog.text
+
+
+def test_forced_bf16_on_native_cpu_and_fp32_anywhere_are_silent(flags, caplog):
+    with caplog.at_level(logging.WARNING, logger="puyu"):
+        flags(AMX)
+        assert resolve_precision("bf16", CPU).name == "bf16"
+        flags(AVX2_ONLY)
+        assert resolve_precision("fp32", CPU).name == "fp32"
+        assert resolve_dtype("float32", CPU) == torch.float32
+    assert caplog.text == ""
+
+
+def test_bad_names_are_config_errors():
+    with pytest.raises(ConfigError, match="use auto, fp32, bf16"):
+        resolve_precision("fp8", CPU)
+    with pytest.raises(ConfigError, match="unknown dtype 'half'"):
+        resolve_dtype("half", CPU)
+    with pytest.raises(ConfigError, match="unknown device"):
+        hardware.resolve_device("tpu:0")
+
+
+def test_real_flags_are_read_and_described():
+    features = hardware.cpu_features()
+    line = hardware.describe_machine()
+    assert f"native bf16 {'yes' if features.native_bf16 else 'no'}" in line and torch.__version__ in line
+    if features.avx512:
+        assert features.avx2  # every AVX-512 CPU has AVX2

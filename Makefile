@@ -1,6 +1,6 @@
 # Set-up and the two everyday commands.  Needs only Python 3.11 on the PATH.
 #   make chat   create .venv, install everything, chat with the built-in model
-#   make test   create .venv, install everything, run the tests
+#   make test   create .venv, install everything, lint (ruff), run the tests (the architecture contract is one of them)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -24,6 +24,7 @@ chat: $(STAMP)
 	$(BIN)/puyu chat
 
 test: $(STAMP)
+	$(BIN)/ruff check puyu tests bench
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -41,7 +41,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--convert", action="store_true", help="also time the first GGUF load (puyu's conversion vs transformers' GGUF reader)")
+    parser.add_argument("--convert", action="store_true",
+                        help="also time the first GGUF load (puyu's conversion vs transformers' GGUF reader)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -83,7 +84,8 @@ def main() -> None:
                 out = hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tokenizer.eos_id)
             return out[0, len(prompt) :].tolist()
 
-        rows.append(("decode, batch 1 (tok/s)", dtype_name, decode_rate(ours_run, args.tokens, args.repeats), decode_rate(hf_run, args.tokens, args.repeats)))
+        rows.append(("decode, batch 1 (tok/s)", dtype_name, decode_rate(ours_run, args.tokens, args.repeats),
+                     decode_rate(hf_run, args.tokens, args.repeats)))
         a, b = ours_run(args.tokens), hf_run(args.tokens)
         same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
         print(f"[{dtype_name}] greedy tokens identical for the first {same} of {args.tokens}")

@@ -54,7 +54,7 @@ def main() -> None:
     from puyu.api import LLM
     from puyu.eval.backends import model_folder
     from puyu.eval.backends.local import HFBackend, LocalBackend
-    from puyu.eval.data import data_dir
+    from puyu.home import data_dir
 
     root = data_dir(args.data_dir or os.environ.get("PUYU_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
     folder = model_folder("smollm2-135m-instruct")

@@ -67,8 +67,8 @@ def build_nq(args, work: Path):
 
 def fill_synthetic(kb, count: int, seed: int = 0) -> float:
     """Write ``count`` synthetic chunks straight into the store; returns seconds spent writing + indexing."""
-    from puyu.rag.store import chunk_metadata
     from puyu.rag.splitter import Chunk
+    from puyu.rag.store import chunk_metadata
 
     rng = random.Random(seed)
     vocabulary = sorted({w for h in kb.store.iter_all(["documents"]) for text in h["documents"] for w in text.split()})

@@ -39,7 +39,8 @@ DATA = Path(os.environ.get("PUYU_DATA_DIR", ROOT.parent / "shared" / "datasets")
 
 def prompts(count: int) -> list[str]:
     mt = [json.loads(line)["turns"][0] for line in (DATA / "eval/mt_bench/question.jsonl").read_text().splitlines()]
-    alpaca = [r["instruction"] + ("\n" + r["input"] if r["input"] else "") for r in json.loads((DATA / "sft/llamafactory_demo/alpaca_en_demo.json").read_text())]
+    demo = json.loads((DATA / "sft/llamafactory_demo/alpaca_en_demo.json").read_text())
+    alpaca = [r["instruction"] + ("\n" + r["input"] if r["input"] else "") for r in demo]
     pool = mt + alpaca
     random.Random(0).shuffle(pool)
     return pool[:count]
@@ -104,7 +105,8 @@ def decode_part(tokens: int, llama_python: str | None) -> None:
             "import sys, time; from llama_cpp import Llama\n"
             f"m = Llama(model_path={str(resolve('smollm2-135m-instruct'))!r}, n_threads=2, n_ctx=2048, verbose=False)\n"
             "p = '<|im_start|>user\\nWrite a long story about a dragon.<|im_end|>\\n<|im_start|>assistant\\n'\n"
-            "def run(n):\n    t = time.perf_counter(); m.create_completion(p, max_tokens=n, temperature=0, repeat_penalty=1.0); return time.perf_counter() - t\n"
+            "def run(n):\n    t = time.perf_counter(); m.create_completion(p, max_tokens=n, temperature=0, repeat_penalty=1.0); "
+            "return time.perf_counter() - t\n"
             f"run(4); n = {tokens}\n"
             "print((n - 1) / (min(run(n) for _ in range(2)) - min(run(1) for _ in range(2))))\n"
         )
@@ -177,7 +179,6 @@ def transformers_static(questions: list[str], batch: int, max_tokens: int) -> di
 
     from puyu.model.loader import convert_gguf
     from puyu.model.registry import resolve
-
     from puyu.tokenizer import Tokenizer
 
     folder = convert_gguf(resolve("smollm2-135m-instruct"))
@@ -210,7 +211,9 @@ def http_part(levels: list[int], max_tokens: int, quant: str, compile: bool, lla
     proc = start([sys.executable, "-m", "puyu", "serve", "smollm2-135m-instruct", "--port", str(port), "--quant", quant,
                   "--served-model-name", "smol", "--compile" if compile else "--no-compile"], port)
     try:
-        results[f"puyu ({quant})"] = {c: asyncio.run(load(f"http://127.0.0.1:{port}/v1", "smol", prompts(max(2 * c, 8)), c, max_tokens)) for c in levels}
+        results[f"puyu ({quant})"] = {
+            c: asyncio.run(load(f"http://127.0.0.1:{port}/v1", "smol", prompts(max(2 * c, 8)), c, max_tokens)) for c in levels
+        }
     finally:
         proc.terminate()
         proc.wait(60)
@@ -219,7 +222,9 @@ def http_part(levels: list[int], max_tokens: int, quant: str, compile: bool, lla
         proc = start([llama_python, "-m", "llama_cpp.server", "--model", gguf, "--n_threads", "2", "--n_ctx", "8192",
                       "--port", str(port), "--interrupt_requests", "False", "--model_alias", "smol"], port)
         try:
-            results["llama-cpp-python server"] = {c: asyncio.run(load(f"http://127.0.0.1:{port}/v1", "smol", prompts(max(2 * c, 8)), c, max_tokens)) for c in levels}
+            results["llama-cpp-python server"] = {
+                c: asyncio.run(load(f"http://127.0.0.1:{port}/v1", "smol", prompts(max(2 * c, 8)), c, max_tokens)) for c in levels
+            }
         finally:
             proc.terminate()
             proc.wait(60)
@@ -233,7 +238,8 @@ def http_part(levels: list[int], max_tokens: int, quant: str, compile: bool, lla
     ours = results[f"puyu ({quant})"]
     for name, by_level in results.items():
         if name != f"puyu ({quant})":
-            print(f"throughput ratio puyu / {name}: " + ", ".join(f"c={c}: {ours[c]['tok/s'] / r['tok/s']:.2f}" for c, r in by_level.items()))
+            ratios = ", ".join(f"c={c}: {ours[c]['tok/s'] / r['tok/s']:.2f}" for c, r in by_level.items())
+            print(f"throughput ratio puyu / {name}: {ratios}")
 
 
 def main() -> None:

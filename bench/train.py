@@ -57,11 +57,12 @@ def batches(tokenizer, count: int, batch: int, seq: int) -> list[tuple[torch.Ten
 
 def run_ours(folder: str, dtype: str):
     from puyu.model import load_model
-    from puyu.train.lora import LoraConfig
+    from puyu.model.lora import LoraConfig
     from puyu.train.objective import LMObjective, prepare_model
 
     model, _ = load_model(folder, dtype="float32", device="cpu")
-    prepare_model(model, "lora", LoraConfig(r=8, alpha=16, dropout=0.05, targets=["q_proj", "v_proj"]), "bf16" if dtype == "bfloat16" else "fp32")
+    prepare_model(model, "lora", LoraConfig(r=8, alpha=16, dropout=0.05, targets=["q_proj", "v_proj"]),
+                  "bf16" if dtype == "bfloat16" else "fp32")
     objective = LMObjective(model.train())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from puyu.errors import ConfigError
 from puyu.generation import Completion, SamplingParams, generate, stream
 from puyu.model import DEFAULT_MODEL, load_model, save_pretrained
 
@@ -26,11 +25,7 @@ def _messages(messages: Messages) -> list[dict[str, Any]]:
 
 
 def _params(sampling: dict[str, Any]) -> SamplingParams:
-    try:
-        return SamplingParams(**sampling)
-    except TypeError:
-        known = ", ".join(SamplingParams.__dataclass_fields__)
-        raise ConfigError(f"unknown sampling option in {sorted(sampling)}; known: {known}") from None
+    return SamplingParams.from_keywords(sampling)
 
 
 class LLM:
@@ -40,20 +35,14 @@ class LLM:
         model: a registered name (default ``smollm2-135m-instruct``), a Hugging Face folder or a .gguf file.
         dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        chat_template: override the model's template (``chatml``, ``internlm2``, ``llama3`` or Jinja source).
+        chat_template: override the model's template (``chatml``, ``internlm2``, ``llama3``, Jinja source or a Jinja file).
         adapter: a LoRA adapter folder (PEFT format, e.g. from ``puyu train``) merged into the weights.
     """
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "auto", chat_template: str | None = None,
                  adapter: str | Path | None = None):
         self.name = str(model)
-        self.model, self.tokenizer = load_model(model, dtype=dtype, device=device)
-        if adapter:
-            from puyu.train.adapters import load_adapter
-
-            load_adapter(self.model, adapter)
-        if chat_template:
-            self.tokenizer.set_chat_template(chat_template)
+        self.model, self.tokenizer = load_model(model, dtype=dtype, device=device, chat_template=chat_template, adapter=adapter)
 
     @property
     def context_length(self) -> int:

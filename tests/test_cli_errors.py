@@ -45,7 +45,7 @@ LLAMA = {"architectures": ["LlamaForCausalLM"], "vocab_size": 400, "hidden_size"
         ("corrupt-gguf", "damaged or not a GGUF model"),
         ("unsupported-arch", "unsupported architecture (GPT2LMHeadModel)"),
         ("no-weights", "has no .safetensors weights"),
-        ("bad-temperature", "temperature must be >= 0"),
+        ("bad-temperature", "temperature must be in [0, 2] (0 is greedy)"),
         ("bad-dtype", "unknown dtype 'float8'"),
     ],
 )

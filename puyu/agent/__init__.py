@@ -2,7 +2,7 @@
 
 - :mod:`puyu.agent.tools`: ``@tool``, :class:`Tool`, :class:`ToolRegistry`, :class:`ToolResult`;
 - :mod:`puyu.agent.builtin_tools`: python (sandboxed), calculator, solve, read_file, search_kb;
-- :mod:`puyu.agent.sandbox`: :class:`PythonSandbox`, usable on its own;
+- :class:`PythonSandbox` (from :mod:`puyu.sandbox`), usable on its own;
 - :mod:`puyu.agent.models`: a local :class:`~puyu.api.LLM` or an OpenAI-compatible API as the agent's model;
 - :mod:`puyu.agent.protocols` and :mod:`puyu.agent.agent`: the ReAct, function-calling and InternLM2 loops.
 """
@@ -10,8 +10,8 @@
 from puyu.agent.agent import Agent, AgentRun, Step
 from puyu.agent.builtin_tools import BUILTIN_NAMES, builtin_tools, calculator, solve
 from puyu.agent.models import LocalChatModel, OpenAIChatModel, Reply
-from puyu.agent.sandbox import PythonSandbox, SandboxResult
 from puyu.agent.tools import Tool, ToolRegistry, ToolResult, tool
+from puyu.sandbox import PythonSandbox, SandboxResult
 
 __all__ = ["Agent", "AgentRun", "Step", "BUILTIN_NAMES", "builtin_tools", "calculator", "solve", "LocalChatModel", "OpenAIChatModel",
            "Reply", "PythonSandbox", "SandboxResult", "Tool", "ToolRegistry", "ToolResult", "tool"]

@@ -17,9 +17,9 @@ import operator
 import re
 from pathlib import Path
 
-from puyu.agent.sandbox import PythonSandbox
 from puyu.agent.tools import Tool, ToolRegistry, tool
 from puyu.errors import ConfigError
+from puyu.sandbox import PythonSandbox
 
 BUILTIN_NAMES = ["python", "calculator", "solve", "read_file", "search_kb"]
 OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,

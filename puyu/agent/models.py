@@ -1,41 +1,24 @@
-"""The chat models an agent drives: a local :class:`~puyu.api.LLM` or any OpenAI-compatible API.
+"""The chat models an agent drives: any :class:`~puyu.client.ChatClient` with fixed sampling.
 
-Both answer :meth:`reply(messages, tools, stop, tool_choice) <LocalChatModel.reply>`
-with a :class:`Reply`: the text and the tool calls found in it.  The local
-model renders ``tools`` through the model's own chat template, parses calls back
-with the serving parsers (:mod:`puyu.serve.tool_calls`) and, with
-``constrain=True``, generates under :func:`~puyu.generation.constraints.tool_call_grammar`
-so that a call is always well-formed JSON valid against the tool's schema.
-The API model uses the official ``openai`` client (``puyu serve``, vLLM,
-LMDeploy, OpenAI ...).  Anything with the same ``reply`` method (a scripted
-fake in tests) is a model too.
+A model answers :meth:`reply(messages, tools, stop, tool_choice) <ClientModel.reply>` with a
+:class:`Reply` (the client's :class:`~puyu.client.ChatResult`, its text stripped): the text, the tool
+calls found in it, the raw text and ``malformed`` when a call in the model's format did not parse.
+:class:`LocalChatModel` is a :class:`~puyu.client.LocalClient` (tools through the model's own template,
+calls constrained to the tools' schemas) and :class:`OpenAIChatModel` an :class:`~puyu.client.OpenAIClient`
+(``puyu serve``, vLLM, LMDeploy, OpenAI ...); both default to greedy decoding and 512 new tokens.
+Anything with the same ``reply`` method (a scripted fake in tests) is a model too.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any, Protocol
 
-from puyu.errors import ConfigError
-from puyu.generation.constraints import CALL_WRAPPERS, parse_constrained_call, tool_call_grammar
-from puyu.serve.tool_calls import START, ToolCall, parse_tool_calls
+from puyu.client import ChatClient, ChatResult, LocalClient, OpenAIClient
+from puyu.generation import SamplingParams
 
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class Reply:
-    """One model turn: ``text`` (without parsed calls), the ``tool_calls`` and the raw text generated.
-
-    ``malformed`` is set when the text starts a call in the model's format that did not parse.
-    """
-
-    text: str
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    raw: str = ""
-    malformed: bool = False
+Reply = ChatResult  # one model turn, as the agent loop sees it
+DEFAULTS = {"temperature": 0.0, "max_new_tokens": 512}
 
 
 class ChatModel(Protocol):
@@ -43,7 +26,19 @@ class ChatModel(Protocol):
               tool_choice: str = "auto") -> Reply: ...
 
 
-class LocalChatModel:
+class ClientModel:
+    """A chat client and its sampling as an agent's model; each turn's ``stop`` replaces ``params.stop``."""
+
+    def __init__(self, client: ChatClient, params: SamplingParams):
+        self.client, self.params = client, params
+
+    def reply(self, messages: list[dict[str, Any]], tools: list[dict] | None = None, stop: list[str] | None = None,
+              tool_choice: str = "auto") -> Reply:
+        result = self.client.chat(messages, replace(self.params, stop=list(stop or [])), tools, tool_choice)
+        return replace(result, text=result.text.strip())
+
+
+class LocalChatModel(ClientModel):
     """A :class:`~puyu.api.LLM` as an agent's model.
 
     Args:
@@ -55,77 +50,24 @@ class LocalChatModel:
     """
 
     def __init__(self, llm, constrain: bool = True, max_string: int = 300, **sampling: Any):
-        self.llm = llm
-        self.constrain, self.max_string = constrain, max_string
-        self.sampling = {"temperature": 0.0, "max_new_tokens": 512, **sampling}
-
-    @property
-    def family(self) -> str:
-        template = self.llm.tokenizer.template
-        return template.for_tools().family if template else "custom"
-
-    def reply(self, messages: list[dict[str, Any]], tools: list[dict] | None = None, stop: list[str] | None = None,
-              tool_choice: str = "auto") -> Reply:
-        sampling = {**self.sampling, "stop": list(stop or [])}
-        family = self.family if tools else "custom"
-        if tools and self.constrain and family in CALL_WRAPPERS:
-            sampling["grammar"] = tool_call_grammar(tools, family, tool_choice == "required",
-                                                   min(self.max_string, sampling["max_new_tokens"] // 2))
-        if family == "internlm2":
-            sampling["skip_special_tokens"] = False  # its action markers are special tokens
-        raw = self.llm.complete_chat(messages, tools, **sampling).text
-        if family == "internlm2":
-            raw = raw.replace("<|im_end|>", "").strip()
-        if "grammar" in sampling:  # the grammar fixed the shape: decode the JSON exactly
-            call = parse_constrained_call(raw, family)
-            if call is not None:
-                return Reply("", [ToolCall(call[0], json.dumps(call[1], ensure_ascii=False))], raw)
-        text, calls = parse_tool_calls(raw, family) if tools else (raw, [])
-        start = START.get(family)
-        malformed = bool(tools) and not calls and start is not None and start != "{" and start in raw
-        return Reply(text.strip(), calls, raw, malformed)
+        super().__init__(LocalClient(llm, constrain, max_string), SamplingParams.from_keywords(sampling, **DEFAULTS))
 
 
-class OpenAIChatModel:
-    """A model behind an OpenAI-compatible endpoint, through the official client.
+class OpenAIChatModel(ClientModel):
+    """A model behind an OpenAI-compatible endpoint.
 
     Args:
         model: the served model name (``None``: the first one the server lists).
         base_url: e.g. ``http://127.0.0.1:8000/v1``.
         api_key: the server's key (``EMPTY`` when it has none).
-        sampling: ``temperature``, ``max_tokens`` ... passed to ``chat.completions.create``.
+        sampling: :class:`~puyu.generation.SamplingParams` keywords (default greedy, 512 new tokens, and
+            ``top_p`` 1, the API's own default).
     """
 
     def __init__(self, model: str | None = None, base_url: str | None = None, api_key: str | None = None, **sampling: Any):
-        import openai
+        client = OpenAIClient(base_url or "", api_key, model, hint="check --api-base, --api-model and --api-key")
+        super().__init__(client, SamplingParams.from_keywords(sampling, **DEFAULTS, top_p=1.0))
 
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=1)
-        self.model = model or self._first_model()
-        self.sampling = {"temperature": 0.0, **sampling}
-
-    def _first_model(self) -> str:
-        import openai
-
-        try:
-            models = self.client.models.list().data
-        except openai.OpenAIError as e:
-            raise ConfigError(f"cannot list models at {self.client.base_url}: {e}; check --api-base and --api-key") from None
-        if not models:
-            raise ConfigError(f"the server at {self.client.base_url} serves no model; pass its name")
-        return models[0].id
-
-    def reply(self, messages: list[dict[str, Any]], tools: list[dict] | None = None, stop: list[str] | None = None,
-              tool_choice: str = "auto") -> Reply:
-        import openai
-
-        extra: dict[str, Any] = {"tools": tools, "tool_choice": tool_choice} if tools else {}
-        if stop:
-            extra["stop"] = stop
-        try:
-            response = self.client.chat.completions.create(model=self.model, messages=messages, **self.sampling, **extra)
-        except openai.OpenAIError as e:
-            raise ConfigError(f"the model API at {self.client.base_url} failed: {e}") from None
-        message = response.choices[0].message
-        calls = [ToolCall(c.function.name, c.function.arguments or "{}", c.id) for c in message.tool_calls or []]
-        text = message.content or ""
-        return Reply(text.strip(), calls, text + "".join(json.dumps(c.to_openai()) for c in calls))
+    @property
+    def model(self) -> str:
+        return self.client.model

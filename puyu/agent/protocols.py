@@ -26,7 +26,7 @@ from typing import Any
 from puyu.agent.models import Reply
 from puyu.agent.tools import ToolRegistry, ToolResult
 from puyu.errors import ConfigError
-from puyu.serve.tool_calls import ToolCall
+from puyu.tokenizer.tool_formats import INTERNLM2_INTERPRETER, ToolCall
 
 REACT_PROMPT = {
     "en": """You can use these tools:
@@ -53,7 +53,8 @@ Thought: 我已经知道最终答案了
 Final Answer: 对问题的最终回答""",
 }
 REACT_REPAIR = {
-    "en": "Your reply did not follow the format ({error}). Reply again with either 'Action:' and 'Action Input:' (a JSON object) or 'Final Answer:'.",
+    "en": "Your reply did not follow the format ({error}). "
+          "Reply again with either 'Action:' and 'Action Input:' (a JSON object) or 'Final Answer:'.",
     "zh": "你的回复不符合格式（{error}）。请重新回复：要么给出 'Action:' 和 'Action Input:'（JSON 对象），要么给出 'Final Answer:'。",
 }
 FORCE_FINAL = {
@@ -67,7 +68,6 @@ KEYWORDS = {
     "input": r"(?:Action Input|行动输入|工具输入)\s*[:：]",
     "final": r"(?:Final Answer|最终答案)\s*[:：]",
 }
-INTERPRETER = re.compile(r"<\|action_start\|>\s*<\|interpreter\|>\s*(.*?)\s*(?:<\|action_end\|>|$)", re.DOTALL)
 FENCE = re.compile(r"^```[\w-]*\n?(.*?)\n?```$", re.DOTALL)
 
 
@@ -124,7 +124,7 @@ class InternLM2Protocol(FunctionCallingProtocol):
     """InternLM2's ``<|plugin|>`` calls (parsed by the model backend) plus ``<|interpreter|>`` code."""
 
     def parse(self, reply: Reply, last: bool) -> Decision:
-        match = INTERPRETER.search(reply.text)
+        match = INTERNLM2_INTERPRETER.search(reply.text)
         if match and not last:
             thought = reply.text[: match.start()].strip()
             return Decision(thought, [ToolCall("python", json.dumps({"code": _strip_fence(match.group(1))}, ensure_ascii=False))])

@@ -118,7 +118,8 @@ class Tool:
         for param in inspect.signature(self.func).parameters.values():
             if param.name not in hints:
                 raise ConfigError(f"tool {self.name!r}: parameter {param.name!r} needs a type hint")
-            properties[param.name] = {**_json_type(hints[param.name]), **({"description": described[param.name]} if param.name in described else {})}
+            properties[param.name] = {**_json_type(hints[param.name]),
+                                      **({"description": described[param.name]} if param.name in described else {})}
             if param.default is inspect.Parameter.empty:
                 required.append(param.name)
         return {"type": "object", "properties": properties, "required": required}

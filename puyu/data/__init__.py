@@ -4,4 +4,5 @@ from puyu.data.dataset import DataConfig, TrainData
 from puyu.data.formats import FORMATS, Sample, read_samples
 from puyu.data.packing import IGNORE, Batch, Example, collate, pack, tokenize_samples
 
-__all__ = ["FORMATS", "IGNORE", "Batch", "DataConfig", "Example", "Sample", "TrainData", "collate", "pack", "read_samples", "tokenize_samples"]
+__all__ = ["FORMATS", "IGNORE", "Batch", "DataConfig", "Example", "Sample", "TrainData",
+           "collate", "pack", "read_samples", "tokenize_samples"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 from puyu.data.formats import FORMATS, Sample, read_samples
 from puyu.data.packing import Batch, Row, TokenizeReport, collate, pack, single_rows, tokenize_samples
 from puyu.errors import ConfigError
+from puyu.home import data_dir
 from puyu.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,8 @@ class DataConfig:
     """The ``data`` section of a recipe.
 
     Attributes:
-        train: data files (.json, .jsonl, .txt); relative paths are looked up in ``data_dir``.
+        train: data files (.json, .jsonl, .txt); a relative path is taken from the working directory when it exists there,
+            else looked up in ``data_dir``.
         format: row format: auto, alpaca, openai, sharegpt, xtuner or text.
         val: validation files (same formats); empty = none unless ``val_fraction`` is set.
         val_fraction: share of the training samples held out for validation (0 = none).
@@ -44,7 +45,7 @@ class DataConfig:
         replace: fill ``{{key}}`` placeholders in the data with these values.
         system: a system prompt added to chats that have none.
         limit: use the first ``limit`` samples of each file (0 = all).
-        data_dir: folder for relative data paths (default: $PUYU_DATA_DIR, else the working directory).
+        data_dir: folder for relative data paths that do not exist from the working directory (default: $PUYU_DATA_DIR).
     """
 
     train: list[str] = field(default_factory=list)
@@ -70,12 +71,15 @@ class DataConfig:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
 
     def resolve(self, path: str) -> Path:
-        """A data path: absolute, relative to the working directory, or to the data dir."""
+        """A data path: absolute or found from the working directory as given, else in the data dir.
+
+        Raises:
+            ConfigError: the path must be looked up in the data dir and none is set (see :func:`puyu.home.data_dir`).
+        """
         candidate = Path(path).expanduser()
         if candidate.is_absolute() or candidate.exists():
             return candidate
-        base = Path(self.data_dir or os.environ.get("PUYU_DATA_DIR") or ".").expanduser()
-        return base / path
+        return data_dir(self.data_dir, "data.data_dir=DIR") / path
 
 
 def _load(config: DataConfig, files: list[str]) -> list[Sample]:
@@ -112,7 +116,8 @@ class TrainData:
         val_examples, _ = tokenize_samples(val_samples, tokenizer, config.max_length, config.train_on_prompt)
         pad = tokenizer.token_id(tokenizer.pad_token) or tokenizer.eos_id or 0
         rows = arrange(examples)
-        log.info("data: %d samples -> %d rows of <= %d tokens; %d validation samples", len(examples), len(rows), config.max_length, len(val_examples))
+        log.info("data: %d samples -> %d rows of <= %d tokens; %d validation samples",
+                 len(examples), len(rows), config.max_length, len(val_examples))
         return cls(rows, arrange(val_examples), pad, seed, report)
 
     @property

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from puyu.data.jsonl import open_text, read_jsonl
 from puyu.errors import DatasetError
 
 FORMATS = ("auto", "alpaca", "openai", "sharegpt", "xtuner", "text")
@@ -51,7 +52,8 @@ class _Row:
     def fail(self, field_name: str, problem: str) -> DatasetError:
         return DatasetError(f"{self.path}:{self.line}: field {field_name!r} {problem}; fix the row or drop it from the file")
 
-    def get(self, key: str, kind: type | tuple[type, ...], required: bool = True, where: dict | None = None, name: str | None = None) -> Any:
+    def get(self, key: str, kind: type | tuple[type, ...], required: bool = True, where: dict | None = None,
+            name: str | None = None) -> Any:
         source = self.data if where is None else where
         value = source.get(key)
         if value is None:
@@ -66,16 +68,10 @@ class _Row:
 
 def _rows(path: Path) -> list[_Row]:
     """Rows of a .json list or a .jsonl file, each with the line where it starts."""
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(_Row(json.loads(line), path, number))
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        return rows
+        return [_Row(data, path, number) for number, data in read_jsonl(path)]
+    with open_text(path) as f:
+        text = f.read()
     # A JSON list, decoded element by element so every row knows its line (json.load would not say).
     decoder, rows, pos = json.JSONDecoder(), [], text.find("[")
     if pos < 0 or text[:pos].strip():
@@ -97,7 +93,8 @@ def _rows(path: Path) -> list[_Row]:
 def _detect(row: _Row) -> str:
     if not isinstance(row.data, dict):
         raise DatasetError(f"{row.path}:{row.line}: a row must be a JSON object, got {type(row.data).__name__}")
-    for key, fmt in (("messages", "openai"), ("conversations", "sharegpt"), ("conversation", "xtuner"), ("instruction", "alpaca"), ("text", "text")):
+    for key, fmt in (("messages", "openai"), ("conversations", "sharegpt"), ("conversation", "xtuner"),
+                     ("instruction", "alpaca"), ("text", "text")):
         if key in row.data:
             return fmt
     raise DatasetError(
@@ -203,7 +200,8 @@ def read_samples(path: str | Path, fmt: str = "auto", replace: dict[str, str] | 
     if fmt not in FORMATS:
         raise DatasetError(f"unknown data format {fmt!r}; use one of {', '.join(FORMATS)}")
     if not path.is_file():
-        raise DatasetError(f"no such data file: {path} (relative paths are looked up in $PUYU_DATA_DIR)")
+        raise DatasetError(f"no such data file: {path} (a relative path that is not found from the working directory "
+                           "is looked up in data.data_dir or $PUYU_DATA_DIR)")
     if path.suffix == ".txt":
         documents = [d.strip() for d in path.read_text(encoding="utf-8").split("\n\n")]
         return [Sample(origin=f"{path}", text=_fill(d, replace or {})) for d in documents if d]

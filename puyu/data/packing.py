@@ -94,7 +94,8 @@ def _shift(ids: list[int], labels: list[int]) -> list[int]:
     return labels[1:] + [IGNORE] if ids else []
 
 
-def tokenize_samples(samples: list[Sample], tokenizer: Tokenizer, max_length: int, train_on_prompt: bool = False) -> tuple[list[Example], TokenizeReport]:
+def tokenize_samples(samples: list[Sample], tokenizer: Tokenizer, max_length: int,
+                     train_on_prompt: bool = False) -> tuple[list[Example], TokenizeReport]:
     """Tokenize samples (see the module docstring); returns the examples and the truncation report."""
     examples: list[Example] = []
     report = TokenizeReport()
@@ -118,10 +119,12 @@ def tokenize_samples(samples: list[Sample], tokenizer: Tokenizer, max_length: in
             report.truncated.append(sample.origin)
         examples.append(Example(ids, _shift(ids, labels), sample.origin))
     if report.truncated:
-        log.warning("%d samples were longer than max_length=%d and lost the end of their reply (first: %s); raise data.max_length to keep it",
+        log.warning("%d samples were longer than max_length=%d and lost the end of their reply (first: %s); "
+                    "raise data.max_length to keep it",
                     len(report.truncated), max_length, report.truncated[0])
     if report.dropped:
-        log.warning("%d samples were dropped: their assistant reply starts after max_length=%d (first: %s); raise data.max_length to train on them",
+        log.warning("%d samples were dropped: their assistant reply starts after max_length=%d (first: %s); "
+                    "raise data.max_length to train on them",
                     len(report.dropped), max_length, report.dropped[0])
     return examples, report
 

@@ -2,6 +2,6 @@
 
 from puyu.engine.config import EngineConfig
 from puyu.engine.engine import LLMEngine
-from puyu.engine.sequence import StepEvent, TokenLogprob
+from puyu.generation.output import StepEvent, TokenLogprob
 
 __all__ = ["EngineConfig", "LLMEngine", "StepEvent", "TokenLogprob"]

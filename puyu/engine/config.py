@@ -15,7 +15,8 @@ class EngineConfig:
 
     Attributes:
         block_size: tokens per KV-cache block.
-        cache_max_entry_count: KV cache size: a fraction (0-1] of the memory free after loading the model, or gigabytes when above 1 (default: 0.8 on CUDA, 0.1 on the CPU, whose memory the rest of the machine shares).
+        cache_max_entry_count: KV cache size: a fraction (0-1] of the memory free after loading the model, or gigabytes
+            when above 1 (default: 0.8 on CUDA, 0.1 on the CPU, whose memory the rest of the machine shares).
         num_blocks: exact number of KV blocks, overriding cache_max_entry_count (0: size the cache from memory).
         max_num_seqs: most sequences in the running batch.
         max_num_batched_tokens: most tokens computed in one step; longer prompts are prefilled in chunks.
@@ -25,7 +26,7 @@ class EngineConfig:
         quant_group_size: input channels per int4 group (w4a16).
         compile: torch.compile the decode step (steps without prompt tokens): on the CPU it fuses the many small
             per-layer ops, about 1.35x faster decode, after a one-off compile when the engine starts (about a
-            minute; needs a C++ compiler).
+            minute on 2 AVX-512 cores, four to five on 2 AVX2 cores; needs a C++ compiler).
     """
 
     block_size: int = 16

@@ -77,7 +77,8 @@ class LLMEngine:
         if num_blocks < per_seq:
             log.warning("the KV cache holds %d blocks, fewer than one full context (%d); long requests will be cut", num_blocks, per_seq)
         if num_blocks < 2:
-            raise ContextLengthError(f"the KV cache budget ({budget / 2**20:.0f} MiB) holds fewer than 2 blocks; raise cache_max_entry_count")
+            raise ContextLengthError(f"the KV cache budget ({budget / 2**20:.0f} MiB) holds fewer than 2 blocks; "
+                                     "raise cache_max_entry_count")
         self.cache = PagedKVCache(model.config, num_blocks, config.block_size, model.dtype, model.device)
         self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
@@ -99,7 +100,7 @@ class LLMEngine:
 
     def _compile_decode(self) -> None:
         """Compile both decode graphs now (one sequence; several) so that no request waits for it."""
-        log.warning("compiling the decode step (torch.compile; about a minute on 2 CPU cores)")
+        log.warning("compiling the decode step (torch.compile; 1-5 minutes on 2 CPU cores, longer without AVX-512)")
         start = time.perf_counter()
         params = SamplingParams(max_new_tokens=3, temperature=0, ignore_eos=True)
         results = self.generate([[0, 1, 2]], params) + self.generate([[3, 4, 5], [6, 7, 8, 9, 10]], params)
@@ -263,16 +264,13 @@ class LLMEngine:
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None) -> list[Completion]:
         """Run token-id prompts to completion (blocking); one :class:`Completion` each, in order."""
         plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
-        results = [Completion("", [], "", len(p)) for p in prompts]
+        results = [Completion(prompt_tokens=len(p)) for p in prompts]
         done = [threading.Event() for _ in prompts]
 
         def sink_for(i: int):
             def sink(event: StepEvent) -> None:
-                if event.delta is not None:
-                    results[i].text += event.delta.text
-                    results[i].token_ids += event.delta.token_ids
+                results[i].add(event)
                 if event.finished:
-                    results[i].finish_reason = event.finish_reason or ""
                     done[i].set()
 
             return sink

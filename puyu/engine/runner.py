@@ -26,7 +26,8 @@ import torch
 import torch.fx.experimental._config as shape_config
 
 from puyu.engine.paged_cache import PagedBatch, PagedKVCache, PrefillChunk
-from puyu.engine.sequence import Sequence, TokenLogprob
+from puyu.engine.sequence import Sequence
+from puyu.generation.output import TokenLogprob
 from puyu.generation.sampling import sample_next
 from puyu.model.transformer import Transformer
 

@@ -15,38 +15,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from puyu.generation.output import Delta, SequenceOutput
+from puyu.generation.output import SequenceOutput, StepEvent, TokenLogprob
 
 
 class Status(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"
-
-
-@dataclass
-class TokenLogprob:
-    """Log-probability of a token under the model (before sampling controls), with the top alternatives."""
-
-    token: int
-    logprob: float
-    top: list[tuple[int, float]] = field(default_factory=list)
-
-
-@dataclass
-class StepEvent:
-    """What one engine step produced for one request."""
-
-    request_id: str
-    delta: Delta | None
-    logprob: TokenLogprob | None = None
-    prompt_logprobs: list[TokenLogprob | None] | None = None  # with the final event, when asked for
-    finished: bool = False
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    ttft: float | None = None  # seconds from arrival to first token, on the first token's event
-    error: str | None = None
 
 
 @dataclass

@@ -1,45 +1,25 @@
 """Reading benchmark files from the data dir: rows as dicts, with errors that name the file and line.
 
-``data_dir()`` resolves the folder (``--data-dir``, else ``$PUYU_DATA_DIR``).
 ``read_rows(path, fmt, columns, json_key)`` reads one file in one of the
-formats the tasks use: ``jsonl`` (optionally ``.gz``), ``json`` (a list, or a
-list under ``json_key``), ``csv`` (header row, or headerless with ``columns``),
-``lines`` (one ``{"text": line}`` per non-empty line) and ``text`` (the whole
-file as one row).  Every row carries ``_source`` (``file:line``) so later
-errors can point at it.
+formats the tasks use: ``jsonl`` (optionally ``.gz``; read by
+:func:`puyu.data.jsonl.read_jsonl`), ``json`` (a list, or a list under
+``json_key``), ``csv`` (header row, or headerless with ``columns``), ``lines``
+(one ``{"text": line}`` per non-empty line) and ``text`` (the whole file as one
+row).  Every row carries ``_source`` (``file:line``) so later errors can point
+at it.  The data dir itself is resolved by :func:`puyu.home.data_dir`.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from puyu.data.jsonl import open_text, read_jsonl
 from puyu.errors import ConfigError, DatasetError
 
 FORMATS = ("jsonl", "json", "csv", "lines", "text")
-
-
-def data_dir(explicit: str | Path | None = None) -> Path:
-    """The benchmark data folder: ``explicit``, else ``$PUYU_DATA_DIR``.
-
-    Raises:
-        ConfigError: neither is set, or the folder does not exist.
-    """
-    value = explicit or os.environ.get("PUYU_DATA_DIR")
-    if not value:
-        raise ConfigError("no data dir: pass --data-dir DIR or set PUYU_DATA_DIR to the folder that holds eval/ (e.g. ../shared/datasets)")
-    path = Path(value).expanduser()
-    if not path.is_dir():
-        raise ConfigError(f"data dir {path} does not exist; pass --data-dir DIR or set PUYU_DATA_DIR")
-    return path
-
-
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8", newline="")
 
 
 def read_rows(path: Path, fmt: str, columns: list[str] | None = None, json_key: str | None = None) -> list[dict[str, Any]]:
@@ -52,13 +32,9 @@ def read_rows(path: Path, fmt: str, columns: list[str] | None = None, json_key: 
         raise ConfigError(f"unknown data format {fmt!r} for {path}; use one of {', '.join(FORMATS)}")
     if not path.is_file():
         raise DatasetError(f"data file {path} is missing; check --data-dir / $PUYU_DATA_DIR")
-    with _open_text(path) as f:
-        if fmt == "jsonl":
-            rows = []
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    rows.append(_json_row(line, path, n))
-            return rows
+    if fmt == "jsonl":
+        return [dict(row, _source=f"{path}:{n}") for n, row in read_jsonl(path)]
+    with open_text(path) as f:
         if fmt == "json":
             return _json_file(f, path, json_key)
         if fmt == "csv":
@@ -66,17 +42,6 @@ def read_rows(path: Path, fmt: str, columns: list[str] | None = None, json_key: 
         if fmt == "lines":
             return [{"text": line.rstrip("\n"), "_source": f"{path}:{n}"} for n, line in enumerate(f, 1) if line.strip()]
         return [{"text": f.read(), "_source": f"{path}:1"}]
-
-
-def _json_row(line: str, path: Path, n: int) -> dict[str, Any]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}:{n}: not valid JSON ({exc.msg}); fix or remove the line") from None
-    if not isinstance(row, dict):
-        raise DatasetError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-    row["_source"] = f"{path}:{n}"
-    return row
 
 
 def _json_file(f, path: Path, json_key: str | None) -> list[dict[str, Any]]:

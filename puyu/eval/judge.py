@@ -24,11 +24,12 @@ judge model, one rating per turn.  Its records (see
   appends each updated record to the predictions log, so an interrupted run
   (or one rerun with ``--reuse``) never asks for a finished judgment again.
 
-Judge calls are deterministic (``temperature=0``).  Transient failures
-(connection errors, timeouts, 408/409/429/5xx) are retried by the ``openai``
-client with exponential backoff; if they persist, or the server refuses the key
-or the model, the run stops with a :class:`ConfigError` (finished work stays
-saved).  A request the judge rejects as invalid (400/422, e.g. longer than its
+Judge calls go through :class:`~puyu.client.OpenAIClient` and are deterministic
+(``temperature=0``).  Transient failures (connection errors, timeouts,
+408/409/429/5xx) are retried under :class:`~puyu.client.RetryPolicy` with
+exponential backoff, at most ``max_retries`` times; if they persist, or the server
+refuses the key or the model, the run stops with a :class:`ConfigError` (finished
+work stays saved).  A request the judge rejects as invalid (400/422, e.g. longer than its
 context) is recorded as FastChat's ``$ERROR$`` judgment, unrated.
 """
 
@@ -44,8 +45,11 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
+from puyu.client import ClientError, OpenAIClient, RetryPolicy
+from puyu.config_files import build
 from puyu.errors import ConfigError, DatasetError
 from puyu.eval.data import read_rows
+from puyu.generation import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -115,21 +119,19 @@ class JudgeConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "JudgeConfig":
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"judge: unknown keys {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**raw)
+        """The judge of a run config's ``judge:`` mapping (unknown keys and wrong types are ConfigErrors)."""
+        return build(cls, raw, "judge")
 
 
 class JudgeClient:
     """Sends judge conversations to the server; one call per judgment (``http_client``: an ``httpx2.Client`` for tests)."""
 
     def __init__(self, config: JudgeConfig, http_client=None):
-        import openai
-
         self.config = config
-        self.client = openai.OpenAI(base_url=config.api_base, api_key=config.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
-                                    timeout=config.timeout_s, max_retries=config.max_retries, http_client=http_client)
+        self.params = SamplingParams(max_new_tokens=config.max_tokens, temperature=0, top_p=1.0)
+        self.client = OpenAIClient(config.api_base, config.api_key or os.environ.get("OPENAI_API_KEY"), config.model,
+                                   retry=RetryPolicy(max_retries=config.max_retries), timeout_s=config.timeout_s,
+                                   http_client=http_client)
 
     def judge(self, messages: list[dict[str, str]]) -> str:
         """The judge's reply to ``messages`` (greedy), or ``$ERROR$: reason`` when it rejects the request as invalid.
@@ -137,17 +139,13 @@ class JudgeClient:
         Raises:
             ConfigError: the server stays unreachable or failing after the retries, or refuses the key or the model.
         """
-        import openai
-
         try:
-            reply = self.client.chat.completions.create(model=self.config.model, messages=messages, temperature=0, n=1,
-                                                        max_tokens=self.config.max_tokens)
-        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-            return f"{API_ERROR}: {exc.message}"
-        except openai.OpenAIError as exc:
-            raise ConfigError(f"judge {self.config.model} at {self.config.api_base} failed: {exc}; check --judge-api-base, "
+            return self.client.chat(messages, self.params).text
+        except ClientError as exc:
+            if exc.status in (400, 422):
+                return f"{API_ERROR}: {exc.detail}"
+            raise ConfigError(f"judge {self.config.model} at {self.config.api_base} failed: {exc.detail}; check --judge-api-base, "
                               "--judge-model and --judge-api-key; finished answers and judgments are saved, rerun with --reuse") from None
-        return reply.choices[0].message.content or ""
 
 
 class JudgeTemplates:

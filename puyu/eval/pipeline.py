@@ -1,6 +1,6 @@
 """One evaluation run: several models × several tasks, from flags or a YAML config.
 
-:class:`EvalConfig` is what a config file holds (``configs/eval/*.yaml``)::
+:class:`EvalConfig` is what a config file holds (examples: the repository's ``configs/eval/*.yaml``)::
 
     models:                      # each: backend (local | openai | hf) and its options
       - {name: smollm2, backend: local, model: smollm2-135m-instruct, dtype: float32}
@@ -28,12 +28,13 @@ from typing import Any
 
 import yaml
 
+from puyu.config_files import build, read_yaml
 from puyu.errors import ConfigError
-from puyu.eval.data import data_dir as resolve_data_dir
 from puyu.eval.judge import JudgeConfig, missing_judge
 from puyu.eval.runner import RunSettings, run_task
 from puyu.eval.summary import write_summary
 from puyu.eval.tasks import load_task
+from puyu.home import data_dir, home_subdir
 
 log = logging.getLogger(__name__)
 
@@ -94,21 +95,12 @@ class EvalConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "EvalConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"no such eval config: {path}")
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**raw)
+        """A run config file (see the module docstring); unknown keys and wrong types are named."""
+        return build(cls, read_yaml(path, "eval config"), str(path))
 
 
 def run_dir_for(config: EvalConfig, reuse: str | None) -> Path:
     """The run folder: a new ``OUT/<timestamp>``, or the one ``reuse`` names (``latest``, a name or a path)."""
-    from puyu.home import home_subdir
-
     out = Path(config.out).expanduser() if config.out else home_subdir("runs") / "eval"
     if reuse:
         candidate = Path(reuse).expanduser()
@@ -137,7 +129,7 @@ def run_eval(config: EvalConfig, reuse: str | None = None, backends: dict[str, A
     """
     from puyu.eval.backends import make_backend
 
-    root = resolve_data_dir(config.data_dir)
+    root = data_dir(config.data_dir)
     run_dir = run_dir_for(config, reuse)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not reuse:

@@ -12,58 +12,18 @@ does); ``loglikelihood`` scores one continuation; ``rolling`` the whole text;
 carries the row's user ``turns``, answered one after the other in one chat
 (always through the chat template, see :func:`puyu.eval.runner.answer_turns`).
 With ``chat`` on, the prompt is one user message rendered through the model's
-chat template and continuations lose their leading delimiter.  Templates are Jinja in a sandboxed
-environment; an undefined field raises a :class:`DatasetError` naming the row.
+chat template and continuations lose their leading delimiter.  Templates and expressions are Jinja
+(:mod:`puyu.eval.expressions`); an undefined field raises a :class:`DatasetError` naming the row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from puyu.errors import ConfigError, DatasetError
+from puyu.eval.expressions import evaluate_expression, render
 from puyu.eval.tasks import Example, TaskSpec, choose_shots
-
-ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-
-
-@lru_cache(maxsize=512)
-def _template(source: str) -> jinja2.Template:
-    try:
-        return ENV.from_string(source)
-    except jinja2.TemplateSyntaxError as exc:
-        raise ConfigError(f"bad template {source!r}: {exc}") from None
-
-
-@lru_cache(maxsize=512)
-def _expression(source: str):
-    try:
-        return ENV.compile_expression(source, undefined_to_none=False)
-    except jinja2.TemplateSyntaxError as exc:
-        raise ConfigError(f"bad expression {source!r}: {exc}") from None
-
-
-def render(source: str, doc: dict[str, Any], task: str) -> str:
-    """Render template ``source`` with a row's fields."""
-    try:
-        return _template(source).render(**doc)
-    except (jinja2.UndefinedError, TypeError, ValueError, KeyError, IndexError) as exc:
-        raise DatasetError(f"{doc.get('_source', '?')}: task {task}: cannot render {source[:60]!r}: {exc}") from None
-
-
-def evaluate_expression(source: str, doc: dict[str, Any], task: str) -> Any:
-    """Evaluate Jinja expression ``source`` (e.g. ``'ABCD'.index(answer)``) over a row's fields."""
-    try:
-        value = _expression(source)(**doc)
-    except (jinja2.UndefinedError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-        raise DatasetError(f"{doc.get('_source', '?')}: task {task}: cannot evaluate {source!r}: {exc}") from None
-    if isinstance(value, jinja2.Undefined):
-        raise DatasetError(f"{doc.get('_source', '?')}: task {task}: {source!r} is undefined for this row")
-    return value
 
 
 @dataclass

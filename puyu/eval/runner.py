@@ -207,7 +207,7 @@ def _record(spec: TaskSpec, p: Prepared, outputs: list, settings: RunSettings) -
 
 def run_program(program: str, timeout_s: float) -> str | None:
     """Run a HumanEval/MBPP program in a fresh sandbox session; ``None`` when it passes, else the error."""
-    from puyu.agent.sandbox import PythonSandbox
+    from puyu.sandbox import PythonSandbox
 
     with PythonSandbox(timeout_s=timeout_s, cpu_s=timeout_s, memory_mb=1024) as sandbox:
         return sandbox.run(program).error

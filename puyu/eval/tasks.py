@@ -30,6 +30,7 @@ import yaml
 
 from puyu.errors import ConfigError, DatasetError
 from puyu.eval.data import read_rows, require_fields
+from puyu.eval.expressions import evaluate_expression
 
 TASK_DIR = Path(__file__).with_name("tasks")
 OUTPUTS = ("multiple_choice", "loglikelihood", "rolling", "generate", "multi_turn")
@@ -165,7 +166,6 @@ def load_examples(spec: TaskSpec, root: Path, limit: int | None = None, seed: in
         DatasetError: missing files, unparsable rows, rows without the required fields.
     """
     from puyu.eval import hooks
-    from puyu.eval.prompts import evaluate_expression
 
     info = _subset_info(spec, root)
     pattern = spec.data.get("subset_pattern")
@@ -209,7 +209,6 @@ def fewshot_pool(spec: TaskSpec, root: Path, subset: str) -> list[dict[str, Any]
     for path in _files(spec, root, source["files"].format(subset=subset)):
         rows += read_rows(path, source.get("format", spec.data.get("format", "jsonl")), source.get("columns", spec.data.get("columns")))
     from puyu.eval import hooks
-    from puyu.eval.prompts import evaluate_expression
 
     out = []
     for row in rows:

@@ -11,8 +11,7 @@ puyu needs:
 - :func:`json_schema_grammar` / :func:`json_object_grammar`: the whole reply is
   JSON (OpenAI ``response_format``);
 - :func:`tool_call_grammar`: one tool call in the template family's own format
-  (ChatML ``<tool_call>{json}</tool_call>``, InternLM2
-  ``<|action_start|><|plugin|>\\n{json}<|action_end|>``, Llama 3 bare JSON), the
+  (:mod:`puyu.tokenizer.tool_formats` holds the formats), the
   call JSON checked against the tool's parameter schema; with
   ``required=False`` the model may answer in plain text instead.
 
@@ -36,15 +35,10 @@ import numpy as np
 import torch
 
 from puyu.errors import ConfigError
+from puyu.tokenizer.tool_formats import FORMATS, ToolFormat, tool_format
 
 log = logging.getLogger(__name__)
 _LL_TOKENIZERS: "weakref.WeakKeyDictionary[Any, dict[int, llguidance.LLTokenizer]]" = weakref.WeakKeyDictionary()
-CALL_WRAPPERS = {
-    "chatml": ('"<tool_call>\\n"', '"\\n</tool_call>"'),
-    "internlm2": ('<|action_start|> <|plugin|> "\\n"', "<|action_end|>"),
-    "llama3": ("", ""),
-}
-ARGUMENT_KEYS = {"chatml": "arguments", "internlm2": "parameters", "llama3": "parameters"}
 # Compact JSON as OpenAI writes it: flexible whitespace lets a small model wander into
 # endless blanks; unknown keywords (``format``, ...) are ignored rather than refused.
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ", "lenient": True}
@@ -156,6 +150,13 @@ def _cap_strings(schema: Any, max_string: int) -> Any:
     return capped
 
 
+def _format(family: str) -> ToolFormat:
+    fmt = tool_format(family)
+    if fmt is None:
+        raise ConfigError(f"no tool-call format for template family {family!r}; use one of {sorted(FORMATS)}")
+    return fmt
+
+
 def call_schema(tools: list[dict[str, Any]], family: str, max_string: int | None = None) -> dict[str, Any]:
     """JSON schema of one call ``{"name": ..., "arguments"|"parameters": {...}}`` to one of ``tools`` (OpenAI format).
 
@@ -165,7 +166,7 @@ def call_schema(tools: list[dict[str, Any]], family: str, max_string: int | None
     """
     if not tools:
         raise ConfigError("a tool-call grammar needs at least one tool")
-    key = ARGUMENT_KEYS.get(family, "arguments")
+    key = _format(family).argument_key
     options = []
     for tool in tools:
         function = _function(tool)
@@ -179,27 +180,6 @@ def call_schema(tools: list[dict[str, Any]], family: str, max_string: int | None
     return {**schema, "x-guidance": JSON_OPTIONS}
 
 
-def parse_constrained_call(text: str, family: str) -> tuple[str, dict[str, Any]] | None:
-    """``(name, arguments)`` of a call generated under :func:`tool_call_grammar`, or None for a plain answer.
-
-    The grammar fixes the wrapper, so the JSON is decoded from the first ``{`` with
-    ``raw_decode``: a string argument that contains ``}</tool_call>`` cannot end it early.
-    """
-    if family not in CALL_WRAPPERS:
-        raise ConfigError(f"no tool-call format for template family {family!r}; use one of {sorted(CALL_WRAPPERS)}")
-    opener = {"chatml": "<tool_call>", "internlm2": "<|plugin|>", "llama3": ""}[family]
-    stripped = text.lstrip()
-    if not stripped.startswith(opener if family != "internlm2" else "<|action_start|>") or "{" not in stripped:
-        return None
-    try:
-        data, _ = json.JSONDecoder().raw_decode(stripped[stripped.index("{", stripped.find(opener) + len(opener)):])
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-        return None
-    return data["name"], data.get(ARGUMENT_KEYS[family], {})
-
-
 def tool_call_grammar(tools: list[dict[str, Any]], family: str, required: bool = True, max_string: int | None = None) -> str:
     """Lark grammar of one tool call in ``family``'s format (``chatml``, ``internlm2`` or ``llama3``).
 
@@ -210,14 +190,12 @@ def tool_call_grammar(tools: list[dict[str, Any]], family: str, required: bool =
             plain text that does not start like a call.
         max_string: see :func:`call_schema`.
     """
-    if family not in CALL_WRAPPERS:
-        raise ConfigError(f"no tool-call format for template family {family!r}; use one of {sorted(CALL_WRAPPERS)}")
-    before, after = CALL_WRAPPERS[family]
-    call = " ".join(part for part in [before, "call_json", after] if part)
+    fmt = _format(family)
+    call = " ".join(part for part in [fmt.grammar_open, "call_json", fmt.grammar_close] if part)
     lines = [f"call: {call}", f"call_json: %json {json.dumps(call_schema(tools, family, max_string), ensure_ascii=False)}"]
     if required:
         return "\n".join(["start: call", *lines])
-    first = {"chatml": "<", "internlm2": None, "llama3": "{"}[family]
+    first = fmt.answer_first
     # Plain text may not begin like a call, so the model commits to one or the other on its first character.
     text = f"/[^{first}\\s][\\s\\S]*/" if first else r"/[\s\S]+/"
-    return "\n".join([f"start: call | answer", f"answer: {text}", *lines])
+    return "\n".join(["start: call | answer", f"answer: {text}", *lines])

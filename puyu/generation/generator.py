@@ -84,12 +84,7 @@ def generate(
     params: SamplingParams | list[SamplingParams] | None = None,
 ) -> list[Completion]:
     """Run :func:`stream` to the end; one :class:`Completion` per prompt, in order."""
-    texts = [""] * len(prompts)
-    ids: list[list[int]] = [[] for _ in prompts]
-    reasons = ["length"] * len(prompts)
+    results = [Completion(prompt_tokens=len(p)) for p in prompts]
     for delta in stream(model, tokenizer, prompts, params):
-        texts[delta.index] += delta.text
-        ids[delta.index] += delta.token_ids
-        if delta.finish_reason:
-            reasons[delta.index] = delta.finish_reason
-    return [Completion(t, i, r, len(p)) for t, i, r, p in zip(texts, ids, reasons, prompts)]
+        results[delta.index].add_delta(delta)
+    return results

@@ -1,10 +1,12 @@
-"""What a generated sequence produces: text deltas, stop handling and the final completion.
+"""What a generated sequence produces: text deltas, step events, stop handling and the finished completion.
 
 :class:`SequenceOutput` turns sampled token ids into final text for one
 sequence: incremental detokenization, stop tokens, stop strings (cut from the
 text; text that might start a stop string is held back while streaming) and the
 token budget.  The single-batch generator and the serving engine both use it,
-so both stop and stream identically.
+so both stop and stream identically.  :class:`StepEvent` is what the engine
+reports per request and step; :class:`Completion` is the one collector of
+deltas and events into a finished choice (generator, engine and server alike).
 """
 
 from __future__ import annotations
@@ -30,17 +32,70 @@ class Delta:
 
 
 @dataclass
-class Completion:
-    """A finished sequence: its text, generated ids and why it ended."""
+class TokenLogprob:
+    """Log-probability of a token under the model (before sampling controls), with the top alternatives."""
 
-    text: str
-    token_ids: list[int]
-    finish_reason: str
-    prompt_tokens: int
+    token: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class StepEvent:
+    """What one engine step produced for one request."""
+
+    request_id: str
+    delta: Delta | None
+    logprob: TokenLogprob | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # with the final event, when asked for
+    finished: bool = False
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft: float | None = None  # seconds from arrival to first token, on the first token's event
+    error: str | None = None
+
+
+@dataclass
+class Completion:
+    """One choice, collected from its deltas (:meth:`add_delta`) or engine events (:meth:`add`).
+
+    Attributes:
+        text: the final text (stop strings cut).
+        token_ids: the generated ids (a stop token is not included).
+        finish_reason: ``stop`` or ``length`` once finished (None before).
+        prompt_tokens: length of the prompt.
+        logprobs: one entry per generated token, when asked for.
+        prompt_logprobs: one entry per prompt token (None for the first), when asked for.
+        error: why generation failed, if it did.
+    """
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    error: str | None = None
 
     @property
     def completion_tokens(self) -> int:
         return len(self.token_ids)
+
+    def add_delta(self, delta: Delta) -> None:
+        self.text += delta.text
+        self.token_ids += delta.token_ids
+        if delta.finish_reason:
+            self.finish_reason = delta.finish_reason
+
+    def add(self, event: StepEvent) -> None:
+        if event.delta is not None:
+            self.add_delta(event.delta)
+        if event.logprob is not None:
+            self.logprobs.append(event.logprob)
+        self.prompt_tokens = event.prompt_tokens
+        if event.finished:
+            self.finish_reason, self.error, self.prompt_logprobs = event.finish_reason, event.error, event.prompt_logprobs
 
 
 class SequenceOutput:

@@ -13,11 +13,39 @@ chosen token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 
 from puyu.errors import ConfigError
+
+# The one table of allowed values, in pydantic's Field terms (ge/gt/le): SamplingParams checks it, and the
+# HTTP schemas (serve, web) build their fields from it, so a bound is written once.  Temperature stops at 2 as in OpenAI's API.
+LIMITS: dict[str, dict[str, float]] = {
+    "max_new_tokens": {"ge": 0}, "temperature": {"ge": 0, "le": 2}, "top_p": {"gt": 0, "le": 1}, "top_k": {"ge": 0},
+    "min_p": {"ge": 0, "le": 1}, "repetition_penalty": {"gt": 0}, "presence_penalty": {"ge": -2, "le": 2},
+    "frequency_penalty": {"ge": -2, "le": 2},
+}
+HINTS = {"max_new_tokens": "0 only scores the prompt", "temperature": "0 is greedy", "top_k": "0 turns it off",
+         "repetition_penalty": "1 turns it off"}
+
+
+def limit_rule(name: str) -> str:
+    """``name``'s allowed values in words, e.g. ``must be in (0, 1]`` or ``must be >= 0 (0 turns it off)``."""
+    bound = LIMITS[name]
+    low = ("[", bound["ge"]) if "ge" in bound else ("(", bound["gt"]) if "gt" in bound else None
+    if low and "le" in bound:
+        rule = f"must be in {low[0]}{low[1]:g}, {bound['le']:g}]"
+    else:
+        rule = f"must be {'>=' if low[0] == '[' else '>'} {low[1]:g}"
+    return f"{rule} ({HINTS[name]})" if name in HINTS else rule
+
+
+def within_limits(name: str, value: float) -> bool:
+    bound = LIMITS[name]
+    return (value >= bound.get("ge", value) and value <= bound.get("le", value)
+            and ("gt" not in bound or value > bound["gt"]))
 
 
 @dataclass
@@ -26,7 +54,7 @@ class SamplingParams:
 
     Attributes:
         max_new_tokens: most tokens to generate (capped by the context window; 0 only scores the prompt).
-        temperature: 0 is greedy; higher is more random.
+        temperature: 0 is greedy; higher is more random (at most 2).
         top_p: keep the smallest set of tokens whose probability reaches ``top_p`` (1 = off).
         top_k: keep the ``top_k`` most likely tokens (0 = off).
         min_p: drop tokens less likely than ``min_p`` times the top token (0 = off).
@@ -60,19 +88,23 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
-        checks = [
-            ("max_new_tokens", self.max_new_tokens >= 0, "must be >= 0 (0 only scores the prompt)"),
-            ("temperature", self.temperature >= 0, "must be >= 0 (0 is greedy)"),
-            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
-            ("top_k", self.top_k >= 0, "must be >= 0 (0 turns it off)"),
-            ("min_p", 0 <= self.min_p <= 1, "must be in [0, 1]"),
-            ("repetition_penalty", self.repetition_penalty > 0, "must be > 0 (1 turns it off)"),
-            ("presence_penalty", -2 <= self.presence_penalty <= 2, "must be in [-2, 2]"),
-            ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "must be in [-2, 2]"),
-        ]
-        for name, ok, rule in checks:
-            if not ok:
-                raise ConfigError(f"sampling: {name} {rule}, got {getattr(self, name)}")
+        for name in LIMITS:
+            if not within_limits(name, getattr(self, name)):
+                raise ConfigError(f"sampling: {name} {limit_rule(name)}, got {getattr(self, name)}")
+
+    @classmethod
+    def from_keywords(cls, keywords: dict[str, Any], **defaults: Any) -> "SamplingParams":
+        """From keyword arguments of the keyword APIs (``LLM.chat(..., temperature=0)``) over ``defaults``.
+
+        Raises:
+            ConfigError: an unknown name, naming the known ones (``max_tokens`` gets a hint: here it is ``max_new_tokens``).
+        """
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(keywords) - set(known))
+        if unknown:
+            hint = "; the token limit is max_new_tokens" if "max_tokens" in unknown else ""
+            raise ConfigError(f"unknown sampling option(s) {unknown}{hint}; known: {', '.join(known)}")
+        return cls(**{**defaults, **keywords})
 
     @property
     def greedy(self) -> bool:

@@ -42,7 +42,8 @@ def _pre_type(pre: dict | None) -> str:
     if kinds == ["Split", "ByteLevel"]:
         pattern = parts[0].get("pattern", {}).get("Regex", "")
         return "llama-bpe" if r"\p{N}{1,3}" in pattern else "qwen2"
-    raise ConfigError(f"cannot name the tokenizer's pre-split rules ({kinds or pre.get('type')}) in GGUF terms; export a Hugging Face folder instead")
+    raise ConfigError(f"cannot name the tokenizer's pre-split rules ({kinds or pre.get('type')}) in GGUF terms; "
+                      "export a Hugging Face folder instead")
 
 
 def _vocabulary(tokenizer: Tokenizer, vocab_size: int) -> dict:
@@ -120,7 +121,8 @@ def export_gguf(model: Transformer, tokenizer: Tokenizer, path: str | Path, outt
         writer.add_rope_scaling_factor(float(c.rope_scaling["factor"]))
         if kind == "yarn":
             writer.add_rope_scaling_orig_ctx_len(int(c.rope_scaling["original_max_position_embeddings"]))
-    writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype])
+    writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype])
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(vocab["pre"])
     writer.add_token_list(vocab["tokens"])

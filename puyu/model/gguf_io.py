@@ -47,7 +47,8 @@ def config_from_metadata(meta: dict[str, Any], tensor_names: set[str]) -> ModelC
         return value
 
     if "rope_freqs.weight" in tensor_names:
-        raise ModelLoadError("this GGUF stores Llama-3.1 RoPE frequency factors, which puyu cannot read from GGUF yet; load the Hugging Face folder")
+        raise ModelLoadError("this GGUF stores Llama-3.1 RoPE frequency factors, which puyu cannot read from GGUF yet; "
+                             "load the Hugging Face folder")
     heads = int(get("attention.head_count"))
     hidden = int(get("embedding_length"))
     scaling = None

@@ -20,6 +20,7 @@ import torch
 from puyu.errors import ModelLoadError
 from puyu.hardware import resolve_device, resolve_dtype
 from puyu.home import home_subdir
+from puyu.model.adapters import load_adapter
 from puyu.model.gguf_io import read_gguf
 from puyu.model.hf_io import build_model, load_folder, save_pretrained
 from puyu.model.registry import resolve
@@ -52,13 +53,18 @@ def convert_gguf(gguf_path: Path) -> Path:
     return target
 
 
-def load_model(
-    name_or_path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto"
-) -> tuple[Transformer, Tokenizer]:
-    """Load a registered name, a Hugging Face folder or a GGUF file.
+def load_model(name_or_path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto",
+               chat_template: str | None = None, adapter: str | Path | None = None) -> tuple[Transformer, Tokenizer]:
+    """Load a registered name, a Hugging Face folder or a GGUF file: the one loading path of every command.
+
+    Args:
+        dtype: ``auto`` (see :mod:`puyu.hardware`), ``float32``, ``bfloat16`` or ``float16``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        chat_template: override the model's template: ``chatml``, ``internlm2``, ``llama3``, Jinja source or a Jinja file.
+        adapter: a LoRA adapter folder (PEFT format, e.g. from ``puyu train``) merged into the weights.
 
     Raises:
-        ModelLoadError: missing/corrupt files, unsupported architecture, unknown name.
+        ModelLoadError: missing/corrupt files, unsupported architecture, unknown name, a bad adapter.
         ConfigError: a bad dtype or device.
     """
     dev = resolve_device(device)
@@ -68,4 +74,9 @@ def load_model(
         if path.suffix.lower() != ".gguf":
             raise ModelLoadError(f"{path} is a file but not a .gguf; give a .gguf file or a Hugging Face model folder")
         path = convert_gguf(path)
-    return load_folder(path, dt, dev)
+    model, tokenizer = load_folder(path, dt, dev)
+    if adapter:
+        load_adapter(model, adapter)
+    if chat_template:
+        tokenizer.set_chat_template(chat_template)
+    return model, tokenizer

@@ -7,15 +7,20 @@ InternLM2 needs a real map (see :mod:`puyu.model.keymaps`).
 
 Contract of :meth:`Transformer.forward`::
 
-    logits = model(tokens [B, T], positions [B, T] | None, cache=KVCache | None,
-                   mask=[B, 1, T, S] bool | None, logits_to_keep=0)  # -> [B, T', vocab]
+    out = model(tokens [B, T], positions [B, T] | None, cache=KVCache | None,
+                mask=[B, 1, T, S] bool | None, logits_to_keep=0, output="logits")
+    # output="logits" -> [B, T', vocab];  output="hidden" -> [B, T', hidden] (after the final norm)
 
 Without a cache the attention is causal over ``tokens``, or follows ``mask``
 (e.g. block-diagonal masks for packed training samples).  With a cache, the
 cache computes attention over its stored keys/values (see :class:`KVCache`
 for the protocol; the serving engine's paged cache implements it too).  ``logits_to_keep=n`` computes the LM head
 on the last ``n`` positions only (prefill for generation needs one); a tensor
-of indices computes it at those positions of ``T``.
+of indices computes it at those positions of ``T``.  ``output="hidden"`` returns
+the final-normed hidden states at those positions instead, without the LM head
+(training fuses the head with its loss; evaluation picks positions per row), and
+:meth:`Transformer.head` turns them into logits: ``model.head(model(x, output="hidden"))``
+equals ``model(x)``.
 """
 
 from __future__ import annotations
@@ -242,7 +247,10 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        output: str = "logits",
     ) -> torch.Tensor:
+        if output not in ("logits", "hidden"):
+            raise ValueError(f"output must be 'logits' or 'hidden', not {output!r}")
         b, t = tokens.shape
         if positions is None:
             start = cache.length if cache is not None else 0
@@ -262,4 +270,9 @@ class Transformer(nn.Module):
             h = h[:, logits_to_keep]
         elif logits_to_keep:
             h = h[:, -logits_to_keep:]
-        return self.lm_head(self.model.norm(h))
+        h = self.model.norm(h)
+        return h if output == "hidden" else self.head(h)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head: final-normed hidden states ``[..., hidden]`` (``output="hidden"``) -> logits ``[..., vocab]``."""
+        return self.lm_head(hidden)

@@ -7,9 +7,10 @@ Steps: keep the hits whose cosine similarity reaches ``min_similarity``; when
 none does, reply that the knowledge base has nothing relevant (no
 generation, ``refused=True``).  Otherwise number the hits [1]..[n] in a prompt
 built from ``template`` (``{context}`` and ``{question}``), drop the last hits
-while the prompt does not fit the model's window, and generate through the
-chat template with ``generator.stream_chat`` (a :class:`puyu.api.LLM`, or any
-object with that method).  Finally every ``[n]`` / ``[n, m]`` in the reply is
+while the prompt does not fit the model's window (when the client knows it:
+``context_length`` and ``prompt_ids``), and stream the reply with
+``client.stream_chat(messages, params=...)`` (a :class:`~puyu.client.ChatClient`:
+:class:`~puyu.client.LocalClient` or :class:`~puyu.client.OpenAIClient`).  Finally every ``[n]`` / ``[n, m]`` in the reply is
 checked: numbers that name a hit become :class:`Citation` objects; others are
 out of range and are flagged (``[7?]``) or dropped; a reply with no valid
 citation has ``uncited=True``.
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Iterator
 
+from puyu.client import ChatClient
 from puyu.errors import ConfigError, ContextLengthError
+from puyu.generation import SamplingParams
 from puyu.rag.retrieval import Hit
 
 DEFAULT_TEMPLATE = (
@@ -32,11 +35,6 @@ DEFAULT_TEMPLATE = (
 NOTHING_RELEVANT = "I found nothing relevant to this question in the knowledge base, so I cannot answer it from its sources."
 CITATION = re.compile(r"( ?)\[(\d+(?:\s*,\s*\d+)*)\]")
 POLICIES = ("flag", "drop")
-
-
-class Generator(Protocol):
-    def stream_chat(self, messages: list[dict[str, Any]], **sampling: Any) -> Iterator[str]:
-        """Yield the reply to ``messages`` piece by piece."""
 
 
 @dataclass
@@ -141,21 +139,22 @@ def build_messages(question: str, hits: list[Hit], template: str, system: str | 
     return messages + [{"role": "user", "content": template.replace("{context}", format_context(hits)).replace("{question}", question)}]
 
 
-def answer_stream(question: str, hits: list[Hit], generator: Generator, *, min_similarity: float = 0.25,
-                  template: str = DEFAULT_TEMPLATE, system: str | None = None, policy: str = "flag",
-                  **sampling: Any) -> AnswerStream:
-    """Generate a cited answer from ``hits`` (see the module docstring); ``sampling`` goes to ``stream_chat``."""
+def answer_stream(question: str, hits: list[Hit], client: ChatClient, params: SamplingParams | None = None, *,
+                  min_similarity: float = 0.25, template: str = DEFAULT_TEMPLATE, system: str | None = None,
+                  policy: str = "flag") -> AnswerStream:
+    """Generate a cited answer from ``hits`` with ``params`` (default :class:`SamplingParams`); see the module docstring."""
+    params = params or SamplingParams()
     sources = [hit for hit in hits if hit.similarity >= min_similarity]
     if not sources:
         return AnswerStream(question, [], iter([NOTHING_RELEVANT]), policy)
     messages = build_messages(question, sources, template, system)
-    window = getattr(generator, "context_length", None)
+    window = getattr(client, "context_length", None)
     if window is not None:  # drop the weakest sources until the prompt and the reply fit
-        budget = window - sampling.get("max_new_tokens", 512)
-        while len(sources) > 1 and len(generator.prompt_ids(messages)) > budget:
+        budget = window - params.max_new_tokens
+        while len(sources) > 1 and len(client.prompt_ids(messages)) > budget:
             sources = sources[:-1]
             messages = build_messages(question, sources, template, system)
-        if len(generator.prompt_ids(messages)) > budget:
+        if len(client.prompt_ids(messages)) > budget:
             raise ContextLengthError(f"the question with even one source does not fit the model's {window}-token window "
                                      "with room for the reply; build the knowledge base with smaller chunks or lower max_new_tokens")
-    return AnswerStream(question, sources, generator.stream_chat(messages, **sampling), policy)
+    return AnswerStream(question, sources, client.stream_chat(messages, params=params), policy)

@@ -17,13 +17,13 @@ path); else the chunk's text contains the answer or an alias
 from __future__ import annotations
 
 import collections
-import json
 import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from puyu.data.jsonl import read_jsonl
 from puyu.errors import ConfigError
 from puyu.rag.retrieval import Hit
 
@@ -46,16 +46,19 @@ class QAItem:
 
 
 def load_qa(path: str | Path) -> list[QAItem]:
+    """The questions of a QA file (see the module docstring).
+
+    Raises:
+        DatasetError: a missing file or a line that is not a JSON object.
+        ConfigError: a line without a question or without anything to score it by.
+    """
     items = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, row in read_jsonl(Path(path)):
         try:
-            row = json.loads(line)
             answers = [row["answer"]] if row.get("answer") else []
             items.append(QAItem(row["question"], answers + list(row.get("aliases") or []), row.get("gold_passage_id"),
                                 row.get("source"), row.get("section")))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise ConfigError(f"{path}:{number}: expected a JSON object with a 'question' ({exc})") from exc
         if not (items[-1].answers or items[-1].gold_id or items[-1].source):
             raise ConfigError(f"{path}:{number}: a question needs 'answer', 'gold_passage_id' or 'source' to be scored")

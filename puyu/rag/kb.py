@@ -1,11 +1,15 @@
 """``KnowledgeBase``: the Python API of the knowledge-base assistant (also the agent's retrieval tool).
 
+>>> from puyu import LLM
+>>> from puyu.client import LocalClient
+>>> from puyu.generation import SamplingParams
 >>> from puyu.rag import KnowledgeBase
 >>> kb = KnowledgeBase.create("lmdeploy")                      # under $PUYU_HOME/kb/lmdeploy
 >>> kb.build(["docs/"], exclude=["zh_cn/*"])                     # incremental: rerun after edits
 >>> for hit in kb.search("How do I install lmdeploy?", k=3):
 ...     print(hit.location(), hit.text[:80])
->>> answer = kb.ask("How do I install lmdeploy?", LLM())          # .text, .citations, .references()
+>>> answer = kb.ask("How do I install lmdeploy?", LocalClient(LLM()), params=SamplingParams(temperature=0))
+>>> answer.text, answer.citations, answer.references()
 
 A knowledge base is a folder (default ``home_subdir("kb")/<name>``) whose
 settings (embedder, chunk size and overlap in embedder tokens) are fixed when
@@ -20,9 +24,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from puyu.client import ChatClient
 from puyu.errors import ConfigError
+from puyu.generation import SamplingParams
 from puyu.home import home_subdir
-from puyu.rag.answer import DEFAULT_TEMPLATE, Answer, AnswerStream, Generator, answer_stream
+from puyu.rag.answer import DEFAULT_TEMPLATE, Answer, AnswerStream, answer_stream
 from puyu.rag.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder
 from puyu.rag.retrieval import Hit, Retriever
 from puyu.rag.splitter import Splitter
@@ -113,7 +119,8 @@ class KnowledgeBase:
             return kb
         model = embedder if isinstance(embedder, Embedder) else load_embedder(embedder, device)
         settings = {"embedder": model.name, "dimension": model.dimension,
-                    "chunk_size": chunk_size or DEFAULT_CHUNK_SIZE, "chunk_overlap": DEFAULT_CHUNK_OVERLAP if chunk_overlap is None else chunk_overlap,
+                    "chunk_size": chunk_size or DEFAULT_CHUNK_SIZE,
+                    "chunk_overlap": DEFAULT_CHUNK_OVERLAP if chunk_overlap is None else chunk_overlap,
                     "token_counter": f"tokenizer of the embedder ({model.name})", "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         Splitter(model, settings["chunk_size"], settings["chunk_overlap"])  # validate before anything is written
         folder.mkdir(parents=True, exist_ok=True)
@@ -140,17 +147,18 @@ class KnowledgeBase:
         """The ``k`` best chunks for ``query``; see :class:`puyu.rag.retrieval.Retriever`."""
         return self.retriever.search(query, k, mode=mode, paths=paths, mmr=mmr, reranker=reranker, fetch_k=fetch_k)
 
-    def ask_stream(self, question: str, generator: Generator, *, k: int = 5, min_similarity: float = 0.25,
-                   template: str = DEFAULT_TEMPLATE, system: str | None = None, policy: str = "flag",
-                   search: dict[str, Any] | None = None, **sampling: Any) -> AnswerStream:
-        """Retrieve, then stream a cited answer; ``search`` holds extra :meth:`search` options."""
+    def ask_stream(self, question: str, client: ChatClient, *, params: SamplingParams | None = None, k: int = 5,
+                   min_similarity: float = 0.25, template: str = DEFAULT_TEMPLATE, system: str | None = None, policy: str = "flag",
+                   search: dict[str, Any] | None = None) -> AnswerStream:
+        """Retrieve, then stream a cited answer from ``client`` sampled with ``params``; ``search`` holds extra
+        :meth:`search` options."""
         hits = self.search(question, k, **(search or {}))
-        return answer_stream(question, hits, generator, min_similarity=min_similarity, template=template,
-                             system=system, policy=policy, **sampling)
+        return answer_stream(question, hits, client, params, min_similarity=min_similarity, template=template, system=system,
+                             policy=policy)
 
-    def ask(self, question: str, generator: Generator, **options: Any) -> Answer:
+    def ask(self, question: str, client: ChatClient, **options: Any) -> Answer:
         """Like :meth:`ask_stream`, returning the finished, checked :class:`~puyu.rag.answer.Answer`."""
-        return self.ask_stream(question, generator, **options).result()
+        return self.ask_stream(question, client, **options).result()
 
     def stats(self) -> dict[str, Any]:
         """Files, chunks, files left pending by an interrupted build, size on disk and the settings."""

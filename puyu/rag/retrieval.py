@@ -20,76 +20,42 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from puyu.errors import ConfigError
 from puyu.rag.embedder import Embedder
+from puyu.rag.splitter import Passage
 from puyu.rag.store import ChunkStore, keyword_tokens
 
 RRF_K = 60
 MODES = ("hybrid", "dense", "bm25")
 
 
-@dataclass
-class Hit:
-    """One retrieved chunk with what a citation needs.
+@dataclass(kw_only=True)
+class Hit(Passage):
+    """One retrieved chunk: its text and citation fields (see :class:`~puyu.rag.splitter.Passage`) and its scores.
 
     Attributes:
         id: the chunk id in the store.
-        text: the chunk's text.
-        source: absolute path of the file it came from.
-        headings: Markdown heading path above it.
-        line_start: first file line (None for PDF pages, JSONL records, converted formats).
-        line_end: last file line.
-        page: 1-based PDF page.
-        record_id: JSONL record id.
         score: the ranking score (RRF for hybrid, cosine for dense, BM25 for bm25, cross-encoder when reranked).
         similarity: cosine similarity between the query and the chunk.
     """
 
     id: str
-    text: str
-    source: str
-    headings: list[str] = field(default_factory=list)
-    line_start: int | None = None
-    line_end: int | None = None
-    page: int | None = None
-    record_id: str | None = None
     score: float = 0.0
     similarity: float = 0.0
 
-    def location(self) -> str:
-        """Where the chunk is, e.g. ``docs/en/faq.md § FAQ > Libs, lines 10-14`` (path relative to the cwd when inside it)."""
-        try:
-            path = os.path.relpath(self.source)
-            path = self.source if path.startswith("..") else path
-        except ValueError:
-            path = self.source
-        parts = [path + (f"#{self.record_id}" if self.record_id else "")]
-        if self.headings:
-            parts[0] += " § " + " > ".join(self.headings)
-        if self.page is not None:
-            parts.append(f"page {self.page}")
-        if self.line_start is not None:
-            parts.append(f"line {self.line_start}" if self.line_start == self.line_end else f"lines {self.line_start}-{self.line_end}")
-        return ", ".join(parts)
-
-    def label(self) -> str:
-        """A short name for prompts: ``faq.md § FAQ > Libs``, ``report.pdf, page 3``, ``passages.jsonl#p7``."""
-        label = os.path.basename(self.source) + (f"#{self.record_id}" if self.record_id else "")
-        label += " § " + " > ".join(self.headings) if self.headings else ""
-        return label + (f", page {self.page}" if self.page is not None else "")
-
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"location": self.location()}
+        """``id``, the passage fields, the scores and ``location``."""
+        return {"id": self.id} | asdict(self) | {"location": self.location()}
 
 
 def _hit(chunk_id: str, text: str, meta: dict[str, Any]) -> Hit:
-    return Hit(chunk_id, text, meta["source"], json.loads(meta.get("headings", "[]")), meta.get("line_start"),
-               meta.get("line_end"), meta.get("page"), meta.get("record_id"))
+    return Hit(text, meta["source"], json.loads(meta.get("headings", "[]")), meta.get("line_start"), meta.get("line_end"),
+               meta.get("page"), meta.get("record_id"), id=chunk_id)
 
 
 def path_filter(sources: list[str], patterns: list[str]) -> list[str]:

@@ -3,7 +3,8 @@
 Contract: ``Splitter(counter, chunk_size, chunk_overlap).split(documents)`` returns
 :class:`Chunk` objects, each an exact slice of its document's text with the
 source path, the Markdown heading path above it, and its line range (when the
-document's lines are the file's) or page.  No chunk exceeds ``chunk_size`` tokens.
+document's lines are the file's) or page: the citation fields of
+:class:`Passage`, which retrieved hits share.  No chunk exceeds ``chunk_size`` tokens.
 
 How it cuts, coarse to fine (each level only where the previous one is too big):
 Markdown sections at ATX headings (``#`` .. ``######``, not inside code fences;
@@ -26,6 +27,7 @@ our citations need.
 from __future__ import annotations
 
 import bisect
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol
@@ -49,18 +51,17 @@ class TokenCounter(Protocol):
 
 
 @dataclass
-class Chunk:
-    """A piece of a document, ready to embed and cite.
+class Passage:
+    """A piece of a source file and where it is: the text and what a citation needs.
 
     Attributes:
-        text: the chunk's text, an exact slice of the document.
+        text: the text, an exact slice of the document.
         source: absolute path of the file.
-        headings: Markdown heading path above the chunk, outermost first.
-        line_start: first file line of the chunk (None when lines are not the file's).
-        line_end: last file line of the chunk.
+        headings: Markdown heading path above the text, outermost first.
+        line_start: first file line (None for PDF pages, JSONL records and converted formats, whose lines are not the file's).
+        line_end: last file line.
         page: 1-based PDF page.
         record_id: JSONL record id.
-        tokens: token count of ``text``.
     """
 
     text: str
@@ -70,6 +71,38 @@ class Chunk:
     line_end: int | None = None
     page: int | None = None
     record_id: str | None = None
+
+    def location(self) -> str:
+        """Where the text is, e.g. ``docs/en/faq.md § FAQ > Libs, lines 10-14`` (path relative to the cwd when inside it)."""
+        try:
+            path = os.path.relpath(self.source)
+            path = self.source if path.startswith("..") else path
+        except ValueError:
+            path = self.source
+        parts = [path + (f"#{self.record_id}" if self.record_id else "")]
+        if self.headings:
+            parts[0] += " § " + " > ".join(self.headings)
+        if self.page is not None:
+            parts.append(f"page {self.page}")
+        if self.line_start is not None:
+            parts.append(f"line {self.line_start}" if self.line_start == self.line_end else f"lines {self.line_start}-{self.line_end}")
+        return ", ".join(parts)
+
+    def label(self) -> str:
+        """A short name for prompts: ``faq.md § FAQ > Libs``, ``report.pdf, page 3``, ``passages.jsonl#p7``."""
+        label = os.path.basename(self.source) + (f"#{self.record_id}" if self.record_id else "")
+        label += " § " + " > ".join(self.headings) if self.headings else ""
+        return label + (f", page {self.page}" if self.page is not None else "")
+
+
+@dataclass
+class Chunk(Passage):
+    """A :class:`Passage` of a document, ready to embed and cite.
+
+    Attributes:
+        tokens: token count of ``text``.
+    """
+
     tokens: int = 0
 
     def indexed_text(self) -> str:

@@ -16,27 +16,29 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from puyu.errors import ConfigError
 from puyu.generation import SamplingParams
-from puyu.generation.constraints import CALL_WRAPPERS, json_object_grammar, json_schema_grammar, tool_call_grammar
+from puyu.generation.constraints import json_object_grammar, json_schema_grammar, tool_call_grammar
+from puyu.generation.sampling import LIMITS
+from puyu.tokenizer.tool_formats import tool_format
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    max_tokens: int | None = Field(default=None, ge=0)
-    temperature: float = Field(default=1.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, **LIMITS["max_new_tokens"])
+    temperature: float = Field(default=1.0, **LIMITS["temperature"])
+    top_p: float = Field(default=1.0, **LIMITS["top_p"])
     n: int = Field(default=1, ge=1, le=16)
     stop: str | list[str] | None = None
     seed: int | None = None
-    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    presence_penalty: float = Field(default=0.0, **LIMITS["presence_penalty"])
+    frequency_penalty: float = Field(default=0.0, **LIMITS["frequency_penalty"])
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     # Common extensions (vLLM / LMDeploy)
-    top_k: int = Field(default=0, ge=0)
-    min_p: float = Field(default=0.0, ge=0, le=1)
-    repetition_penalty: float = Field(default=1.0, gt=0)
+    top_k: int = Field(default=0, **LIMITS["top_k"])
+    min_p: float = Field(default=0.0, **LIMITS["min_p"])
+    repetition_penalty: float = Field(default=1.0, **LIMITS["repetition_penalty"])
     ignore_eos: bool = False
 
     def sampling(self, max_tokens: int, index: int, skip_special_tokens: bool = True, grammar: str | None = None) -> SamplingParams:
@@ -118,7 +120,7 @@ class ChatCompletionRequest(_Request):
         if kind != "text":
             raise ConfigError(f"response_format type {kind!r} is not one of text, json_object, json_schema")
         forced = self.tool_choice == "required" or isinstance(self.tool_choice, dict)
-        return tool_call_grammar(tools, family) if tools and forced and family in CALL_WRAPPERS else None
+        return tool_call_grammar(tools, family) if tools and forced and tool_format(family) else None
 
 
 class CompletionRequest(_Request):

@@ -67,7 +67,8 @@ def tokenizer_from_gguf(meta: dict) -> Tokenizer:
     bos_id = meta.get("tokenizer.ggml.bos_token_id")
     if meta.get("tokenizer.ggml.add_bos_token") and bos_id is not None:
         bos = tokens[bos_id]
-        tok.post_processor = processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 $B:1", special_tokens=[(bos, bos_id)])
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 $B:1",
+                                                           special_tokens=[(bos, bos_id)])
     else:
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
     return tok

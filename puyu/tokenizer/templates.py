@@ -186,7 +186,8 @@ class ChatTemplate:
             return self.for_tools()
         return self
 
-    def render(self, messages: list[dict[str, Any]], tools: list[dict] | None = None, add_generation_prompt: bool = False, **extra: Any) -> str:
+    def render(self, messages: list[dict[str, Any]], tools: list[dict] | None = None, add_generation_prompt: bool = False,
+               **extra: Any) -> str:
         """Render to text; raises TemplateError with the template's own message on refusal."""
         template = self.select(messages, tools)
         try:

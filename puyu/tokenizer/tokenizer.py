@@ -59,7 +59,8 @@ class Tokenizer:
     ):
         self.backend = backend
         self.bos_token, self.eos_token, self.pad_token, self.unk_token = bos_token, eos_token, pad_token, unk_token
-        specials = {k: v for k, v in (("bos_token", bos_token), ("eos_token", eos_token), ("pad_token", pad_token), ("unk_token", unk_token)) if v}
+        specials = {k: v for k, v in (("bos_token", bos_token), ("eos_token", eos_token),
+                                      ("pad_token", pad_token), ("unk_token", unk_token)) if v}
         self.template = ChatTemplate(chat_template, specials) if chat_template else None
         self.extra_stop_ids = list(extra_stop_ids or [])
 
@@ -70,7 +71,8 @@ class Tokenizer:
         folder = Path(folder)
         path = folder / "tokenizer.json"
         if not path.exists():
-            hint = " (it has only a SentencePiece tokenizer.model: save it once with transformers' AutoTokenizer to write tokenizer.json)" if (folder / "tokenizer.model").exists() else ""
+            hint = (" (it has only a SentencePiece tokenizer.model: save it once with transformers' AutoTokenizer"
+                    " to write tokenizer.json)" if (folder / "tokenizer.model").exists() else "")
             raise ModelLoadError(f"{folder} has no tokenizer.json{hint}")
         try:
             backend = HFTokenizer.from_file(str(path))
@@ -162,10 +164,12 @@ class Tokenizer:
             raise TemplateError("this model has no chat template; pass one with --chat-template chatml|internlm2|llama3")
         return self.template
 
-    def set_chat_template(self, name_or_source: str) -> None:
-        """Use a built-in template (``chatml``, ``internlm2``, ``llama3``) or the given Jinja source."""
+    def set_chat_template(self, template: str) -> None:
+        """Use a built-in template (``chatml``, ``internlm2``, ``llama3``), Jinja source, or a Jinja file's path."""
         specials = {k: v for k, v in (("bos_token", self.bos_token), ("eos_token", self.eos_token)) if v}
-        self.template = ChatTemplate.builtin(name_or_source, specials) if "{" not in name_or_source else ChatTemplate(name_or_source, specials)
+        if "{" not in template and Path(template).expanduser().is_file():
+            template = Path(template).expanduser().read_text(encoding="utf-8")
+        self.template = ChatTemplate.builtin(template, specials) if "{" not in template else ChatTemplate(template, specials)
 
     def render_text(self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = False) -> str:
         """The conversation as the template's text."""

@@ -51,7 +51,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, module: nn.Module, optimizer, scheduler, env: DistEnv, extra: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(run_dir: Path, step: int, module: nn.Module, optimizer, scheduler, env: DistEnv, extra: dict[str, Any],
+                    keep: int) -> Path:
     """Write the checkpoint of ``step`` (every rank calls this); returns its folder."""
     model_state = get_model_state_dict(module, options=_SAVE)
     optim_state = get_optimizer_state_dict(module, optimizer, options=_SAVE)

@@ -1,32 +1,30 @@
 """Training recipes: YAML files that map 1:1 onto dataclasses, with ``key=value`` overrides.
 
-``load_recipe("configs/finetune/lora_sft.yaml", ["train.max_steps=20", "lora.r=16"])``
-reads the YAML, applies the overrides (values parsed as YAML, so lists and
-numbers work: ``data.train=[a.json,b.json]``), and builds a :class:`Recipe`.
-An unknown key raises :class:`~puyu.errors.ConfigError` naming it and listing
-the valid keys of its section; a value of the wrong type names the key too.
-A recipe name may also be given bare (``lora_sft``): it is looked up in the
-recipes shipped in ``configs/finetune/``.
+``load_recipe("my_recipe.yaml", ["train.max_steps=20", "lora.r=16"])`` reads
+the YAML, applies the overrides (values parsed as YAML, so lists and numbers
+work: ``data.train=[a.json,b.json]``), and builds a :class:`Recipe` (with
+:mod:`puyu.config_files`).  An unknown key raises
+:class:`~puyu.errors.ConfigError` naming it and listing the valid keys of its
+section; a value of the wrong type names the key too.  A recipe name may also
+be given bare (``lora_sft``): it is looked up in the recipes shipped with the
+package, in :data:`RECIPES_DIR` (``puyu/train/recipes/``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from puyu.config_files import apply_override, build, read_yaml
 from puyu.data.dataset import DataConfig
 from puyu.errors import ConfigError
 from puyu.hardware import PRECISIONS
-from puyu.train.lora import LoraConfig
+from puyu.model.lora import LoraConfig
 
 METHODS = ("lora", "qlora", "full")
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "configs" / "finetune"
+RECIPES_DIR = Path(__file__).with_name("recipes")
 
 
 @dataclass
@@ -162,63 +160,6 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    origin, args = typing.get_origin(hint), [a for a in typing.get_args(hint) if a is not type(None)]
-    if value is None:
-        if type(None) in typing.get_args(hint):
-            return None
-        raise ConfigError(f"recipe key {key!r} cannot be empty")
-    if dataclasses.is_dataclass(hint):
-        return build(hint, value, key)
-    if origin in (typing.Union, types.UnionType) and args:
-        return _coerce(value, args[0], key)
-    if origin is list:
-        value = [value] if isinstance(value, str) else value
-        if not isinstance(value, list):
-            raise ConfigError(f"recipe key {key!r} must be a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"recipe key {key!r} must be a mapping, got {value!r}")
-        return {str(k): str(v) for k, v in value.items()}
-    try:
-        if hint is bool and not isinstance(value, bool):
-            raise ValueError
-        if hint in (int, float) and isinstance(value, bool):
-            raise ValueError
-        return hint(value) if hint in (int, float, str) else value
-    except (TypeError, ValueError):
-        raise ConfigError(f"recipe key {key!r} must be {hint.__name__}, got {value!r}") from None
-
-
-def build(cls: type, values: Any, prefix: str = "") -> Any:
-    """An instance of dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
-    section = prefix or "the recipe"
-    if not isinstance(values, dict):
-        raise ConfigError(f"{section} must be a mapping of keys to values, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
-        if key not in known:
-            raise ConfigError(f"unknown recipe key {(prefix + '.' if prefix else '') + str(key)!r}; valid keys in {section}: {', '.join(known)}")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
-    return cls(**kwargs)
-
-
-def apply_override(values: dict[str, Any], override: str) -> None:
-    """Set ``a.b=value`` in the nested mapping ``values`` (the value is parsed as YAML)."""
-    if "=" not in override:
-        raise ConfigError(f"override {override!r} must look like key=value (e.g. train.max_steps=20)")
-    key, raw = override.split("=", 1)
-    *parents, last = key.strip().split(".")
-    target = values
-    for part in parents:
-        target = target.setdefault(part, {})
-        if not isinstance(target, dict):
-            raise ConfigError(f"override {key!r}: {part!r} is not a section")
-    target[last] = yaml.safe_load(raw) if raw.strip() else None
-
-
 def find_recipe(name_or_path: str | Path) -> Path:
     """A recipe file: a path, or the name of a shipped recipe (``lora_sft``)."""
     path = Path(name_or_path)
@@ -234,13 +175,8 @@ def find_recipe(name_or_path: str | Path) -> Path:
 def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe and apply ``key=value`` overrides (see the module docstring)."""
     path = find_recipe(name_or_path)
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path} must be a mapping of recipe keys")
+    values = read_yaml(path, "recipe")
     for override in overrides or []:
         apply_override(values, override)
     values.setdefault("name", path.stem)
-    return build(Recipe, values)
+    return build(Recipe, values, f"recipe {path.stem}")

@@ -7,24 +7,21 @@ and adds adapters; ``qlora`` also stores the adapted base layers in NF4.  With
 fp32 master weights, buffers stay fp32, and the forward runs under bf16 autocast).
 
 :class:`LMObjective` computes the summed next-token cross-entropy of a batch.
-It takes the final hidden states (the model's forward with its LM head swapped
-for the identity, so the model code is reused untouched) and applies the LM
-head only at positions that have a target, fused with the cross-entropy
-(:class:`LinearCrossEntropy`).  SFT data trains on assistant tokens only, so
+It takes the final hidden states (the model's forward with ``output="hidden"``)
+and applies the LM head only at positions that have a target, fused with the
+cross-entropy (:class:`LinearCrossEntropy`).  SFT data trains on assistant tokens only, so
 this skips part of the vocabulary projection, and the ``[B, T, vocab]`` logits
 never exist in memory.
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
 from puyu.data.packing import IGNORE
+from puyu.model.lora import LoraConfig, add_lora
 from puyu.model.transformer import Transformer
-from puyu.train.lora import LoraConfig, add_lora
 
 HEAD_CHUNK = 1024  # target positions per LM-head chunk
 
@@ -41,17 +38,6 @@ def prepare_model(model: Transformer, method: str, lora: LoraConfig, precision: 
             if not p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
     return [n for n, p in model.named_parameters() if p.requires_grad]
-
-
-@contextlib.contextmanager
-def _hidden_states(model: Transformer):
-    """Within the block, ``model(...)`` returns the normed final hidden states instead of logits."""
-    head = model.lm_head
-    model.lm_head = nn.Identity()
-    try:
-        yield head
-    finally:
-        model.lm_head = head
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -127,8 +113,7 @@ class LMObjective(nn.Module):
         Returns:
             A scalar: the loss summed (not averaged) over trained positions.
         """
-        with _hidden_states(self.model) as head:
-            hidden = self.model(tokens, positions=positions, mask=mask)
+        hidden = self.model(tokens, positions=positions, mask=mask, output="hidden")
         keep = targets != IGNORE
         # "+ 0 * sum" keeps the graph connected when a micro-batch has no target.
-        return LinearCrossEntropy.apply(hidden[keep], head.weight, targets[keep]) + hidden.sum().float() * 0
+        return LinearCrossEntropy.apply(hidden[keep], self.model.lm_head.weight, targets[keep]) + hidden.sum().float() * 0

@@ -34,9 +34,9 @@ from puyu.errors import ConfigError
 from puyu.hardware import resolve_precision
 from puyu.home import home_subdir
 from puyu.model import load_model, save_pretrained
+from puyu.model.adapters import write_adapter
 from puyu.model.hf_io import build_model
 from puyu.train import distributed as D
-from puyu.train.adapters import write_adapter
 from puyu.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from puyu.train.config import Recipe
 from puyu.train.monitor import Monitor, generate_samples
@@ -76,7 +76,8 @@ def run_folder(recipe: Recipe, resume: bool, env: D.DistEnv) -> Path:
     if resume:
         found = sorted((p for p in root.glob(f"{recipe.name}-*") if latest_checkpoint(p)), key=lambda p: p.stat().st_mtime)
         if not found:
-            raise ConfigError(f"nothing to resume: no run of {recipe.name!r} with a checkpoint in {root}; set output_dir or start without --resume")
+            raise ConfigError(f"nothing to resume: no run of {recipe.name!r} with a checkpoint in {root}; "
+                              "set output_dir or start without --resume")
         return found[-1]
     stamp = [time.strftime("%Y%m%d-%H%M%S")]
     if env.active:
@@ -113,7 +114,8 @@ class Trainer:
         params = [p for p in module.parameters() if p.requires_grad]  # after wrapping: FSDP swaps in sharded parameters
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": r.optim.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=r.optim.lr, betas=(r.optim.beta1, r.optim.beta2), eps=r.optim.eps)
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=r.optim.lr, betas=(r.optim.beta1, r.optim.beta2),
+                                      eps=r.optim.eps)
         log.info("%s: %d trainable tensors, %.2fM trainable parameters", r.method, len(trainable), sum(p.numel() for p in params) / 1e6)
         return model, tokenizer, data, module, optimizer
 
@@ -160,17 +162,20 @@ class Trainer:
             done = step + 1
             metrics = {"loss": loss, "lr": lr, "grad_norm": float(grad_norm)}
             seconds = time.perf_counter() - began
-            monitor.step(done, loss, lr, float(grad_norm), int(D.all_reduce_sum(tokens, env)), seconds, done % r.monitor.log_every == 0 or done == total)
+            monitor.step(done, loss, lr, float(grad_norm), int(D.all_reduce_sum(tokens, env)), seconds,
+                         done % r.monitor.log_every == 0 or done == total)
             for hook in self.hooks:
                 hook(done, metrics)
             if r.train.save_every and done % r.train.save_every == 0 and done < total:
-                save_checkpoint(self.run_dir, done, module, optimizer, scheduler, env, {"data_fingerprint": data.fingerprint}, r.train.keep_checkpoints)
+                save_checkpoint(self.run_dir, done, module, optimizer, scheduler, env, {"data_fingerprint": data.fingerprint},
+                                r.train.keep_checkpoints)
             self._periodic(done, total, module, model, tokenizer, data, monitor)
         val = self._validate(module, data, total, monitor)
         output = self._save_result(module, model, tokenizer)
         if env.main:
             plot = monitor.close()
-            summary = {"steps": total, "precision": self.precision.name, "train_loss": loss, "val_loss": val, "output": str(output) if output else None,
+            summary = {"steps": total, "precision": self.precision.name, "train_loss": loss, "val_loss": val,
+                       "output": str(output) if output else None,
                        "loss_plot": str(plot) if plot else None, "truncated_samples": len(data.report.truncated),
                        "dropped_samples": len(data.report.dropped)}
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -220,5 +225,6 @@ class Trainer:
         if r.method == "full":
             full = build_model(model.config, state, torch.float32, "cpu")
             return save_pretrained(full, tokenizer, self.run_dir / "model")
-        pairs = {k.removesuffix(".lora_A.weight"): (v, state[k.replace("lora_A", "lora_B")]) for k, v in state.items() if k.endswith(".lora_A.weight")}
+        pairs = {k.removesuffix(".lora_A.weight"): (v, state[k.replace("lora_A", "lora_B")])
+                 for k, v in state.items() if k.endswith(".lora_A.weight")}
         return write_adapter(pairs, self.run_dir / "adapter", r.lora.r, r.lora.alpha, r.model, r.lora.dropout)

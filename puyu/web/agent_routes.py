@@ -6,9 +6,10 @@ events, one ``{"type": "step", ...}`` per :class:`~puyu.agent.Step` as it
 completes (``index``, ``thought``, ``tool``, ``arguments``, ``output``,
 ``error``, ``final_answer`` ...), then ``done`` or ``error``
 (:mod:`puyu.web.events`).  The agent's model is an
-:class:`~puyu.agent.OpenAIChatModel` on ``config.api_base`` (in-process that is
+:class:`~puyu.client.OpenAIClient` on ``config.api_base`` (in-process that is
 the server's own endpoint, so generation stays on the engine's main-thread
-loop), or ``config.agent_model(sampling)`` when one is injected.  A run gets a
+loop), or ``config.agent_model(params)`` (``params``: the request's
+:class:`~puyu.generation.SamplingParams`) when one is injected.  A run gets a
 fresh Python sandbox, closed when the run ends or the browser stops it.
 """
 
@@ -22,6 +23,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from puyu.errors import ConfigError
+from puyu.generation.sampling import LIMITS, SamplingParams
 from puyu.web.events import Emit, event_stream
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ class AgentRequest(BaseModel):
     tool_choice: Literal["auto", "required"] = "auto"
     system: str | None = None
     kb: str | None = None
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    temperature: float = Field(0.0, **LIMITS["temperature"])
     max_tokens: int = Field(512, ge=1)
 
 
@@ -46,12 +48,14 @@ def add_agent_routes(app: FastAPI, config) -> None:
     """Add ``POST /ui/agent`` (see the module docstring); ``config`` is the :class:`~puyu.web.app.UIConfig`."""
 
     def chat_model(body: AgentRequest):
-        sampling = {"temperature": body.temperature, "max_tokens": body.max_tokens}
+        params = SamplingParams(temperature=body.temperature, max_new_tokens=body.max_tokens, top_p=1.0)
         if config.agent_model is not None:
-            return config.agent_model(sampling)
-        from puyu.agent import OpenAIChatModel
+            return config.agent_model(params)
+        from puyu.agent.models import ClientModel
+        from puyu.client import OpenAIClient
 
-        return OpenAIChatModel(config.model_name(), config.api_base, config.api_key, **sampling)
+        client = OpenAIClient(config.api_base, config.api_key, config.model_name())
+        return ClientModel(client, params)
 
     def run(body: AgentRequest, emit: Emit) -> None:
         from puyu.agent import Agent, PythonSandbox, builtin_tools

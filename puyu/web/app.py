@@ -52,9 +52,9 @@ class UIConfig:
         context_length: the model's window in tokens, when known.
         key: the key the ``/ui`` routes require (the server's ``--api-key``); None for none.
         files: the folder the agent's ``read_file`` tool may read (None: the tool is not offered).
-        agent_model: ``agent_model(sampling) -> ChatModel`` replaces the API model (tests pass a scripted one).
-        generator: an object with ``stream_chat(messages, **sampling)`` that replaces the API for
-            knowledge-base answers (tests pass a scripted one).
+        agent_model: ``agent_model(params: SamplingParams) -> ChatModel`` replaces the API model (tests pass a scripted one).
+        generator: a :class:`~puyu.client.ChatClient` that replaces the API for knowledge-base answers
+            (tests pass a scripted one).
     """
 
     api_base: str
@@ -64,15 +64,15 @@ class UIConfig:
     context_length: int | None = None
     key: str | None = None
     files: str | None = None
-    agent_model: Callable[[dict[str, Any]], Any] | None = None
+    agent_model: Callable[[Any], Any] | None = None
     generator: Any = None
 
     def model_name(self) -> str:
         """The model to ask at ``api_base``, looked up once when not given."""
         if self.model is None:
-            from puyu.agent.models import OpenAIChatModel
+            from puyu.client import OpenAIClient
 
-            self.model = OpenAIChatModel(None, self.api_base, self.api_key).model
+            self.model = OpenAIClient(self.api_base, self.api_key).model
         return self.model
 
     def tools(self) -> list[str]:

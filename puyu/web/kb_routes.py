@@ -16,7 +16,7 @@ Contract:
   invalid citation numbers, ``refused``, ``uncited``; :mod:`puyu.rag.answer`).
 
 Answers are generated through the OpenAI-compatible endpoint of :class:`~puyu.web.app.UIConfig`
-(:class:`APIGenerator`), never by the engine in a request thread.
+(:func:`answer_client`), never by the engine in a request thread.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ import os
 import shutil
 import threading
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI, File, UploadFile
 from pydantic import BaseModel, Field
 
 from puyu.errors import ConfigError
+from puyu.generation.sampling import LIMITS, SamplingParams
 from puyu.web.events import Emit, event_stream
 
 log = logging.getLogger(__name__)
@@ -45,41 +46,21 @@ class AskRequest(BaseModel):
     k: int = Field(5, ge=1, le=20)
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
     min_similarity: float = Field(0.25, ge=-1.0, le=1.0)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(0.0, **LIMITS["temperature"])
+    top_p: float = Field(1.0, **LIMITS["top_p"])
     max_tokens: int = Field(256, ge=1)
 
 
-class APIGenerator:
-    """Streams knowledge-base answers from an OpenAI-compatible endpoint (the ``Generator`` of :mod:`puyu.rag.answer`).
+def answer_client(config):
+    """The :class:`~puyu.client.OpenAIClient` that answers knowledge-base questions at ``config.api_base``.
 
     With the served model's tokenizer (in-process) it also counts prompt tokens, so the answerer drops
     sources until the prompt fits ``context_length``; against a remote server the server's own limit applies.
     """
+    from puyu.client import OpenAIClient
 
-    def __init__(self, config):
-        import openai
-
-        self.base_url = config.api_base
-        self.client = openai.OpenAI(base_url=config.api_base, api_key=config.api_key or "EMPTY", max_retries=0)
-        self.model = config.model_name()
-        self.tokenizer = config.tokenizer
-        self.context_length = config.context_length if config.tokenizer is not None else None
-
-    def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
-        return self.tokenizer.render(messages, add_generation_prompt=True).ids
-
-    def stream_chat(self, messages: list[dict[str, Any]], max_new_tokens: int = 256, **sampling: Any) -> Iterator[str]:
-        import openai
-
-        try:
-            with self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=max_new_tokens,
-                                                     stream=True, **sampling) as stream:
-                for chunk in stream:
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        yield chunk.choices[0].delta.content
-        except openai.OpenAIError as exc:
-            raise ConfigError(f"the model API at {self.base_url} failed: {exc}") from None
+    return OpenAIClient(config.api_base, config.api_key, config.model_name(), tokenizer=config.tokenizer,
+                        context_length=config.context_length)
 
 
 def docs_folder(name: str) -> Path:
@@ -141,14 +122,15 @@ def sync_kb(name: str, emit: Emit) -> None:
         kb.close()
 
 
-def ask_kb(name: str, body: AskRequest, generator, emit: Emit) -> None:
+def ask_kb(name: str, body: AskRequest, client, emit: Emit) -> None:
     from puyu.rag import KnowledgeBase
 
     kb = KnowledgeBase.open(name)
     docs = docs_folder(name)
     try:
-        stream = kb.ask_stream(body.question, generator, k=body.k, min_similarity=body.min_similarity, search={"mode": body.mode},
-                               temperature=body.temperature, top_p=body.top_p, max_new_tokens=body.max_tokens)
+        params = SamplingParams(temperature=body.temperature, top_p=body.top_p, max_new_tokens=body.max_tokens)
+        stream = kb.ask_stream(body.question, client, params=params, k=body.k, min_similarity=body.min_similarity,
+                               search={"mode": body.mode})
         emit({"type": "sources", "sources": [hit_view(n, hit, docs) for n, hit in enumerate(stream.sources, 1)]})
         for piece in stream:
             emit({"type": "delta", "text": piece})
@@ -178,7 +160,8 @@ def add_kb_routes(app: FastAPI, config) -> None:
             from puyu.rag.loaders import discover
 
             docs = docs_folder(name)
-            uploaded = [{"path": relative_source(str(p), docs), "bytes": p.stat().st_size} for p in discover([docs])] if docs.is_dir() else []
+            files = discover([docs]) if docs.is_dir() else []
+            uploaded = [{"path": relative_source(str(p), docs), "bytes": p.stat().st_size} for p in files]
             built = (docs.parent / "kb.json").is_file()
             return {"name": name, "built": built, "docs": uploaded, **(kb_summary(name) if built else {"files": 0, "chunks": 0})}
 
@@ -230,4 +213,4 @@ def add_kb_routes(app: FastAPI, config) -> None:
     @app.post("/ui/kb/{name}/ask")
     async def ask(name: str, body: AskRequest):
         docs_folder(name)
-        return event_stream(lambda emit: ask_kb(name, body, config.generator or APIGenerator(config), emit), name="puyu-kb-ask")
+        return event_stream(lambda emit: ask_kb(name, body, config.generator or answer_client(config), emit), name="puyu-kb-ask")

@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 from puyu.errors import PuyuError
-from puyu.serve.app import OpenAIError, as_openai_error, error_response
+from puyu.serve.errors import OpenAIError, as_openai_error, error_response
 from puyu.web.app import UIConfig, mount_ui
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from puyu.agent.models import Reply
-from puyu.serve.tool_calls import ToolCall
+from puyu.tokenizer.tool_formats import ToolCall
 
 
 class ScriptedModel:

@@ -67,7 +67,8 @@ def test_one_repair_retry_fixes_a_bad_reply():
     run = Agent(model, tools(), protocol="react").run("task")
     assert run.answer == "3.5" and run.steps[0].repaired.startswith("neither")
     repair = model.requests[1]["messages"]
-    assert repair[-2] == {"role": "assistant", "content": "I think the answer is 3.5"} and "did not follow the format" in repair[-1]["content"]
+    assert repair[-2] == {"role": "assistant", "content": "I think the answer is 3.5"}
+    assert "did not follow the format" in repair[-1]["content"]
 
 
 def test_repair_of_a_missing_action_input():

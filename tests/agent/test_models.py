@@ -18,7 +18,8 @@ from puyu.agent import Agent, LocalChatModel, OpenAIChatModel, ToolRegistry, too
 from tests.conftest import make_hf_model
 from tests.serve.conftest import API_KEY, start_server, stop_server
 
-SCHEMA = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}, "confidence": {"type": "integer", "minimum": 0, "maximum": 9}},
+SCHEMA = {"type": "object",
+          "properties": {"answer": {"enum": ["yes", "no"]}, "confidence": {"type": "integer", "minimum": 0, "maximum": 9}},
           "required": ["answer", "confidence"], "additionalProperties": False}
 
 
@@ -90,7 +91,7 @@ def pick(key: Literal["alpha", "beta"]) -> str:
 
 
 def test_function_calling_agent_over_puyu_serve(server):
-    model = OpenAIChatModel(None, server.url, API_KEY, max_tokens=60, temperature=1.0, seed=3)
+    model = OpenAIChatModel(None, server.url, API_KEY, max_new_tokens=60, temperature=1.0, seed=3)
     assert model.model == "tiny"
     run = Agent(model, ToolRegistry([pick]), protocol="function", tool_choice="required", max_steps=2).run("look up beta")
     first = run.steps[0]
@@ -101,8 +102,10 @@ def test_function_calling_agent_over_puyu_serve(server):
 def test_api_errors_become_config_errors():
     from puyu.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="--api-base"):
+    with pytest.raises(ConfigError, match="listing the models at http://127.0.0.1:9/v1 failed.*--api-base"):
         OpenAIChatModel(None, "http://127.0.0.1:9/v1", "k")
+    with pytest.raises(ConfigError, match=r"unknown sampling option\(s\) \['max_tokens'\]; the token limit is max_new_tokens"):
+        LocalChatModel(None, max_tokens=5)
 
 
 def test_cli_runs_an_agent_and_prints_json_steps(long_context_model, capsys):

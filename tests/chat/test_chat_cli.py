@@ -26,7 +26,8 @@ def test_piped_turns_clear_and_exit():
 
 
 def test_one_shot_prompt():
-    done = subprocess.run(CHAT + ["-p", "What is the capital of France?", "--max-new-tokens", "24"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(CHAT + ["-p", "What is the capital of France?", "--max-new-tokens", "24"],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "Paris" in done.stdout
 
 

@@ -53,8 +53,8 @@ def test_openai_xtuner_and_text_rows(tmp_path):
 
 @pytest.mark.parametrize("rows, name, where, field", [
     ([{"instruction": "ok", "output": "ok"}, {"instruction": "x"}], "bad.json", ":6:", "'output'"),
-    ([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, {"messages": [{"role": "robot", "content": "a"}]}], "bad.jsonl", ":2:",
-     "'messages[0].role'"),
+    ([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+      {"messages": [{"role": "robot", "content": "a"}]}], "bad.jsonl", ":2:", "'messages[0].role'"),
     ([{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt"}]}], "bad.json", ":2:", "'conversations[1].value'"),
     ([{"conversations": [{"from": "human", "value": "a"}, {"from": "function_call", "value": "not json"}]}], "bad.json", ":2:",
      "'conversations[1].value'"),

@@ -23,10 +23,11 @@ def trained_text(tokenizer, example) -> str:
 
 
 def test_loss_only_on_assistant_tokens(tiny_tokenizer):
-    (chat, tools), report = tokenize_samples([Sample("a", CHAT), Sample("b", TOOLS, tools=[{"type": "function", "function": {"name": "add"}}])],
-                                             tiny_tokenizer, 512)
+    samples = [Sample("a", CHAT), Sample("b", TOOLS, tools=[{"type": "function", "function": {"name": "add"}}])]
+    (chat, tools), report = tokenize_samples(samples, tiny_tokenizer, 512)
     assert trained_text(tiny_tokenizer, chat) == "Hello there!<|im_end|>Bye.<|im_end|>"
-    assert trained_text(tiny_tokenizer, tools) == '<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call><|im_end|>It is 3.<|im_end|>'
+    assert trained_text(tiny_tokenizer, tools) == ('<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call><|im_end|>'
+                                                   "It is 3.<|im_end|>")
     assert not report.truncated and not report.dropped
     (everything,), _ = tokenize_samples([Sample("a", CHAT)], tiny_tokenizer, 512, train_on_prompt=True)
     assert sum(t != IGNORE for t in everything.targets) == len(everything.ids) - 1

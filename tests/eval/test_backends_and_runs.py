@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from puyu.errors import ConfigError
 from puyu.eval.backends.base import Backend
@@ -38,6 +39,15 @@ def test_batching_does_not_change_scores(tiny_llm):
     assert [s for s, _ in one] == pytest.approx([s for s, _ in many], abs=1e-4)
 
 
+def test_continuation_logits_are_the_model_logits_at_each_span(local):
+    tokens = torch.randint(0, 400, (3, 10))
+    spans = [(2, 5), (0, 10), (9, 10)]
+    full = local.llm.model(tokens)
+    got = local.continuation_logits(tokens, spans)
+    assert [g.shape[0] for g in got] == [3, 10, 1]
+    assert all(torch.allclose(g, full[row, start:end], atol=1e-5) for row, (g, (start, end)) in enumerate(zip(got, spans)))
+
+
 def test_lm_eval_tokenization_moves_trailing_spaces(local):
     context, continuation = local.encode_pair("Answer: ", "Paris")
     assert local.tokenizer.decode(context) == "Answer:" and local.tokenizer.decode(continuation) == " Paris"
@@ -69,8 +79,8 @@ class Interrupting(Backend):
 
 
 def _config(out) -> EvalConfig:
-    return EvalConfig(models=[{"name": "tiny", "model": "unused"}], tasks=["arc_easy", "gsm8k", "mmlu"], shots=0, limit=12, max_new_tokens=16,
-                      data_dir=str(DATASETS), out=str(out), chunk_size=4)
+    return EvalConfig(models=[{"name": "tiny", "model": "unused"}], tasks=["arc_easy", "gsm8k", "mmlu"], shots=0, limit=12,
+                      max_new_tokens=16, data_dir=str(DATASETS), out=str(out), chunk_size=4)
 
 
 def test_interrupted_run_resumes_to_the_same_summary(local, tmp_path):

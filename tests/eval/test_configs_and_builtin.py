@@ -1,4 +1,4 @@
-"""The shipped run configs validate, and one small real run of the built-in model."""
+"""The example run configs (configs/eval/) validate, bad keys are named, and one small real run of the built-in model."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from puyu.errors import ConfigError
 from puyu.eval.pipeline import EvalConfig, run_eval
 from tests.conftest import DATASETS, ROOT
 
@@ -15,6 +16,18 @@ from tests.conftest import DATASETS, ROOT
 def test_shipped_configs_validate(path):
     config = EvalConfig.from_yaml(path)
     assert config.models and config.tasks
+
+
+def test_config_keys_and_types_are_checked_by_name(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("models: [{model: x, dtype: null}]\ntasks: arc_easy\nlimit: many\n")
+    with pytest.raises(ConfigError, match=f"{path}: key 'limit' must be int, got 'many'"):
+        EvalConfig.from_yaml(path)
+    path.write_text("models: [{model: x, dtype: null}]\ntasks: arc_easy\nshotz: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown keys \['shotz'\]; valid keys: models, tasks, mode, shots"):
+        EvalConfig.from_yaml(path)
+    path.write_text("models: [{model: x, dtype: null}]\ntasks: arc_easy\n")
+    assert EvalConfig.from_yaml(path).tasks == ["arc_easy"]
 
 
 @pytest.mark.builtin

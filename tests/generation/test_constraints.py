@@ -9,7 +9,7 @@ import pytest
 
 from puyu.errors import ConfigError
 from puyu.generation.constraints import GrammarMatcher, json_object_grammar, json_schema_grammar, tool_call_grammar
-from puyu.serve.tool_calls import parse_tool_calls
+from puyu.tokenizer.tool_formats import tool_format
 
 SCHEMA = {
     "type": "object",
@@ -49,7 +49,7 @@ def test_json_object_grammar_gives_an_object(tiny_llm):
 def test_required_tool_call_parses_with_the_serve_parser(tiny_llm, seed):
     grammar = tool_call_grammar(TOOLS, "chatml")
     text = tiny_llm.chat("call a tool", temperature=1.0, top_p=1.0, seed=seed, max_new_tokens=120, grammar=grammar)
-    content, calls = parse_tool_calls(text, "chatml")
+    content, calls = tool_format("chatml").parse(text)
     assert len(calls) == 1 and content == ""
     schema = next(t["function"]["parameters"] for t in TOOLS if t["function"]["name"] == calls[0].name)
     jsonschema.validate(json.loads(calls[0].arguments), schema)
@@ -74,7 +74,7 @@ def test_internlm2_and_llama3_call_formats_parse(tiny_tokenizer):
             assert matcher.allowed()[token], tiny_tokenizer.decode([token])
             matcher.advance(token)
         assert matcher.done
-        assert parse_tool_calls(text, family)[1][0].name == "lookup"
+        assert tool_format(family).parse(text)[1][0].name == "lookup"
     grammar = tool_call_grammar(TOOLS, "internlm2")
     assert grammar.startswith("start: call") and "<|action_start|> <|plugin|>" in grammar and '"parameters"' in grammar
 
@@ -100,10 +100,9 @@ def test_bad_inputs_raise_config_errors(tiny_tokenizer):
 
 
 def test_constrained_call_decoding_is_exact():
-    from puyu.generation.constraints import parse_constrained_call
-
     text = '<tool_call>\n{"name": "python", "arguments": {"code": "print(\'}</tool_call>\')"}}\n</tool_call>'
-    assert parse_constrained_call(text, "chatml") == ("python", {"code": "print('}</tool_call>')"})
-    assert parse_constrained_call("just text", "chatml") is None
-    assert parse_constrained_call('<|action_start|><|plugin|>\n{"name": "a", "parameters": {"x": 1}}<|action_end|>', "internlm2") == ("a", {"x": 1})
-    assert parse_constrained_call('{"name": "a", "parameters": {}}', "llama3") == ("a", {})
+    assert tool_format("chatml").parse_constrained(text) == ("python", {"code": "print('}</tool_call>')"})
+    assert tool_format("chatml").parse_constrained("just text") is None
+    assert tool_format("internlm2").parse_constrained(
+        '<|action_start|><|plugin|>\n{"name": "a", "parameters": {"x": 1}}<|action_end|>') == ("a", {"x": 1})
+    assert tool_format("llama3").parse_constrained('{"name": "a", "parameters": {}}') == ("a", {})

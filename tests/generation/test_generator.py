@@ -28,7 +28,8 @@ def test_stop_token_ends_the_reply_without_its_text(tiny_llm):
     prompt = [tiny_llm.tokenizer.encode("Hello world")]
     free = generate(tiny_llm.model, tiny_llm.tokenizer, prompt, SamplingParams(max_new_tokens=10, **GREEDY))[0].token_ids
     cut = next(i for i, t in enumerate(free) if t not in free[:i] and i > 0)
-    stopped = generate(tiny_llm.model, tiny_llm.tokenizer, prompt, SamplingParams(max_new_tokens=10, temperature=0, stop_token_ids=[free[cut]]))[0]
+    stopped = generate(tiny_llm.model, tiny_llm.tokenizer, prompt,
+                       SamplingParams(max_new_tokens=10, temperature=0, stop_token_ids=[free[cut]]))[0]
     assert stopped.token_ids == free[:cut] and stopped.finish_reason == "stop"
 
 
@@ -82,5 +83,7 @@ def test_max_new_tokens_is_capped_by_the_context(tiny_llm):
 
 
 def test_seeded_sampling_is_reproducible(tiny_llm):
-    run = lambda seed: tiny_llm.generate(["Hello"], temperature=1.0, top_p=1.0, seed=seed, max_new_tokens=16, ignore_eos=True)
+    def run(seed):
+        return tiny_llm.generate(["Hello"], temperature=1.0, top_p=1.0, seed=seed, max_new_tokens=16, ignore_eos=True)
+
     assert run(3) == run(3) and run(3) != run(4)

@@ -50,7 +50,9 @@ def test_presence_and_frequency_penalties_count_output_tokens():
 
 
 def test_seeded_sampling_repeats_and_follows_the_distribution():
-    draws = lambda seed: [sample_next(LOGITS[None], [s])[0] for s in [state(temperature=1, top_p=1, seed=seed)] for _ in range(400)]
+    def draws(seed):
+        return [sample_next(LOGITS[None], [s])[0] for s in [state(temperature=1, top_p=1, seed=seed)] for _ in range(400)]
+
     a, b, c = draws(7), draws(7), draws(8)
     assert a == b and a != c
     freq0 = a.count(0) / len(a)

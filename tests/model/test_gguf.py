@@ -74,7 +74,8 @@ def write_gguf(path, hf, tokenizer_dir, qtype) -> dict[str, torch.Tensor]:
         else:
             data = gguf.quants.quantize(array, kind)
         w.add_tensor(gguf_name(key), data, raw_dtype=kind if kind not in (Q.F32, Q.F16) else None)
-        stored[key] = value if kind == Q.F32 else torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(value.numpy(), kind), kind).copy())
+        stored[key] = (value if kind == Q.F32
+                       else torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(value.numpy(), kind), kind).copy()))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -82,3 +82,19 @@ def test_bfloat16_logits_stay_close_to_fp32(tiny_model_dir):
         a, b = fp32(ids), bf16(ids).float()
     assert bf16.dtype == torch.bfloat16
     assert (a - b).abs().max().item() < 0.05 * a.abs().max().item()
+
+
+def test_hidden_output_is_the_normed_final_state_and_the_head_gives_the_logits(tmp_path, tiny_tokenizer_dir):
+    hf, ours = _hf_and_ours(tmp_path, tiny_tokenizer_dir, "llama", "cpu")
+    ids = torch.randint(0, 400, (2, 12))
+    keep = torch.tensor([0, 5, 11])
+    with torch.no_grad():
+        hidden = ours(ids, output="hidden")
+        assert hidden.shape == (2, 12, ours.config.hidden_size)
+        assert (hidden - hf.model(ids).last_hidden_state).abs().max().item() <= 1e-4
+        assert torch.equal(ours.head(hidden), ours(ids))
+        assert torch.equal(ours(ids, logits_to_keep=3, output="hidden"), hidden[:, -3:])
+        assert torch.equal(ours(ids, logits_to_keep=keep, output="hidden"), hidden[:, keep])
+        assert torch.equal(ours.head(hidden[:, keep]), ours(ids, logits_to_keep=keep))
+    with pytest.raises(ValueError, match="output"):
+        ours(ids, output="probs")

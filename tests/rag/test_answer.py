@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from puyu.client import LocalClient
 from puyu.errors import ConfigError, ContextLengthError
+from puyu.generation import SamplingParams
 from puyu.rag.answer import NOTHING_RELEVANT, answer_stream, check_citations
 from puyu.rag.retrieval import Hit
 
@@ -15,13 +17,13 @@ class ScriptedGenerator:
     def __init__(self, *pieces: str):
         self.pieces, self.calls = pieces, []
 
-    def stream_chat(self, messages, **sampling):
-        self.calls.append((messages, sampling))
+    def stream_chat(self, messages, params):
+        self.calls.append((messages, params))
         yield from self.pieces
 
 
 def hits(n, similarity=0.8):
-    return [Hit(f"id{i}", f"Fact number {i}.", f"/docs/f{i}.md", ["Guide"], i, i + 1, similarity=similarity) for i in range(1, n + 1)]
+    return [Hit(f"Fact number {i}.", f"/docs/f{i}.md", ["Guide"], i, i + 1, id=f"id{i}", similarity=similarity) for i in range(1, n + 1)]
 
 
 def test_valid_citations_map_to_their_sources():
@@ -41,13 +43,13 @@ def test_out_of_range_citations_are_flagged_or_dropped():
 
 def test_answer_streams_pieces_then_checks_them():
     generator = ScriptedGenerator("The answer ", "is 42 [1]", " and [9].")
-    stream = answer_stream("What is it?", hits(2), generator, max_new_tokens=20)
+    stream = answer_stream("What is it?", hits(2), generator, SamplingParams(max_new_tokens=20))
     assert list(stream) == ["The answer ", "is 42 [1]", " and [9]."]
     answer = stream.answer
     assert answer.text == "The answer is 42 [1] and [9?]." and answer.invalid == [9] and not answer.uncited
     assert answer.references() == "[1] /docs/f1.md § Guide, lines 1-2"
-    messages, sampling = generator.calls[0]
-    assert sampling == {"max_new_tokens": 20} and messages[-1]["role"] == "user"
+    messages, params = generator.calls[0]
+    assert params == SamplingParams(max_new_tokens=20) and messages[-1]["role"] == "user"
     assert "[1] (f1.md § Guide)\nFact number 1." in messages[-1]["content"]
     assert "[2] (f2.md § Guide)" in messages[-1]["content"] and messages[-1]["content"].endswith("Question: What is it?")
 
@@ -66,12 +68,13 @@ def test_nothing_relevant_is_said_without_generating():
 
 
 def test_sources_are_trimmed_to_fit_the_context_window(tiny_llm):
-    long_hits = [Hit(f"id{i}", "fox " * 12, f"/d{i}.md", similarity=0.9) for i in range(6)]
-    stream = answer_stream("Q?", long_hits, tiny_llm, max_new_tokens=8, temperature=0)
+    long_hits = [Hit("fox " * 12, f"/d{i}.md", id=f"id{i}", similarity=0.9) for i in range(6)]
+    client = LocalClient(tiny_llm)
+    stream = answer_stream("Q?", long_hits, client, SamplingParams(max_new_tokens=8, temperature=0))
     assert 1 <= len(stream.sources) < 6
     assert len(stream.result().text) > 0  # the trimmed prompt fits: generation ran
     with pytest.raises(ContextLengthError, match="smaller chunks"):
-        answer_stream("Q?", [Hit("big", "fox " * 200, "/big.md", similarity=0.9)], tiny_llm, max_new_tokens=8)
+        answer_stream("Q?", [Hit("fox " * 200, "/big.md", id="big", similarity=0.9)], client, SamplingParams(max_new_tokens=8))
 
 
 def test_template_needs_both_fields():
@@ -98,7 +101,8 @@ def test_builtin_model_answers_from_the_knowledge_base(make_kb, builtin_llm, tmp
     (tmp_path / "d" / "capital.md").write_text("# Geography\n\nThe capital of France is Paris.\n")
     kb = make_kb()
     kb.build([tmp_path / "d"])
-    stream = kb.ask_stream("What is the capital of France?", builtin_llm, temperature=0, max_new_tokens=40)
+    params = SamplingParams(temperature=0, max_new_tokens=40)
+    stream = kb.ask_stream("What is the capital of France?", LocalClient(builtin_llm), params=params)
     pieces = list(stream)
     answer = stream.answer
     assert len(pieces) > 1 and "Paris" in answer.text

@@ -18,11 +18,11 @@ def test_recall_and_mrr_by_id_source_and_answer():
     by_source = QAItem("q", source="docs/en/faq.md", section="Libs")
     by_answer = QAItem("q", answers=["George Harrison"])
     ranked = [
-        [Hit("a", "x", "/c/p.jsonl", record_id="p1"), Hit("b", "y", "/c/p.jsonl", record_id="p2")],
-        [Hit("c", "z", "/d/docs/en/faq.md", ["FAQ", "Install"]), Hit("d", "w", "/d/docs/en/faq.md", ["FAQ", "Libs"])],
-        [Hit("e", "Written by george harrison in 1973.", "/x.md")],
+        [Hit("x", "/c/p.jsonl", record_id="p1", id="a"), Hit("y", "/c/p.jsonl", record_id="p2", id="b")],
+        [Hit("z", "/d/docs/en/faq.md", ["FAQ", "Install"], id="c"), Hit("w", "/d/docs/en/faq.md", ["FAQ", "Libs"], id="d")],
+        [Hit("Written by george harrison in 1973.", "/x.md", id="e")],
     ]
-    scores = retrieval_scores(ranked + [[Hit("f", "nothing", "/y.md")]], [by_id, by_source, by_answer, by_answer], k=1, mrr_k=10)
+    scores = retrieval_scores(ranked + [[Hit("nothing", "/y.md", id="f")]], [by_id, by_source, by_answer, by_answer], k=1, mrr_k=10)
     assert scores == {"recall@1": pytest.approx(1 / 4), "mrr@10": pytest.approx((0.5 + 0.5 + 1 + 0) / 4)}
 
 

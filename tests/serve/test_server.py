@@ -64,7 +64,8 @@ def test_tools_and_tool_messages_are_accepted(client):
               "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}]
     plain = client.chat.completions.create(model="tiny", messages=USER, max_tokens=2)
     history = USER + [
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{\"a\": 1}"}}]},
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{\"a\": 1}"}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "1"},
     ]
     r = client.chat.completions.create(model="tiny", messages=history, tools=tools, tool_choice="auto", max_tokens=2)
@@ -131,7 +132,8 @@ def test_client_disconnecting_mid_stream_aborts_and_leaks_nothing(server):
 
 
 def test_full_queue_answers_429_and_shutdown_drains_running_requests(tiny_server_model, tmp_path):
-    s = start_server(tiny_server_model, "--max-queue", "1", "--max-num-seqs", "1", api_key=None, log=tmp_path / "log")
+    s = start_server(tiny_server_model, "--max-queue", "1", "--max-num-seqs", "1", "--drain-timeout", "120", api_key=None,
+                     log=tmp_path / "log")  # a drain long enough for a loaded machine
     body = {"model": "tiny", "messages": USER, "max_tokens": 150, "ignore_eos": True}
 
     async def flood():

@@ -77,7 +77,8 @@ def test_text_equals_transformers_apply_chat_template(templated, tiny_tokenizer_
     from transformers import PreTrainedTokenizerFast
 
     _, tokenizer = templated
-    hf = PreTrainedTokenizerFast(tokenizer_file=str(tiny_tokenizer_dir / "tokenizer.json"), bos_token="<|endoftext|>", eos_token="<|im_end|>")
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(tiny_tokenizer_dir / "tokenizer.json"),
+                                 bos_token="<|endoftext|>", eos_token="<|im_end|>")
     hf.chat_template = tokenizer.template.source
     for messages, tools in [(MULTI_TURN, None), (WITH_TOOLS, TOOLS)]:
         expected = hf.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)

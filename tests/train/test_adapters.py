@@ -10,9 +10,9 @@ import torch
 from puyu import LLM
 from puyu.cli import main
 from puyu.errors import ModelLoadError
-from puyu.train.adapters import load_adapter, save_adapter
+from puyu.model.adapters import load_adapter, save_adapter
+from puyu.model.lora import add_lora, lora_modules
 from puyu.train.config import LoraConfig
-from puyu.train.lora import add_lora, lora_modules
 
 TOKENS = torch.tensor([[5, 17, 99, 3, 250, 42, 7]])
 
@@ -43,7 +43,8 @@ def test_our_adapter_loads_in_peft_with_the_same_logits(tiny_model_dir, tiny_llm
 
 
 def test_peft_adapter_loads_here_with_the_same_logits(tiny_model_dir, tmp_path):
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -91,3 +92,26 @@ def test_adapter_for_another_model_is_refused(tiny_model_dir, tiny_llm, tmp_path
         LLM(tiny_model_dir, dtype="float32", device="cpu", adapter=tmp_path / "adapter")
     assert main(["merge", str(tiny_model_dir), str(tmp_path), str(tmp_path / "out")]) == 2
     assert "not a LoRA adapter folder" in capsys.readouterr().err
+
+
+def test_serve_with_an_adapter_gives_the_tokens_of_chat_with_it(tiny_model_dir, tiny_llm, tmp_path, capsys):
+    from openai import OpenAI
+
+    from tests.serve.conftest import API_KEY, start_server, stop_server
+
+    random_adapter(tiny_llm)
+    save_adapter(tiny_llm.model, tmp_path / "adapter", base_model=str(tiny_model_dir))
+    flags = ["--max-new-tokens", "12", "--temperature", "0", "--ignore-eos", "--dtype", "float32"]
+    assert main(["chat", str(tiny_model_dir), "--adapter", str(tmp_path / "adapter"), "-p", "hi", *flags]) == 0
+    chatted = capsys.readouterr().out.removesuffix("\n")
+    plain = LLM(tiny_model_dir, dtype="float32", device="cpu").chat("hi", max_new_tokens=12, temperature=0, ignore_eos=True)
+    assert chatted != plain  # the adapter changes the reply
+
+    server = start_server(tiny_model_dir, "--adapter", str(tmp_path / "adapter"), log=tmp_path / "server.log")
+    try:
+        client = OpenAI(base_url=server.url, api_key=API_KEY, max_retries=0, timeout=120)
+        reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=12,
+                                               temperature=0, extra_body={"ignore_eos": True})
+    finally:
+        stop_server(server)
+    assert reply.choices[0].message.content == chatted

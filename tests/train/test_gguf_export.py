@@ -30,9 +30,9 @@ def test_exported_gguf_has_the_same_logits(tiny_model_dir, tmp_path, monkeypatch
 
 
 def test_export_with_adapter_matches_the_merged_model(tiny_model_dir, tiny_llm, tmp_path, monkeypatch):
-    from puyu.train.adapters import save_adapter
+    from puyu.model.adapters import save_adapter
+    from puyu.model.lora import add_lora, lora_modules
     from puyu.train.config import LoraConfig
-    from puyu.train.lora import add_lora, lora_modules
 
     monkeypatch.setenv("PUYU_HOME", str(tmp_path / "home"))
     add_lora(tiny_llm.model, LoraConfig(r=2, targets=["q_proj", "k_proj"]))
@@ -41,7 +41,8 @@ def test_export_with_adapter_matches_the_merged_model(tiny_model_dir, tiny_llm, 
     with torch.no_grad():
         expected = tiny_llm.model(TOKENS)
     save_adapter(tiny_llm.model, tmp_path / "adapter")
-    assert main(["export", str(tiny_model_dir), str(tmp_path / "out.gguf"), "--outtype", "f32", "--adapter", str(tmp_path / "adapter")]) == 0
+    assert main(["export", str(tiny_model_dir), str(tmp_path / "out.gguf"), "--outtype", "f32",
+                 "--adapter", str(tmp_path / "adapter")]) == 0
     back, _ = load_model(tmp_path / "out.gguf", dtype="float32", device="cpu")
     with torch.no_grad():
         assert torch.allclose(back(TOKENS), expected, atol=1e-4)  # q/k rows permuted and un-permuted consistently

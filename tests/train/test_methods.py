@@ -7,9 +7,9 @@ import torch
 
 from puyu.data.dataset import TrainData
 from puyu.model import load_model
+from puyu.model.lora import LoRALinear, add_lora, lora_modules, merge_lora
+from puyu.model.nf4 import NF4_LEVELS, NF4Linear
 from puyu.train.config import LoraConfig
-from puyu.train.lora import LoRALinear, add_lora, lora_modules, merge_lora
-from puyu.train.nf4 import NF4_LEVELS, NF4Linear
 from puyu.train.objective import LMObjective, prepare_model
 
 
@@ -89,6 +89,26 @@ def test_lora_starts_from_the_base_model(tiny_llm):
     reference = tiny_llm.model(tokens)
     add_lora(tiny_llm.model, LoraConfig(r=4, targets=["q_proj", "v_proj"]))
     assert torch.equal(tiny_llm.model(tokens), reference)  # B = 0
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_objective_equals_cross_entropy_of_the_model_logits(tiny_recipe, method):
+    recipe = tiny_recipe(method)
+    model, tokenizer = load_model(recipe.model, dtype="float32", device="cpu")
+    prepare_model(model, recipe.method, recipe.lora, "fp32")
+    objective = LMObjective(model)
+    head = model.lm_head
+    b = TrainData.build(recipe.data, tokenizer, 0).micro_batches(0, 4, 1)[0][0]
+    loss = objective(b.tokens, b.targets, b.positions, b.mask)
+    loss.backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    logits = model(b.tokens, b.positions, mask=b.mask)
+    reference = torch.nn.functional.cross_entropy(logits.flatten(0, 1), b.targets.flatten(), ignore_index=-100, reduction="sum")
+    reference.backward()
+    assert model.lm_head is head
+    assert torch.allclose(loss, reference, rtol=1e-5)
+    assert all(torch.allclose(ours[n], p.grad, atol=1e-5) for n, p in model.named_parameters() if p.requires_grad)
 
 
 def test_fused_head_cross_entropy_matches_the_reference(monkeypatch):

@@ -71,7 +71,8 @@ def test_wrong_key_is_named_with_the_valid_ones(capsys):
 def test_cli_trains_then_resumes_a_finished_run_idempotently(tiny_model_dir, alpaca_file, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PUYU_HOME", str(tmp_path / "home"))
     args = ["train", "tool_use_sft", f"model={tiny_model_dir}", f"data.train={alpaca_file}", "data.max_length=64", "train.max_steps=3",
-            "train.save_every=2", "train.precision=fp32", "monitor.tensorboard=false", "monitor.sample_prompts=[Hi]", "monitor.sample_every=2"]
+            "train.save_every=2", "train.precision=fp32", "monitor.tensorboard=false", "monitor.sample_prompts=[Hi]",
+            "monitor.sample_every=2"]
     assert main(args) == 0
     runs = list((tmp_path / "home" / "runs" / "train").glob("tool_use_sft-*"))
     assert len(runs) == 1

@@ -25,8 +25,9 @@ HELD_OUT = [
 
 @pytest.mark.builtin
 def test_self_cognition_gives_the_model_its_new_name(tmp_path, builtin_llm):
-    recipe = load_recipe("self_cognition", [f"data.data_dir={DATASETS}", "data.limit=16", "data.max_length=128", "train.epochs=6", "train.batch_size=2",
-                                            f"output_dir={tmp_path / 'run'}", "monitor.sample_prompts=[]", "monitor.tensorboard=false"])
+    recipe = load_recipe("self_cognition", [f"data.data_dir={DATASETS}", "data.limit=16", "data.max_length=128", "train.epochs=6",
+                                            "train.batch_size=2", f"output_dir={tmp_path / 'run'}", "monitor.sample_prompts=[]",
+                                            "monitor.tensorboard=false"])
     before = [builtin_llm.chat(q, temperature=0, max_new_tokens=24) for q in HELD_OUT]
     assert not any("Puyu" in reply for reply in before)
 

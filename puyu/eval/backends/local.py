@@ -7,8 +7,8 @@ real tokens never see the padding and no mask is needed), log-softmax in fp32
 over the continuation positions only, and results put back in request order.
 They differ only in how they get the continuation logits and how they generate.
 
-:class:`LocalBackend` takes the last decoder layer's hidden states with a
-forward hook and applies the final norm and LM head to the continuation
+:class:`LocalBackend` takes the final hidden states (``output="hidden"``) and
+applies the LM head (:meth:`~puyu.model.Transformer.head`) to the continuation
 positions alone, so a batch never materializes ``[B, T, vocab]`` logits; it
 generates with the serving engine (:class:`~puyu.engine.LLMEngine`: continuous
 batching, and few-shot prompts that share their examples share their KV blocks
@@ -121,15 +121,8 @@ class LocalBackend(BatchedBackend):
 
     def continuation_logits(self, tokens: torch.Tensor, spans: list[tuple[int, int]]) -> list[torch.Tensor]:
         model = self.llm.model
-        kept: list[torch.Tensor] = []
-        hook = model.model.layers[-1].register_forward_hook(lambda module, args, output: kept.append(output))
-        try:
-            model(tokens, logits_to_keep=1)  # the hook keeps the last layer's hidden states [B, T, D]
-        finally:
-            hook.remove()
-        hidden = kept[0]
-        rows = torch.cat([hidden[row, start:end] for row, (start, end) in enumerate(spans)])
-        logits = model.lm_head(model.model.norm(rows))
+        hidden = model(tokens, output="hidden")  # [B, T, D], final-normed
+        logits = model.head(torch.cat([hidden[row, start:end] for row, (start, end) in enumerate(spans)]))
         return list(logits.split([end - start for start, end in spans]))
 
     def generate_group(self, prompts: list[list[int]], until: list[str], max_new_tokens: int) -> list[str]:

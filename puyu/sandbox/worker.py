@@ -1,6 +1,6 @@
-"""The process inside :class:`~puyu.agent.sandbox.PythonSandbox`: confines itself, then runs code.
+"""The process inside :class:`~puyu.sandbox.PythonSandbox`: confines itself, then runs code.
 
-Run as ``python -I sandbox_worker.py CONFIG_JSON`` with the command pipe on fd
+Run as ``python -I worker.py CONFIG_JSON`` with the command pipe on fd
 ``cmd_fd`` and the reply pipe on fd ``reply_fd``.  It imports only the standard
 library.  Start-up, in this order:
 

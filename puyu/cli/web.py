@@ -16,7 +16,7 @@ DEFAULT_PORT = 7860
 def cmd_web(args: argparse.Namespace) -> int:
     """Serve the browser UI: chat, agent and knowledge base, on the local model or a remote OpenAI-compatible API."""
     if not args.api_base:
-        from puyu.serve.commands import run_engine_server
+        from puyu.cli.serve import run_engine_server
 
         return run_engine_server(args, web=True)
     import uvicorn
@@ -30,7 +30,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def register(sub, common) -> None:
-    from puyu.serve.commands import add_server_args
+    from puyu.cli.serve import add_server_args
 
     web = sub.add_parser("web", parents=[common], help=cmd_web.__doc__, description=cmd_web.__doc__)
     add_server_args(web, DEFAULT_PORT, api_key_help="with --api-base: the remote server's key; otherwise the key this "

@@ -13,24 +13,21 @@ import signal
 import threading
 from pathlib import Path
 
-from puyu.cli import add_model_args, status
+from puyu.cli.common import add_model_args, status
 
 
 def run_engine_server(args: argparse.Namespace, web: bool = False) -> int:
     """Serve ``args.model`` over the OpenAI API (and the web UI when ``web``) until Ctrl-C/SIGTERM."""
     import uvicorn
 
-    from puyu.cli_args import dataclass_from_args
+    from puyu.cli.flags import dataclass_from_args
     from puyu.engine import EngineConfig, LLMEngine
     from puyu.model import load_model
     from puyu.serve.app import create_app
 
     config = dataclass_from_args(EngineConfig, args)
     with status(f"loading {args.model}"):
-        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-        if args.chat_template:
-            template = Path(args.chat_template)
-            tokenizer.set_chat_template(template.read_text() if template.is_file() else args.chat_template)
+        model, tokenizer = load_model(args.model, args.dtype, args.device, chat_template=args.chat_template, adapter=args.adapter)
         engine = LLMEngine(model, tokenizer, config)
     name = args.served_model_name or Path(str(args.model).rstrip("/")).name.removesuffix(".gguf")
     app = create_app(engine, name, api_key=args.api_key, cors_origins=args.cors_origins, drain_timeout=args.drain_timeout)
@@ -73,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def add_server_args(parser: argparse.ArgumentParser, port: int,
                     api_key_help: str = "require 'Authorization: Bearer KEY' on /v1 routes (and /ui with --web)") -> None:
     """The model, listening, API and engine flags shared by ``puyu serve`` and ``puyu web``."""
-    from puyu.cli_args import add_dataclass_flags
+    from puyu.cli.flags import add_dataclass_flags
     from puyu.engine.config import EngineConfig
 
     add_model_args(parser)

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from puyu.errors import ModelLoadError
-from puyu.train.lora import LoraConfig, LoRALinear, add_lora, lora_modules, merge_lora
+from puyu.model.lora import LoraConfig, LoRALinear, add_lora, lora_modules, merge_lora
 
 PREFIX = "base_model.model."
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
@@ -112,7 +112,8 @@ def load_adapter(model: nn.Module, folder: str | Path, merge: bool = True) -> nn
     names = {n for n, _ in model.named_modules()}
     missing = sorted(p for p in modules if p not in names)
     if missing:
-        raise ModelLoadError(f"{folder}: the adapter targets {missing[0]}, which this model does not have; was it trained on another base model?")
+        raise ModelLoadError(f"{folder}: the adapter targets {missing[0]}, which this model does not have; "
+                             "was it trained on another base model?")
     add_lora(model, LoraConfig(r=r, alpha=alpha, dropout=0.0), modules=sorted(modules))
     for path, weights in modules.items():
         layer: LoRALinear = model.get_submodule(path)

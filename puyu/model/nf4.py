@@ -89,7 +89,8 @@ class NF4Linear(nn.Module):
         return y + self.bias.to(y.dtype) if self.bias is not None else y
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, block_size={self.block_size}, double_quant={self.double_quant}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"block_size={self.block_size}, double_quant={self.double_quant}")
 
 
 class _DequantMatmul(torch.autograd.Function):

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from puyu.cli import add_model_args, load_llm
+from puyu.cli.common import add_model_args, load_llm
 
 
 def _open(args: argparse.Namespace):
@@ -79,16 +79,17 @@ def cmd_ask(args: argparse.Namespace) -> int:
     """Answer a question from a knowledge base, citing its sources as [1], [2] ..."""
     from pathlib import Path
 
-    from puyu.cli_args import dataclass_from_args
+    from puyu.cli.flags import dataclass_from_args
+    from puyu.client import LocalClient
     from puyu.generation import SamplingParams
     from puyu.rag.answer import DEFAULT_TEMPLATE
 
-    sampling = vars(dataclass_from_args(SamplingParams, args))
+    params = dataclass_from_args(SamplingParams, args)
     kb = _open(args)
-    llm = load_llm(args)
+    client = LocalClient(load_llm(args))
     template = Path(args.template).read_text() if args.template else DEFAULT_TEMPLATE
-    stream = kb.ask_stream(args.question, llm, k=args.k, min_similarity=args.min_similarity, template=template,
-                           policy=args.citations, search=_search_options(args), **sampling)
+    stream = kb.ask_stream(args.question, client, params=params, k=args.k, min_similarity=args.min_similarity, template=template,
+                           policy=args.citations, search=_search_options(args))
     if args.show_context:
         print("Retrieved context:\n")
         _print_hits(stream.sources)
@@ -110,13 +111,15 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Score retrieval (recall@k, MRR) and, with --answers, answers (exact match, F1) on a QA file."""
+    from puyu.client import LocalClient
+    from puyu.generation import SamplingParams
     from puyu.rag.evaluate import evaluate, load_qa
 
     kb = _open(args)
     items = load_qa(args.qa)[: args.limit]
-    generator = load_llm(args) if args.answers else None
-    scores = evaluate(kb, items, k=args.k, mrr_k=args.mrr_k, generator=generator, show_progress=sys.stderr.isatty(),
-                      search=_search_options(args), temperature=0.0, max_new_tokens=args.max_new_tokens)
+    client = LocalClient(load_llm(args)) if args.answers else None
+    scores = evaluate(kb, items, k=args.k, mrr_k=args.mrr_k, generator=client, show_progress=sys.stderr.isatty(),
+                      search=_search_options(args), params=SamplingParams(temperature=0.0, max_new_tokens=args.max_new_tokens))
     print(json.dumps(scores | {"kb": kb.name, "mode": args.mode}, indent=2))
     return 0
 
@@ -131,7 +134,7 @@ def _retrieval_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub, common) -> None:
-    from puyu.cli_args import add_dataclass_flags
+    from puyu.cli.flags import add_dataclass_flags
     from puyu.generation.sampling import SamplingParams
 
     kb = sub.add_parser("kb", parents=[common], help="knowledge-base assistant (RAG): build, search, ask, evaluate")
@@ -169,7 +172,9 @@ def register(sub, common) -> None:
     _retrieval_flags(ask)
     ask.add_argument("--show-context", action="store_true", help="print the retrieved chunks before the answer")
     ask.add_argument("--min-similarity", type=float, default=0.25, help="cosine below which a chunk is not relevant (default: 0.25)")
-    ask.add_argument("--citations", choices=["flag", "drop"], default="flag", help="citations of no retrieved source: flag them (streamed reply, then a warning) or drop them (reply printed when complete)")
+    ask.add_argument("--citations", choices=["flag", "drop"], default="flag",
+                     help="citations of no retrieved source: flag them (streamed reply, then a warning) "
+                          "or drop them (reply printed when complete)")
     ask.add_argument("--template", default=None, help="a prompt template file with {context} and {question}")
     add_dataclass_flags(ask, SamplingParams, "sampling")
     ask.set_defaults(func=cmd_ask)

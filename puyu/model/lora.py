@@ -6,10 +6,10 @@ computes::
     y = base(x) + (alpha / r) * B(A(dropout(x)))      A: [r, in], B: [out, r]
 
 ``base`` is the original frozen ``nn.Linear`` (LoRA) or an
-:class:`~puyu.train.nf4.NF4Linear` (QLoRA).  ``A`` starts Kaiming-uniform and
+:class:`~puyu.model.nf4.NF4Linear` (QLoRA).  ``A`` starts Kaiming-uniform and
 ``B`` at zero (as PEFT does), so training starts from the base model exactly.
 Parameter names end in ``.lora_A.weight``/``.lora_B.weight`` like PEFT's, which
-keeps the adapter file mapping a prefix (see :mod:`puyu.train.adapters`).
+keeps the adapter file mapping a prefix (see :mod:`puyu.model.adapters`).
 :func:`merge_lora` folds ``(alpha / r) B A`` into the base weight and puts plain
 ``nn.Linear`` layers back, so the merged model saves as an ordinary checkpoint.
 """
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from puyu.errors import ConfigError
-from puyu.train.nf4 import NF4Linear
+from puyu.model.nf4 import NF4Linear
 
 log = logging.getLogger(__name__)
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

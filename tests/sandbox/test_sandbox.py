@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import pytest
 
-from puyu.agent.sandbox import PythonSandbox
 from puyu.errors import ConfigError
+from puyu.sandbox import PythonSandbox
 
 
 @pytest.fixture(scope="module")

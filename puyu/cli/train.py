@@ -9,7 +9,7 @@ from puyu.model.registry import DEFAULT_MODEL
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Fine-tune a model from a recipe (configs/finetune/*.yaml) with key=value overrides."""
+    """Fine-tune a model from a shipped recipe (lora_sft, qlora_sft, ...) or a recipe YAML file, with key=value overrides."""
     from puyu.train.config import load_recipe
     from puyu.train.trainer import Trainer
 
@@ -62,7 +62,8 @@ def register(sub, common) -> None:
     merge.set_defaults(func=cmd_merge)
 
     export = sub.add_parser("export", parents=[common], help=cmd_export.__doc__, description=cmd_export.__doc__)
-    export.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"registered name, HF folder or .gguf file (default: {DEFAULT_MODEL})")
+    export.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                        help=f"registered name, HF folder or .gguf file (default: {DEFAULT_MODEL})")
     export.add_argument("out", help="output .gguf file (or folder for --format hf)")
     export.add_argument("--format", choices=["gguf", "hf"], default="gguf", help="gguf (llama.cpp) or hf (default: gguf)")
     export.add_argument("--outtype", choices=["f32", "f16", "q8_0"], default="f16", help="GGUF tensor type (default: f16)")

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from puyu.cli import add_model_args, load_llm
+from puyu.cli.common import add_model_args, load_llm
 
 
 def _show(step, as_json: bool) -> None:
@@ -36,11 +36,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.tools.split(",") if n.strip()]
     with PythonSandbox(timeout_s=args.timeout) as sandbox:
         registry = builtin_tools(names, sandbox=sandbox, files=args.files, kb=args.kb)
-        sampling = {"temperature": args.temperature}
+        sampling = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
         if args.api_base:
-            model = OpenAIChatModel(args.api_model, args.api_base, args.api_key, max_tokens=args.max_new_tokens, **sampling)
+            model = OpenAIChatModel(args.api_model, args.api_base, args.api_key, **sampling)
         else:
-            model = LocalChatModel(load_llm(args), constrain=args.constrain, max_new_tokens=args.max_new_tokens, **sampling)
+            model = LocalChatModel(load_llm(args), constrain=args.constrain, **sampling)
         agent = Agent(model, registry, protocol=args.protocol, language=args.language, max_steps=args.max_steps,
                       system=args.system, tool_choice=args.tool_choice)
         for step in agent.stream(args.task):
@@ -55,12 +55,16 @@ def register(sub, common) -> None:
     agent = sub.add_parser("agent", parents=[common], help=cmd_agent.__doc__, description=cmd_agent.__doc__)
     add_model_args(agent)
     agent.add_argument("task", help="what the agent should do, e.g. '已知2x+3=10，求x'")
-    agent.add_argument("--tools", default="python,calculator,solve", help=f"comma-separated, from {', '.join(BUILTIN_NAMES)} (default: python,calculator,solve)")
-    agent.add_argument("--protocol", default="function", choices=["function", "react", "internlm2"], help="how the model calls tools (default: function)")
+    agent.add_argument("--tools", default="python,calculator,solve",
+                       help=f"comma-separated, from {', '.join(BUILTIN_NAMES)} (default: python,calculator,solve)")
+    agent.add_argument("--protocol", default="function", choices=["function", "react", "internlm2"],
+                       help="how the model calls tools (default: function)")
     agent.add_argument("--language", default="en", choices=["en", "zh"], help="prompt language (default: en)")
     agent.add_argument("--max-steps", type=int, default=6, help="most model turns; the last must answer (default: 6)")
-    agent.add_argument("--tool-choice", default="auto", choices=["auto", "required"], help="required: every turn before the last calls a tool")
-    agent.add_argument("--no-constrain", dest="constrain", action="store_false", help="do not constrain local tool calls to the tools' schemas")
+    agent.add_argument("--tool-choice", default="auto", choices=["auto", "required"],
+                       help="required: every turn before the last calls a tool")
+    agent.add_argument("--no-constrain", dest="constrain", action="store_false",
+                       help="do not constrain local tool calls to the tools' schemas")
     agent.add_argument("--system", default=None, help="an extra system prompt")
     agent.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default: 0, greedy)")
     agent.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per model turn (default: 512)")

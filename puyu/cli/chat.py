@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from puyu.cli import add_model_args, load_llm
+from puyu.cli.common import add_model_args, load_llm
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """Chat with a model in the terminal (or answer one -p question)."""
     from puyu.chat.session import ChatSession
     from puyu.chat.terminal import TerminalChat
-    from puyu.cli_args import dataclass_from_args
+    from puyu.cli.flags import dataclass_from_args
     from puyu.generation import SamplingParams
 
     params = dataclass_from_args(SamplingParams, args)
@@ -28,7 +28,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def register(sub, common) -> None:
-    from puyu.cli_args import add_dataclass_flags
+    from puyu.cli.flags import add_dataclass_flags
     from puyu.generation.sampling import SamplingParams
 
     chat = sub.add_parser("chat", parents=[common], help=cmd_chat.__doc__,
@@ -36,6 +36,5 @@ def register(sub, common) -> None:
     add_model_args(chat)
     chat.add_argument("-p", "--prompt", default=None, help="ask one question, print the reply and exit")
     chat.add_argument("--system", default=None, help="system prompt")
-    chat.add_argument("--adapter", default=None, help="a LoRA adapter folder (from puyu train) to merge into the model")
     add_dataclass_flags(chat, SamplingParams, "sampling")
     chat.set_defaults(func=cmd_chat)

@@ -3,7 +3,7 @@
 Each sandbox is one long-lived child process (a session): globals persist
 between :meth:`PythonSandbox.run` calls like IPython cells, and the last
 expression's ``repr`` is printed; :meth:`PythonSandbox.reset` starts afresh.
-The child (see :mod:`puyu.agent.sandbox_worker` for the layers) runs in its own
+The child (see :mod:`puyu.sandbox.worker` for the layers) runs in its own
 process group and session with a scrubbed environment (no host variables, so no
 secrets), in a fresh temporary working folder that is deleted on close, under
 these limits:
@@ -44,7 +44,7 @@ from pathlib import Path
 from puyu.errors import ConfigError
 
 log = logging.getLogger(__name__)
-WORKER = Path(__file__).with_name("sandbox_worker.py")
+WORKER = Path(__file__).with_name("worker.py")
 SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8",
             "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 

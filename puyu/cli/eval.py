@@ -36,8 +36,10 @@ def _config_from_args(args: argparse.Namespace):
     if not args.tasks:
         raise ConfigError("give --tasks a,b (see puyu eval --list) or a config file: puyu eval configs/eval/NAME.yaml")
     entry = {"backend": args.backend, "model": args.model, "dtype": args.dtype, "device": args.device, "batch_size": args.batch_size,
-             "max_length": args.max_length, "base_url": args.base_url, "api_key": args.api_key, "tokenizer": args.tokenizer, "chat_template": args.chat_template}
-    return EvalConfig(models=[{k: v for k, v in entry.items() if v is not None}], tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
+             "max_length": args.max_length, "base_url": args.base_url, "api_key": args.api_key, "tokenizer": args.tokenizer,
+             "chat_template": args.chat_template}
+    return EvalConfig(models=[{k: v for k, v in entry.items() if v is not None}],
+                      tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
                       mode=args.mode, shots=args.shots, limit=args.limit, chat=args.apply_chat_template, data_dir=args.data_dir,
                       max_new_tokens=args.max_new_tokens, out=args.out, judge=_judge_from_args(args, None))
 
@@ -76,7 +78,8 @@ def register(sub, common) -> None:
                        " Forms: puyu eval --model M --tasks a,b | puyu eval CONFIG.yaml | puyu eval --list | puyu eval compare RUN_A RUN_B")
     p.add_argument("target", nargs="*", help="a YAML config (models x tasks), or: compare RUN_A RUN_B")
     p.add_argument("--list", action="store_true", help="list the tasks and exit")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registered name, HF folder or .gguf; the served name for --backend openai (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"registered name, HF folder or .gguf; the served name for --backend openai (default: {DEFAULT_MODEL})")
     p.add_argument("--tasks", default=None, help="comma-separated task names, e.g. gsm8k,mmlu,ceval")
     p.add_argument("--mode", choices=["gen", "ppl"], default=None, help="for tasks that have both: generate and extract, or loglikelihood")
     p.add_argument("--shots", type=int, default=None, help="few-shot examples (default: each task's own)")
@@ -87,7 +90,8 @@ def register(sub, common) -> None:
     p.add_argument("--reuse", nargs="?", const="latest", default=None, help="resume a run: latest (default), a run name or a folder")
     p.add_argument("--apply-chat-template", action=argparse.BooleanOptionalAction, default=None,
                    help="render prompts through the model's chat template (default: each task's own setting)")
-    p.add_argument("--backend", choices=["local", "openai", "hf"], default="local", help="local model core, an OpenAI-compatible server, or transformers")
+    p.add_argument("--backend", choices=["local", "openai", "hf"], default="local",
+                   help="local model core, an OpenAI-compatible server, or transformers")
     p.add_argument("--dtype", default=None, help="local/hf: auto, float32, bfloat16 (default: auto for local, float32 for hf)")
     p.add_argument("--device", default=None, help="local: auto, cpu, cuda (default: auto)")
     p.add_argument("--chat-template", default=None, help="local: override the model's chat template")

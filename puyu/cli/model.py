@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from puyu.cli import add_model_args, load_llm
+from puyu.cli.common import add_model_args, load_llm
 
 
 def cmd_models(args: argparse.Namespace) -> int:

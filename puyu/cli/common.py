@@ -1,0 +1,46 @@
+"""Flags and helpers shared by the subcommands: the model flags, loading with a spinner."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import time
+
+log = logging.getLogger("puyu")
+
+
+def add_model_args(parser: argparse.ArgumentParser, optional: bool = True) -> None:
+    """The model positional plus --dtype/--device/--chat-template, shared by every command that loads one."""
+    from puyu.model.registry import DEFAULT_MODEL
+
+    if optional:
+        parser.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                            help=f"registered name, HF folder or .gguf file (default: {DEFAULT_MODEL})")
+    else:
+        parser.add_argument("model", help="registered name, HF folder or .gguf file")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--chat-template", default=None, help="override the model's template: chatml, internlm2, llama3 or a Jinja file")
+    parser.add_argument("--adapter", default=None, help="a LoRA adapter folder (PEFT format, e.g. from puyu train) merged into the model")
+
+
+def load_llm(args: argparse.Namespace):
+    """An :class:`~puyu.api.LLM` from the flags of :func:`add_model_args`, with a spinner on a terminal."""
+    from puyu.api import LLM
+
+    start = time.perf_counter()
+    with status(f"loading {args.model} (the first load of a GGUF converts it once)"):
+        llm = LLM(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template, adapter=args.adapter)
+    log.info("loaded %s in %.1f s (%s, %s)", args.model, time.perf_counter() - start, llm.model.dtype, llm.model.device)
+    return llm
+
+
+def status(text: str):
+    """A spinner on an interactive stderr, nothing otherwise."""
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        return Console(stderr=True).status(text)
+    return contextlib.nullcontext()

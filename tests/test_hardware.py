@@ -35,11 +35,19 @@ def test_auto_is_float32_without_native_bf16(flags, features):
 
 
 @pytest.mark.parametrize("features", [AVX512_BF16, AMX, CpuFeatures(arm_bf16=True)])
-def test_auto_is_bf16_with_native_bf16(flags, features):
+def test_auto_dtype_is_bf16_with_native_bf16(flags, features):
     flags(features)
+    assert resolve_dtype("auto", CPU) == torch.bfloat16  # decode is memory-bound: half the bytes per token
+
+
+def test_auto_training_precision_is_bf16_only_with_amx(flags):
+    flags(AMX)
     precision = resolve_precision("auto", CPU)
-    assert precision.name == "bf16" and "natively" in precision.reason
-    assert resolve_dtype("auto", CPU) == torch.bfloat16
+    assert precision.name == "bf16" and "natively (AMX)" in precision.reason
+    for features in (AVX512_BF16, CpuFeatures(arm_bf16=True)):  # native bf16, but autocast trains slower than fp32
+        flags(features)
+        precision = resolve_precision("auto", CPU)
+        assert precision.name == "fp32" and "natively" in precision.reason and "slower than float32" in precision.reason
 
 
 def test_forced_bf16_on_emulating_cpu_warns_with_cost_and_flag_but_runs(flags, caplog):

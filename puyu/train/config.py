@@ -69,7 +69,7 @@ class LoopConfig:
         max_steps: optimizer steps to run (0 = epochs decide).
         batch_size: rows per micro-batch on each process.
         grad_accum: micro-batches per optimizer step.
-        precision: auto (bf16 where the hardware computes it natively, else fp32), fp32, or bf16
+        precision: auto (bf16 on CUDA with bf16 and on CPUs with AMX, else fp32; see puyu.hardware), fp32, or bf16
             (bf16 autocast; frozen base weights stored in bf16; emulated, so slow, on CPUs without native bf16).
         grad_checkpointing: recompute each layer in backward to save memory.
         save_every: write a resumable checkpoint every N steps (0 = only at the end).

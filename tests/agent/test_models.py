@@ -102,7 +102,7 @@ def test_function_calling_agent_over_puyu_serve(server):
 def test_api_errors_become_config_errors():
     from puyu.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="listing the models at http://127.0.0.1:9/v1 failed.*--api-base"):
+    with pytest.raises(ConfigError, match=r"cannot reach the model server at http://127.0.0.1:9/v1 \(listing the models\).*--api-base"):
         OpenAIChatModel(None, "http://127.0.0.1:9/v1", "k")
     with pytest.raises(ConfigError, match=r"unknown sampling option\(s\) \['max_tokens'\]; the token limit is max_new_tokens"):
         LocalChatModel(None, max_tokens=5)

@@ -11,7 +11,8 @@ inter-token latency p50/p99 at each concurrency, for ``puyu serve`` and
 llama-cpp-python's server (``--interrupt_requests False``, ``repeat_penalty``
 1.0 to match), plus transformers ``generate`` with static batches of the same
 size in-process.  ``puyu serve`` runs with ``--compile`` unless ``--no-compile``.
-Prints ratios ours / peer.
+Prints ratios ours / peer, and the server's single stream over part 1's in-process
+rate of the same setting (far below 1 means the server path loses speed it should not).
 
     python bench/serve.py [--concurrency 1,8,32] [--max-tokens 128] [--quant w4a16] [--no-compile]
                           [--llama-python /path/to/venv/bin/python] [--skip-decode] [--skip-http]
@@ -71,7 +72,8 @@ def weight_bytes_per_token(model) -> int:
     return total
 
 
-def decode_part(tokens: int, llama_python: str | None) -> None:
+def decode_part(tokens: int, llama_python: str | None) -> dict[str, float]:
+    """Part 1; returns the in-process tok/s of each setting."""
     from puyu.engine import EngineConfig, LLMEngine
     from puyu.generation import SamplingParams
     from puyu.model import load_model
@@ -114,6 +116,7 @@ def decode_part(tokens: int, llama_python: str | None) -> None:
         peer = float(out.stdout.strip().splitlines()[-1])
         print(f"{'llama-cpp-python':18} {peer:8.1f}   (Q4_1 GGUF)")
         print("ratio to llama-cpp-python: " + ", ".join(f"{name} {rate / peer:.2f}" for name, rate in rates.items()))
+    return rates
 
 
 def free_port() -> int:
@@ -202,7 +205,9 @@ def transformers_static(questions: list[str], batch: int, max_tokens: int) -> di
     return {"tok/s": total / (time.perf_counter() - began), "ttft p50": statistics.median(ttfts), "ttft p99": max(ttfts)}
 
 
-def http_part(levels: list[int], max_tokens: int, quant: str, compile: bool, llama_python: str | None) -> None:
+def http_part(levels: list[int], max_tokens: int, quant: str, compile: bool, llama_python: str | None,
+              in_process: float | None = None) -> None:
+    """Part 2; ``in_process`` is part 1's single-stream tok/s of the served setting, to check the server path against."""
     from puyu.model.registry import resolve
 
     gguf = str(resolve("smollm2-135m-instruct"))
@@ -236,6 +241,12 @@ def http_part(levels: list[int], max_tokens: int, quant: str, compile: bool, lla
             print(f"{name:28} {c:4d} {r['tok/s']:8.1f} {r['ttft p50']:9.2f} {r['ttft p99']:9.2f} "
                   f"{r.get('itl p50', float('nan')):8.3f} {r.get('itl p99', float('nan')):8.3f}")
     ours = results[f"puyu ({quant})"]
+    if in_process and 1 in ours:
+        # One HTTP stream pays prefill and HTTP on top of decode: about 0.8-0.9 of in-process is normal;
+        # far below that, the server path (threads, cache size, prefill) costs something it should not.
+        ratio = ours[1]["tok/s"] / in_process
+        verdict = "ok" if ratio >= 0.5 else "SERVER PATH FAR SLOWER THAN IN-PROCESS"
+        print(f"server c=1 / in-process single stream ({quant}{' + compile' if compile else ''}): {ratio:.2f} ({verdict})")
     for name, by_level in results.items():
         if name != f"puyu ({quant})":
             ratios = ", ".join(f"c={c}: {ours[c]['tok/s'] / r['tok/s']:.2f}" for c, r in by_level.items())
@@ -254,10 +265,11 @@ def main() -> None:
     parser.add_argument("--skip-http", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    if not args.skip_decode:
-        decode_part(args.decode_tokens, args.llama_python)
+    rates = decode_part(args.decode_tokens, args.llama_python) if not args.skip_decode else {}
     if not args.skip_http:
-        http_part([int(c) for c in args.concurrency.split(",")], args.max_tokens, args.quant, args.compile, args.llama_python)
+        served = f"{args.quant} + compile" if args.compile else args.quant
+        http_part([int(c) for c in args.concurrency.split(",")], args.max_tokens, args.quant, args.compile, args.llama_python,
+                  rates.get(served))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import json
 import logging
 import re
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,11 @@ def chunk_metadata(chunk: Chunk, file_hash: str, index: int) -> dict[str, Any]:
     return {key: value for key, value in meta.items() if value is not None}
 
 
+# chromadb caches one system per path and its creation is not thread-safe: two threads opening the same
+# store at once (the web UI's document list during a sync) can leave a half-started system that fails both.
+_OPENING = threading.Lock()
+
+
 class ChunkStore:
     """Chroma collection + manifest + BM25 index of one knowledge-base folder.
 
@@ -85,9 +91,10 @@ class ChunkStore:
         from chromadb.config import Settings
 
         self.folder = folder
-        self.client = chromadb.PersistentClient(path=str(folder / "chroma"), settings=Settings(anonymized_telemetry=False))
-        self.collection = self.client.get_or_create_collection("chunks", embedding_function=None,
-                                                               configuration={"hnsw": {"space": "cosine"}})
+        with _OPENING:
+            self.client = chromadb.PersistentClient(path=str(folder / "chroma"), settings=Settings(anonymized_telemetry=False))
+            self.collection = self.client.get_or_create_collection("chunks", embedding_function=None,
+                                                                   configuration={"hnsw": {"space": "cosine"}})
         self.db = sqlite3.connect(folder / "manifest.sqlite3")
         self.db.executescript("""
             CREATE TABLE IF NOT EXISTS files (source TEXT PRIMARY KEY, hash TEXT, state TEXT, chunks INTEGER);

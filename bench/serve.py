@@ -15,7 +15,16 @@ Prints ratios ours / peer, and the server's single stream over part 1's in-proce
 rate of the same setting (far below 1 means the server path loses speed it should not).
 
     python bench/serve.py [--concurrency 1,8,32] [--max-tokens 128] [--quant w4a16] [--no-compile]
-                          [--llama-python /path/to/venv/bin/python] [--skip-decode] [--skip-http]
+                          [--llama-server /path/to/llama-server] [--llama-python /path/to/venv/bin/python]
+                          [--skip-decode] [--skip-http]
+
+The strongest peer is llama.cpp's own ``llama-server`` (``-t 2 -np 8 -cb``), built
+from the llama.cpp sources that llama-cpp-python's sdist vendors (PyPI is reachable,
+GitHub may not be)::
+
+    pip download --no-deps --no-binary :all: llama-cpp-python -d /tmp/lcp && tar xzf /tmp/lcp/llama_cpp_python-*.tar.gz -C /tmp
+    cmake -S /tmp/llama_cpp_python-*/vendor/llama.cpp -B /tmp/llama-build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF
+    cmake --build /tmp/llama-build --target llama-server -j2      # then --llama-server /tmp/llama-build/bin/llama-server
 """
 
 from __future__ import annotations
@@ -85,9 +94,10 @@ def decode_part(tokens: int, llama_python: str | None) -> dict[str, float]:
     print(f"\n{describe_machine()}\nmeasured copy bandwidth: {bw:.1f} GB/s")
     print(f"{'setting':18} {'tok/s':>8} {'MB/token':>9} {'bound tok/s':>12} {'of bound':>9}")
     rates = {}
+    # The quantized settings load as `puyu serve --quant` does (dtype auto): the server check below compares like with like.
     for name, dtype, quant, compile in [("float32", "float32", "none", False), ("bfloat16", "bfloat16", "none", False),
-                                        ("w8a16", "bfloat16", "w8a16", False), ("w4a16", "bfloat16", "w4a16", False),
-                                        ("w4a16 + compile", "bfloat16", "w4a16", True)]:
+                                        ("w8a16", "auto", "w8a16", False), ("w4a16", "auto", "w4a16", False),
+                                        ("w4a16 + compile", "auto", "w4a16", True)]:
         model, tokenizer = load_model("smollm2-135m-instruct", dtype=dtype, device="cpu")
         started = time.perf_counter()
         engine = LLMEngine(model, tokenizer, EngineConfig(quant=quant, compile=compile))
@@ -100,7 +110,7 @@ def decode_part(tokens: int, llama_python: str | None) -> dict[str, float]:
         per_token = weight_bytes_per_token(model)
         bound = bw * 1e9 / per_token
         rates[name] = rate
-        print(f"{name:18} {rate:8.1f} {per_token / 1e6:9.1f} {bound:12.1f} {rate / bound:9.2f}")
+        print(f"{name:18} {rate:8.1f} {per_token / 1e6:9.1f} {bound:12.1f} {rate / bound:9.2f}   ({str(model.dtype)[6:]})")
         engine.shutdown()
     if llama_python:
         code = (
@@ -206,7 +216,7 @@ def transformers_static(questions: list[str], batch: int, max_tokens: int) -> di
 
 
 def http_part(levels: list[int], max_tokens: int, quant: str, compile: bool, llama_python: str | None,
-              in_process: float | None = None) -> None:
+              in_process: float | None = None, llama_server: str | None = None) -> None:
     """Part 2; ``in_process`` is part 1's single-stream tok/s of the served setting, to check the server path against."""
     from puyu.model.registry import resolve
 
@@ -222,6 +232,16 @@ def http_part(levels: list[int], max_tokens: int, quant: str, compile: bool, lla
     finally:
         proc.terminate()
         proc.wait(60)
+    if llama_server:  # llama.cpp's own server: 2 threads, 8 slots, continuous batching
+        port = free_port()
+        proc = start([llama_server, "-m", gguf, "-t", "2", "-np", "8", "-cb", "-c", "16384", "--port", str(port), "-a", "smol"], port)
+        try:
+            results["llama-server"] = {
+                c: asyncio.run(load(f"http://127.0.0.1:{port}/v1", "smol", prompts(max(2 * c, 8)), c, max_tokens)) for c in levels
+            }
+        finally:
+            proc.terminate()
+            proc.wait(60)
     if llama_python:
         port = free_port()
         proc = start([llama_python, "-m", "llama_cpp.server", "--model", gguf, "--n_threads", "2", "--n_ctx", "8192",
@@ -261,6 +281,7 @@ def main() -> None:
     parser.add_argument("--quant", default="w4a16")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="serve without torch.compile of the decode step")
     parser.add_argument("--llama-python", default=None, help="a Python with llama-cpp-python[server] installed (the peer)")
+    parser.add_argument("--llama-server", default=None, help="llama.cpp's llama-server binary (the strongest peer; build recipe above)")
     parser.add_argument("--skip-decode", action="store_true")
     parser.add_argument("--skip-http", action="store_true")
     args = parser.parse_args()
@@ -269,7 +290,7 @@ def main() -> None:
     if not args.skip_http:
         served = f"{args.quant} + compile" if args.compile else args.quant
         http_part([int(c) for c in args.concurrency.split(",")], args.max_tokens, args.quant, args.compile, args.llama_python,
-                  rates.get(served))
+                  rates.get(served), args.llama_server)
 
 
 if __name__ == "__main__":

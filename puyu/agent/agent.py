@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 from puyu.agent.models import ChatModel, Reply
 from puyu.agent.protocols import PROTOCOLS, Decision
-from puyu.agent.tools import ToolRegistry
+from puyu.agent.tools import ToolImage, ToolRegistry
 from puyu.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class Step:
         repaired: the parse error of the first reply when a repair retry was needed.
         elapsed_s: seconds for the model turn (shared by its calls) plus this tool call.
         final_answer: set on the last step.
+        images: images the tool returned (plots the python tool saved, edited pictures).
     """
 
     index: int
@@ -56,9 +57,11 @@ class Step:
     repaired: str | None = None
     elapsed_s: float = 0.0
     final_answer: str | None = None
+    images: list[ToolImage] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON form; each image as ``{"name", "mime", "url"}`` with a data URL."""
+        return {**{k: v for k, v in asdict(self).items() if k != "images"}, "images": [i.to_dict() for i in self.images]}
 
 
 @dataclass
@@ -102,13 +105,14 @@ class Agent:
     def _ask(self, messages: list[dict[str, Any]], last: bool) -> tuple[Reply, Decision, str | None]:
         """The model's reply and what it means, with one repair retry; returns the first parse error too."""
         tools = None if last else self.protocol.tools()
-        reply = self.model.reply(messages, tools, self.protocol.stop, self.tool_choice)
+        grammar = self.protocol.grammar(last, self.tool_choice)
+        reply = self.model.reply(messages, tools, self.protocol.stop, self.tool_choice, grammar)
         decision = self.protocol.parse(reply, last)
         if decision.error is None:
             return reply, decision, None
         log.info("reply did not parse (%s); asking for a repair", decision.error)
         first_error = decision.error
-        retry = self.model.reply(messages + self.protocol.repair(reply, first_error), tools, self.protocol.stop, self.tool_choice)
+        retry = self.model.reply(messages + self.protocol.repair(reply, first_error), tools, self.protocol.stop, self.tool_choice, grammar)
         return retry, self.protocol.parse(retry, last), first_error
 
     def stream(self, task: str) -> Iterator[Step]:
@@ -134,7 +138,7 @@ class Agent:
                 result = self.registry.run(call.name, call.arguments)
                 results.append(result)
                 yield Step(index, decision.thought, call.name, call.arguments, result.output, result.error, repaired,
-                           model_s + result.elapsed_s)
+                           model_s + result.elapsed_s, images=result.images)
             self.protocol.record(messages, reply, decision, results)
 
     def run(self, task: str) -> AgentRun:

@@ -1,27 +1,37 @@
-"""The built-in tools: Python interpreter (sandboxed), calculator, equation solver, file reader, knowledge base.
+"""The built-in tools: Python interpreter (sandboxed), calculator, equation solver, file reader, knowledge base, and the zoo.
 
 :func:`builtin_tools` builds a :class:`~puyu.agent.tools.ToolRegistry` from
-names (``python``, ``calculator``, ``solve``, ``read_file``, ``search_kb``);
-tools that hold a resource (the interpreter's session, the reader's folder, the
-knowledge base) are made by factories.  The calculator walks the expression's
-AST (numbers, arithmetic, a few math functions; never ``eval``); the solver
-checks the text against a small alphabet before handing it to sympy, because
-sympy's parser evaluates Python.
+names (:data:`BUILTIN_NAMES`: ``python``, ``calculator``, ``solve``,
+``read_file``, ``search_kb`` and the zoo's ``ocr``, ``speak``, ``image_info``,
+``image_edit``); tools that hold a resource (the interpreter's session, the
+folder, the knowledge base) are made by factories, and a tool with effects
+(:data:`~puyu.agent.tools.EFFECTS`) is refused unless ``allow`` lists them.  The
+calculator walks the expression's AST (numbers, arithmetic, a few math
+functions; never ``eval``); the solver checks the text against a small alphabet
+before handing it to sympy, because sympy's parser evaluates Python.  The
+python tool returns the images the code saved in its folder (matplotlib plots)
+with its output.
 """
 
 from __future__ import annotations
 
 import ast
 import math
+import mimetypes
 import operator
 import re
 from pathlib import Path
+from typing import Iterable
 
-from puyu.agent.tools import Tool, ToolRegistry, tool
+from puyu.agent.folder import Folder
+from puyu.agent.tools import Tool, ToolImage, ToolOutput, ToolRegistry, tool
+from puyu.agent.zoo import ZOO
 from puyu.errors import ConfigError
 from puyu.sandbox import PythonSandbox
 
-BUILTIN_NAMES = ["python", "calculator", "solve", "read_file", "search_kb"]
+BUILTIN_NAMES = ["python", "calculator", "solve", "read_file", "search_kb", *ZOO]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
+MAX_IMAGES, MAX_IMAGE_BYTES = 4, 5 << 20
 OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
              ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos}
 FUNCTIONS = {name: getattr(math, name) for name in ["sqrt", "exp", "log", "log10", "log2", "sin", "cos", "tan", "asin", "acos", "atan",
@@ -30,22 +40,40 @@ CONSTANTS = {"pi": math.pi, "e": math.e}
 MAX_EXPONENT = 1000
 
 
-def python_tool(sandbox: PythonSandbox) -> Tool:
-    """The interpreter tool over one sandbox session (state persists between calls)."""
+def _images(folder: Path) -> dict[Path, int]:
+    """Image files in ``folder`` (at any depth) and their modification times (ns)."""
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
 
-    def python(code: str) -> str:
+
+def _saved_images(folder: Path, before: dict[Path, int]) -> list[ToolImage]:
+    """Images new or rewritten in ``folder`` since ``before``, at most :data:`MAX_IMAGES` of at most 5 MiB each."""
+    saved = [p for p, mtime in sorted(_images(folder).items(), key=lambda item: item[1])
+             if before.get(p) != mtime and p.stat().st_size <= MAX_IMAGE_BYTES]
+    return [ToolImage(str(p.relative_to(folder)), mimetypes.guess_type(p.name)[0] or "image/png", p.read_bytes())
+            for p in saved[:MAX_IMAGES]]
+
+
+def python_tool(sandbox: PythonSandbox) -> Tool:
+    """The interpreter tool over one sandbox session (state persists between calls; saved images come back)."""
+
+    def python(code: str) -> ToolOutput:
         """Run Python code in a sandboxed interpreter and return what it prints; variables persist between calls.
 
         Args:
-            code: Python source; print the values you need (the last expression is shown too).
+            code: Python source; print the values you need (the last expression is shown too). Plots saved
+                with matplotlib's plt.savefig('name.png') are shown to the user.
         """
+        before = _images(sandbox.workdir)
         result = sandbox.run(code)
         parts = [result.stdout.rstrip()] if result.stdout.strip() else []
         if result.stderr.strip():
             parts.append("stderr:\n" + result.stderr.rstrip())
         if result.error:
             raise RuntimeError(result.error + (("\n" + "\n".join(parts)) if parts else ""))
-        return "\n".join(parts) or "(no output; print the result)"
+        images = _saved_images(sandbox.workdir, before)
+        if images:
+            parts.append("saved images: " + ", ".join(i.name for i in images))
+        return ToolOutput("\n".join(parts) or "(no output; print the result)", images)
 
     return Tool(python)
 
@@ -141,9 +169,7 @@ def solve(equations: str, variables: str = "") -> str:
 
 def file_reader_tool(root: str | Path, max_chars: int = 20_000) -> Tool:
     """A tool that reads text files under ``root`` only (paths are resolved; links out of it are refused)."""
-    base = Path(root).expanduser().resolve()
-    if not base.is_dir():
-        raise ConfigError(f"the file reader's folder {root} does not exist; create it or pass another --files folder")
+    folder = Folder(root, "read_file")
 
     def read_file(path: str) -> str:
         """Read a text file from the allowed folder.
@@ -151,13 +177,7 @@ def file_reader_tool(root: str | Path, max_chars: int = 20_000) -> Tool:
         Args:
             path: the file's path relative to the allowed folder.
         """
-        target = (base / path).resolve()
-        if not target.is_relative_to(base):
-            raise PermissionError(f"{path!r} is outside the allowed folder")
-        if not target.is_file():
-            listing = ", ".join(sorted(p.name for p in base.iterdir())[:50])
-            raise FileNotFoundError(f"no file {path!r}; the folder holds: {listing}")
-        text = target.read_text(errors="replace")
+        text = folder.existing(path).read_text(errors="replace")
         return text if len(text) <= max_chars else text[:max_chars] + f"\n... [cut at {max_chars} of {len(text)} characters]"
 
     return Tool(read_file)
@@ -182,31 +202,31 @@ def knowledge_base_tool(name: str, k: int = 4) -> Tool:
 
 
 def builtin_tools(names: list[str], sandbox: PythonSandbox | None = None, files: str | Path | None = None,
-                  kb: str | None = None) -> ToolRegistry:
+                  kb: str | None = None, allow: Iterable[str] = ()) -> ToolRegistry:
     """A registry of the built-in tools ``names`` (see :data:`BUILTIN_NAMES`).
 
     Args:
         names: which tools.
         sandbox: the interpreter's session (a new :class:`PythonSandbox` when ``python`` is asked and none given).
-        files: the folder ``read_file`` may read.
+        files: the folder ``read_file`` and the zoo's file tools work in.
         kb: the knowledge base ``search_kb`` searches.
+        allow: effects the caller accepts (``network``, ``writes_files``, ``heavy``); a tool with others is refused.
     """
-    registry = ToolRegistry()
+    registry, allow = ToolRegistry(), set(allow)
     for name in names:
         if name == "python":
-            registry.add(python_tool(sandbox or PythonSandbox()))
-        elif name == "calculator":
-            registry.add(calculator)
-        elif name == "solve":
-            registry.add(solve)
-        elif name == "read_file":
-            if files is None:
-                raise ConfigError("the read_file tool needs a folder; pass --files FOLDER")
-            registry.add(file_reader_tool(files))
+            new = python_tool(sandbox or PythonSandbox())
+        elif name in ("calculator", "solve"):
+            new = calculator if name == "calculator" else solve
         elif name == "search_kb":
             if kb is None:
                 raise ConfigError("the search_kb tool needs a knowledge base; pass --kb NAME")
-            registry.add(knowledge_base_tool(kb))
+            new = knowledge_base_tool(kb)
+        elif name == "read_file" or name in ZOO:
+            if files is None:
+                raise ConfigError(f"the {name} tool needs a folder to work in; pass --files FOLDER")
+            new = file_reader_tool(files) if name == "read_file" else ZOO[name](Folder(files, name))
         else:
             raise ConfigError(f"unknown tool {name!r}; built-in tools are {', '.join(BUILTIN_NAMES)}")
+        registry.add(new, allow)
     return registry

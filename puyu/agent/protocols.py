@@ -8,7 +8,9 @@ repair), and appends a step's turn and its observations to the conversation.
 - :class:`ReActProtocol`: Lagent's ReAct text protocol (``Thought`` /
   ``Action`` / ``Action Input`` / ``Observation`` / ``Final Answer``; prompts in
   English and Chinese; the Chinese keywords 思考/行动/行动输入/最终答案 are
-  understood too).  Works with any chat model, no tool template needed.
+  understood too).  Works with any chat model, no tool template needed; a local
+  model's turn is generated under :func:`~puyu.agent.react_grammar.react_grammar`
+  (:meth:`~ReActProtocol.grammar`), so its action always parses.
 - :class:`FunctionCallingProtocol`: the model's own ``tools``/``tool_calls``
   (through the chat template locally, or the OpenAI API).
 - :class:`InternLM2Protocol`: function calling in InternLM2's action format,
@@ -21,9 +23,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from puyu.agent.models import Reply
+from puyu.agent.react_grammar import ReActCaps, is_code_tool, react_grammar
 from puyu.agent.tools import ToolRegistry, ToolResult
 from puyu.errors import ConfigError
 from puyu.tokenizer.tool_formats import INTERNLM2_INTERPRETER, ToolCall
@@ -35,7 +38,7 @@ REACT_PROMPT = {
 Answer the question by thinking step by step in this format:
 Thought: what you need to do next
 Action: the tool to use, one of [{names}]
-Action Input: the tool's arguments as a JSON object
+Action Input: the tool's arguments as a JSON object (for {code_tools}: the code in a ```python block)
 Observation: the tool's result (given to you; do not write it yourself)
 ... (Thought/Action/Action Input/Observation can repeat)
 Thought: I now know the final answer
@@ -46,7 +49,7 @@ Final Answer: the answer to the question""",
 请一步一步思考，并严格按照以下格式回答：
 Thought: 你接下来要做什么
 Action: 要使用的工具，必须是 [{names}] 之一
-Action Input: 工具的参数，一个 JSON 对象
+Action Input: 工具的参数，一个 JSON 对象（{code_tools} 的参数是 ```python 代码块）
 Observation: 工具返回的结果（由系统给出，不要自己编写）
 ……（Thought/Action/Action Input/Observation 可以重复多次）
 Thought: 我已经知道最终答案了
@@ -98,6 +101,10 @@ class FunctionCallingProtocol:
     def tools(self) -> list[dict[str, Any]] | None:
         return self.registry.schemas() or None
 
+    def grammar(self, last: bool, tool_choice: str) -> None:
+        """None: a local model's calls are constrained through ``tools`` (the model's own call format)."""
+        return None
+
     def start(self, task: str, system: str | None) -> list[dict[str, Any]]:
         return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": task}]
 
@@ -144,11 +151,20 @@ class ReActProtocol:
     def tools(self) -> None:
         return None
 
+    def grammar(self, last: bool, tool_choice: str) -> Callable[[int], str]:
+        """The turn's grammar for a token budget: act or answer; act only under ``required``; answer on the last step."""
+        schemas = self.registry.schemas()
+        mode = "answer" if last or not schemas else "act" if tool_choice == "required" else "auto"
+        return lambda max_new_tokens: react_grammar(schemas, mode, ReActCaps.for_budget(max_new_tokens))
+
     def start(self, task: str, system: str | None) -> list[dict[str, Any]]:
+        functions = [s["function"] for s in self.registry.schemas()]
         described = "\n".join(
-            f"- {f['name']}: {f['description']} Arguments (JSON schema): {json.dumps(f['parameters'], ensure_ascii=False)}"
-            for f in (s["function"] for s in self.registry.schemas()))
-        prompt = REACT_PROMPT[self.language].format(tools=described, names=", ".join(self.registry.names))
+            f"- {f['name']}: {f['description']} " + ("Action Input: the code in a ```python block." if is_code_tool(f) else
+                                                     f"Arguments (JSON schema): {json.dumps(f['parameters'], ensure_ascii=False)}")
+            for f in functions)
+        code_tools = ", ".join(f["name"] for f in functions if is_code_tool(f)) or "python"
+        prompt = REACT_PROMPT[self.language].format(tools=described, names=", ".join(self.registry.names), code_tools=code_tools)
         return [{"role": "system", "content": (system + "\n\n" if system else "") + prompt}, {"role": "user", "content": task}]
 
     def _section(self, text: str, key: str) -> str | None:

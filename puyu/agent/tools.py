@@ -18,25 +18,31 @@ docstring (summary → description, ``Args:`` → parameter descriptions).  A
 :class:`ToolRegistry` holds tools by name and runs calls: arguments are checked
 against the schema, and unknown tools, bad arguments and exceptions come back as
 a :class:`ToolResult` with ``error`` set (the agent shows it to the model),
-never as an exception.
+never as an exception.  A tool may return a :class:`ToolOutput` to hand back
+images (plots, edited pictures) beside its text; they travel in the result and
+in the agent's step record.  A tool that needs the network, writes files or is
+heavy declares it in ``effects`` (:data:`EFFECTS`); such tools are only built
+when the caller allows that effect (``--allow``).
 """
 
 from __future__ import annotations
 
+import base64
 import inspect
 import json
 import re
 import time
 import types
 import typing
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
 
 import jsonschema
 
 from puyu.errors import ConfigError
 
 PRIMITIVES = {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object", list: "array"}
+EFFECTS = {"network": "needs the network", "writes_files": "writes files", "heavy": "loads a large model or runs long"}
 
 
 def _json_type(hint: Any) -> dict[str, Any]:
@@ -74,14 +80,39 @@ def _docstring(doc: str) -> tuple[str, dict[str, str]]:
 
 
 @dataclass
+class ToolImage:
+    """An image a tool produced: its file ``name``, MIME type and bytes."""
+
+    name: str
+    mime: str
+    data: bytes
+
+    def data_url(self) -> str:
+        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode()}"
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON form (the agent's step records, ``--json``, the web UI): name, mime and a data URL."""
+        return {"name": self.name, "mime": self.mime, "url": self.data_url()}
+
+
+@dataclass
+class ToolOutput:
+    """What a tool may return instead of a string: text for the model and images for the user."""
+
+    text: str
+    images: list[ToolImage] = field(default_factory=list)
+
+
+@dataclass
 class ToolResult:
-    """The outcome of one call: ``output`` (text for the model) or ``error`` (``"Kind: message"``)."""
+    """The outcome of one call: ``output`` (text for the model) or ``error`` (``"Kind: message"``), and any images."""
 
     tool: str
     arguments: dict[str, Any]
     output: str = ""
     error: str | None = None
     elapsed_s: float = 0.0
+    images: list[ToolImage] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -100,12 +131,16 @@ class Tool:
         name: the name the model calls (default: the function's).
         description: what it does (default: the docstring summary).
         parameters: JSON schema of the arguments (default: from hints and docstring).
+        effects: what calling it does beyond computing (keys of :data:`EFFECTS`).
     """
 
     def __init__(self, func: Callable[..., Any], name: str | None = None, description: str | None = None,
-                 parameters: dict[str, Any] | None = None):
+                 parameters: dict[str, Any] | None = None, effects: Iterable[str] = ()):
         self.func = func
         self.name = name or func.__name__
+        self.effects = frozenset(effects)
+        if not self.effects <= EFFECTS.keys():
+            raise ConfigError(f"tool {self.name!r}: unknown effects {sorted(self.effects - EFFECTS.keys())}; use {', '.join(EFFECTS)}")
         summary, described = _docstring(func.__doc__ or "")
         self.description = description or summary
         if not self.description:
@@ -142,6 +177,8 @@ class Tool:
             return result
         try:
             value = self.func(**arguments)
+            if isinstance(value, ToolOutput):
+                value, result.images = value.text, value.images
             result.output = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
         except Exception as e:  # a tool's failure is information for the model, not a crash of the agent
             result.error = f"{type(e).__name__}: {e}"
@@ -152,11 +189,12 @@ class Tool:
         return f"Tool({self.name!r})"
 
 
-def tool(func: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None):
-    """Decorator: ``@tool`` or ``@tool(name=..., description=...)`` makes a :class:`Tool`."""
+def tool(func: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None,
+         effects: Iterable[str] = ()):
+    """Decorator: ``@tool`` or ``@tool(name=..., description=..., effects=...)`` makes a :class:`Tool`."""
     if func is None:
-        return lambda f: Tool(f, name, description)
-    return Tool(func, name, description)
+        return lambda f: Tool(f, name, description, effects=effects)
+    return Tool(func, name, description, effects=effects)
 
 
 class ToolRegistry:
@@ -167,8 +205,13 @@ class ToolRegistry:
         for t in tools or []:
             self.add(t)
 
-    def add(self, new: Tool | Callable[..., Any]) -> Tool:
+    def add(self, new: Tool | Callable[..., Any], allow: Iterable[str] | None = None) -> Tool:
+        """Add a tool; with ``allow`` given, a tool whose effects are not all allowed is refused."""
         new = new if isinstance(new, Tool) else Tool(new)
+        refused = sorted(new.effects - set(allow)) if allow is not None else []
+        if refused:
+            raise ConfigError(f"tool {new.name!r} {' and '.join(EFFECTS[e] for e in refused)}; it is off unless you allow it "
+                              f"(--allow {','.join(refused)})")
         if new.name in self.tools:
             raise ConfigError(f"two tools are named {new.name!r}; rename one")
         self.tools[new.name] = new

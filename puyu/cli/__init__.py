@@ -21,7 +21,7 @@ from puyu import __version__
 from puyu.errors import PuyuError
 
 log = logging.getLogger("puyu")
-STAGES = ["puyu.cli.agent", "puyu.cli.chat", "puyu.cli.model", "puyu.cli.eval",
+STAGES = ["puyu.cli.agent", "puyu.cli.chat", "puyu.cli.mcp", "puyu.cli.model", "puyu.cli.eval",
           "puyu.cli.rag", "puyu.cli.serve", "puyu.cli.train", "puyu.cli.web"]
 
 

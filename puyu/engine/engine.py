@@ -34,11 +34,13 @@ from typing import AsyncIterator, Callable
 import torch
 
 from puyu.engine.blocks import BlockManager
+from puyu.engine.compile_cache import CompileCache, compile_key
 from puyu.engine.config import EngineConfig
 from puyu.engine.paged_cache import PagedKVCache
 from puyu.engine.runner import ModelRunner
 from puyu.engine.scheduler import Scheduler
 from puyu.engine.sequence import Sequence, StepEvent
+from puyu.engine.speculative import PromptLookup
 from puyu.errors import ConfigError, ContextLengthError, QueueFullError
 from puyu.generation.output import Completion, SequenceOutput
 from puyu.generation.sampling import SamplingParams
@@ -46,6 +48,9 @@ from puyu.model.transformer import Transformer
 from puyu.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+_CACHE_WORDS = {"hit": "from this machine's compile cache", "cold": "first time for this model and setting",
+                "user": "Inductor cache from TORCHINDUCTOR_CACHE_DIR", "foreign": "rebuilding a cache made for another setting",
+                "corrupt": "rebuilding a cache whose files changed", "incomplete": "rebuilding after a compile that did not finish"}
 
 
 def _free_memory(device: torch.device) -> int:
@@ -67,7 +72,7 @@ class LLMEngine:
 
             # The model is rewritten for inference anyway: fuse q/k/v and gate/up first (fewer int4/int8 kernels).
             model.fuse_projections()
-            quantize_model(model, config.quant, config.quant_group_size)
+            quantize_model(model, config.quant, config.quant_group_size, config.quant_kernel)
         self.max_model_len = model.config.max_position_embeddings
         per_block = PagedKVCache.bytes_per_block(model.config, config.block_size, model.dtype)
         share = config.cache_max_entry_count or (0.8 if model.device.type == "cuda" else 0.1)
@@ -81,8 +86,9 @@ class LLMEngine:
                                      "raise cache_max_entry_count")
         self.cache = PagedKVCache(model.config, num_blocks, config.block_size, model.dtype, model.device)
         self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching)
-        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
-        self.runner = ModelRunner(model, self.cache, config.compile)
+        proposer = PromptLookup(config.num_speculative_tokens) if config.speculative == "prompt_lookup" else None
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens, proposer)
+        self.runner = ModelRunner(model, self.cache, config.compile, proposer)
         self.stop_ids = set(tokenizer.stop_token_ids)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -93,22 +99,27 @@ class LLMEngine:
         self._thread: threading.Thread | None = None
         self._driver: str | None = None  # who runs the loop: None (nobody yet), "thread" or "caller"
         self._stopping = False
-        self.totals = {"prompt_tokens": 0, "generation_tokens": 0, "requests": 0, "steps": 0}
+        self.totals = {"prompt_tokens": 0, "generation_tokens": 0, "requests": 0, "steps": 0,
+                       "draft_tokens": 0, "accepted_draft_tokens": 0}
         log.info("KV cache: %d blocks of %d tokens (%.0f MiB)", num_blocks, config.block_size, num_blocks * per_block / 2**20)
         if config.compile:
             self._compile_decode()
 
     def _compile_decode(self) -> None:
         """Compile both decode graphs now (one sequence; several) so that no request waits for it."""
-        log.warning("compiling the decode step (torch.compile; 1-5 minutes on 2 CPU cores, longer without AVX-512)")
-        start = time.perf_counter()
-        params = SamplingParams(max_new_tokens=3, temperature=0, ignore_eos=True)
-        results = self.generate([[0, 1, 2]], params) + self.generate([[3, 4, 5], [6, 7, 8, 9, 10]], params)
-        if any(r.finish_reason == "error" for r in results):  # a failed step is logged and ends its requests
-            raise ConfigError("torch.compile of the decode step failed (the error is logged above); "
-                              "run without compile, or install a C++ compiler (gcc) for Inductor")
+        cache = CompileCache(compile_key(self.model, self.config))
+        with cache.active() as verdict:
+            expected = cache.expected_seconds(verdict) if verdict != "user" else None
+            log.warning("compiling the decode step (torch.compile, %s): expect about %s", _CACHE_WORDS.get(verdict, verdict),
+                        f"{expected / 60:.1f} min" if expected else "1-5 min on 2 CPU cores")
+            start = time.perf_counter()
+            params = SamplingParams(max_new_tokens=3, temperature=0, ignore_eos=True)
+            results = self.generate([[0, 1, 2]], params) + self.generate([[3, 4, 5], [6, 7, 8, 9, 10]], params)
+            if any(r.finish_reason == "error" for r in results):  # a failed step is logged and ends its requests
+                raise ConfigError("torch.compile of the decode step failed (the error is logged above); "
+                                  "run without compile, or install a C++ compiler (gcc) for Inductor")
         self.totals = dict.fromkeys(self.totals, 0)
-        log.warning("decode step compiled in %.0f s", time.perf_counter() - start)
+        log.warning("decode step compiled in %.0f s (cache: %s)", time.perf_counter() - start, cache.folder)
 
     # ---- submitting ------------------------------------------------------------------
     def submit(self, prompt: list[int], params: SamplingParams, sink, request_id: str | None = None,
@@ -233,32 +244,41 @@ class LLMEngine:
             return
         results = self.runner.run(scheduled)
         self.totals["steps"] += 1
-        for seq, n in scheduled:
-            self.scheduler.computed(seq, n)
         now = time.perf_counter()
         for result in results:
             seq = result.seq
-            if result.token is None:
+            if result.draft:
+                self.totals["draft_tokens"] += result.draft
+                self.totals["accepted_draft_tokens"] += len(result.tokens) - 1
+            # Registered before delivery: tokens past a stop still have correct keys/values for the prefix cache.
+            length = len(seq.tokens)
+            seq.tokens += result.tokens
+            self.scheduler.computed(seq, result.computed)
+            if not result.tokens:
                 continue
             if seq.max_new_tokens == 0:  # scoring only: the prompt's log-probabilities are the answer
                 self.totals["prompt_tokens"] += len(seq.prompt)
                 self._finish(seq, "length")
                 continue
-            ttft = None
-            if seq.first_token_at is None:
-                seq.first_token_at, ttft = now, now - seq.arrival
-                self.totals["prompt_tokens"] += len(seq.prompt)
-            seq.tokens.append(result.token)
-            self.totals["generation_tokens"] += 1
-            room = seq.num_generated < seq.max_new_tokens and len(seq.tokens) < self.max_model_len
-            delta = seq.output.add(result.token, room)
-            event = StepEvent(seq.request_id, delta, result.logprob, prompt_tokens=len(seq.prompt),
-                              completion_tokens=len(seq.output.ids), ttft=ttft)
-            if delta.finish_reason is None:
-                seq.sink(event)
-                continue
-            seq.sink(event)
-            self._finish(seq, delta.finish_reason)
+            for i, token in enumerate(result.tokens):
+                if not self._deliver(seq, token, result.logprobs[i] if result.logprobs else None, length + i + 1, now):
+                    break
+
+    def _deliver(self, seq: Sequence, token: int, logprob, length: int, now: float) -> bool:
+        """Send one new token of ``seq`` (whose token count is then ``length``); False once the sequence finished."""
+        ttft = None
+        if seq.first_token_at is None:
+            seq.first_token_at, ttft = now, now - seq.arrival
+            self.totals["prompt_tokens"] += len(seq.prompt)
+        self.totals["generation_tokens"] += 1
+        room = length - len(seq.prompt) < seq.max_new_tokens and length < self.max_model_len
+        delta = seq.output.add(token, room)
+        seq.sink(StepEvent(seq.request_id, delta, logprob, prompt_tokens=len(seq.prompt),
+                           completion_tokens=len(seq.output.ids), ttft=ttft))
+        if delta.finish_reason is None:
+            return True
+        self._finish(seq, delta.finish_reason)
+        return False
 
     # ---- convenience APIs ------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None) -> list[Completion]:

@@ -10,7 +10,10 @@ log-probabilities.
 With ``compile``, steps that only decode (the steady state of serving) run
 through ``torch.compile(model, dynamic=True)``: eager PyTorch spends most of a
 CPU decode step dispatching some 25 small ops per layer, which Inductor fuses.
-Steps with prompt tokens stay eager (their shapes vary too much to pay off).
+Steps with prompt tokens stay eager (their shapes vary too much to pay off),
+and so do steps that verify speculative drafts (:mod:`puyu.engine.speculative`):
+a drafted sequence computes its pending token and its draft as one short chunk,
+and keeps the draft up to the first token the model would not have chosen.
 Two graphs cover all decode steps: one sequence, or several (always with a
 padding mask, so that a batch of equal lengths needs no third).  Compiled
 without "duck sizing", which would otherwise tie the batch size to any model
@@ -20,13 +23,14 @@ sequences) and recompile later.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx.experimental._config as shape_config
 
 from puyu.engine.paged_cache import PagedBatch, PagedKVCache, PrefillChunk
 from puyu.engine.sequence import Sequence
+from puyu.engine.speculative import PromptLookup
 from puyu.generation.output import TokenLogprob
 from puyu.generation.sampling import sample_next
 from puyu.model.transformer import Transformer
@@ -35,8 +39,10 @@ from puyu.model.transformer import Transformer
 @dataclass
 class StepResult:
     seq: Sequence
-    token: int | None  # sampled token; None while a prompt is still being prefilled
-    logprob: TokenLogprob | None
+    computed: int  # tokens whose keys/values this step stored for good (a rejected draft's are not)
+    tokens: list[int] = field(default_factory=list)  # new tokens, in order; none while a prompt is still being prefilled
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token when the request asked for them
+    draft: int = 0  # draft tokens this step verified
 
 
 def _logprob(logprobs: torch.Tensor, token: int, top: int) -> TokenLogprob:
@@ -48,8 +54,8 @@ def _logprob(logprobs: torch.Tensor, token: int, top: int) -> TokenLogprob:
 
 
 class ModelRunner:
-    def __init__(self, model: Transformer, cache: PagedKVCache, compile: bool = False):
-        self.model, self.cache = model, cache
+    def __init__(self, model: Transformer, cache: PagedKVCache, compile: bool = False, proposer: PromptLookup | None = None):
+        self.model, self.cache, self.proposer = model, cache, proposer
         self.device = model.device
         self.compiled = torch.compile(model, dynamic=True) if compile else None
 
@@ -60,14 +66,15 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, scheduled: list[tuple[Sequence, int]]) -> list[StepResult]:
+        """Run one step; ``n`` of each ``(sequence, n)`` counts its pending tokens plus its draft."""
         tokens, positions, slots, prefills = [], [], [], []
-        decode_slots, sample_at, prompt_rows = [], [], []
+        decode_slots, sample_at, drafted, prompt_rows = [], [], [], []
         width = 0
         # Decodes first: the attention then slices them off the row instead of indexing.
         scheduled = sorted(scheduled, key=lambda item: not (item[1] == 1 and item[0].num_computed > 0))
         for seq, n in scheduled:
             start, past = width, seq.num_computed
-            tokens += seq.tokens[past : past + n]
+            tokens += seq.step_tokens(n)
             positions.append(torch.arange(past, past + n))
             slots.append(self._slots(seq, past, past + n))
             if n == 1 and past > 0:
@@ -78,7 +85,9 @@ class ModelRunner:
             if seq.prompt_logprobs is not None and past < len(seq.prompt) - 1:
                 last = min(past + n, len(seq.prompt) - 1)
                 prompt_rows.append((seq, past, list(range(start, start + last - past))))
-            if past + n == len(seq.tokens):
+            if seq.draft:
+                drafted.append((seq, list(range(start + n - 1 - len(seq.draft), start + n))))
+            elif past + n == len(seq.tokens):
                 sample_at.append((seq, start + n - 1))
             width += n
 
@@ -89,7 +98,8 @@ class ModelRunner:
             *self._decode_context(decode_slots),
             prefills,
         )
-        rows = [i for _, i in sample_at] + [i for _, _, idx in prompt_rows for i in idx]
+        draft_rows = [i for _, idx in drafted for i in idx]
+        rows = [i for _, i in sample_at] + draft_rows + [i for _, _, idx in prompt_rows for i in idx]
         step = torch.tensor([tokens], device=self.device)
         pos = torch.cat(positions)[None].to(self.device)
         keep = torch.tensor(rows, dtype=torch.long, device=self.device)
@@ -99,12 +109,22 @@ class ModelRunner:
         else:
             logits = self.model(step, pos, cache=batch, logits_to_keep=keep)[0].float()
 
+        results: dict[int, StepResult] = {id(seq): StepResult(seq, n) for seq, n in scheduled}
         sampled = sample_next(logits[: len(sample_at)], [s.output.state for s, _ in sample_at]) if sample_at else []
-        results: dict[int, StepResult] = {id(seq): StepResult(seq, None, None) for seq, _ in scheduled}
         for row, ((seq, _), token) in enumerate(zip(sample_at, sampled)):
-            logprob = _logprob(logits[row].log_softmax(-1), token, seq.logprobs) if seq.logprobs is not None else None
-            results[id(seq)] = StepResult(seq, token, logprob)
+            logprob = [_logprob(logits[row].log_softmax(-1), token, seq.logprobs)] if seq.logprobs is not None else []
+            results[id(seq)].tokens, results[id(seq)].logprobs = [token], logprob
         row = len(sample_at)
+        if drafted:
+            choices = logits[row : row + len(draft_rows)].argmax(-1).tolist()
+            for seq, idx in drafted:
+                kept = self.proposer.verified(seq, seq.draft, choices[:len(idx)])
+                choices = choices[len(idx):]
+                result = results[id(seq)]
+                result.tokens, result.draft = kept, len(seq.draft)
+                result.computed -= len(seq.draft) - (len(kept) - 1)
+                seq.draft = []
+            row += len(draft_rows)
         for seq, past, idx in prompt_rows:
             if past == 0:
                 seq.collected_prompt_logprobs = [None]

@@ -12,6 +12,10 @@ its blocks are freed and it waits at the front of the queue to be recomputed.
 A sequence that cannot get a block even alone ends with ``length``: the cache
 is smaller than its context.  Never an out-of-memory crash.
 
+With a speculative proposer, a decoding sequence may also get a draft (its
+step then computes ``1 + len(draft)`` tokens), only from the step's spare token
+budget and free blocks: a draft never preempts anything.
+
 After the step, :meth:`Scheduler.computed` records the new cache contents and
 offers full blocks to the prefix cache; :meth:`Scheduler.finish` frees a
 sequence's blocks.
@@ -24,13 +28,14 @@ from collections import deque
 
 from puyu.engine.blocks import BlockManager, block_hashes
 from puyu.engine.sequence import Sequence, Status
+from puyu.engine.speculative import PromptLookup
 
 log = logging.getLogger(__name__)
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
-        self.blocks = blocks
+    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int, proposer: PromptLookup | None = None):
+        self.blocks, self.proposer = blocks, proposer
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
@@ -88,6 +93,7 @@ class Scheduler:
                     break
                 self._preempt(max(victims, key=lambda s: s.arrival))
             else:
+                n += self._draft(seq, budget - n)
                 scheduled.append((seq, n))
                 budget -= n
                 continue
@@ -116,6 +122,17 @@ class Scheduler:
             scheduled.append((seq, n))
             budget -= n
         return scheduled, starved
+
+    def _draft(self, seq: Sequence, spare: int) -> int:
+        """Give a decoding ``seq`` a draft within ``spare`` tokens and the free blocks; its length."""
+        if self.proposer is None or seq.remaining != 1 or not seq.num_computed:
+            return 0
+        # The pending token and the kept draft are all generated: stay within max_new_tokens.
+        draft = self.proposer.propose(seq, min(spare, seq.max_new_tokens - seq.num_generated - 1))
+        if not draft or not self._grow(seq, seq.num_computed + 1 + len(draft)):
+            return 0
+        seq.draft = draft
+        return len(draft)
 
     def computed(self, seq: Sequence, n: int) -> None:
         """``n`` more tokens of ``seq`` now have keys/values; offer newly full blocks to the prefix cache."""

@@ -42,6 +42,8 @@ class Sequence:
     first_token_at: float | None = None
     collected_prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)
     aborted: bool = False
+    draft: list[int] = field(default_factory=list)  # speculative tokens computed with the pending one this step
+    draft_pause: int = 0  # steps left without drafting (see puyu.engine.speculative)
 
     def __post_init__(self) -> None:
         self.tokens = list(self.prompt)
@@ -52,5 +54,9 @@ class Sequence:
 
     @property
     def remaining(self) -> int:
-        """Tokens whose keys/values still have to be computed."""
+        """Tokens whose keys/values still have to be computed (not counting a draft)."""
         return len(self.tokens) - self.num_computed
+
+    def step_tokens(self, n: int) -> list[int]:
+        """The ``n`` tokens this step computes: pending ones, then the draft."""
+        return (self.tokens[self.num_computed :] + self.draft)[:n]

@@ -13,7 +13,14 @@ puyu needs:
 - :func:`tool_call_grammar`: one tool call in the template family's own format
   (:mod:`puyu.tokenizer.tool_formats` holds the formats), the
   call JSON checked against the tool's parameter schema; with
-  ``required=False`` the model may answer in plain text instead.
+  ``required=False`` the model may answer in plain text instead;
+- :func:`arguments_schema` and :func:`json_rule`: pieces for other grammars
+  that embed a tool's arguments (the agent's ReAct grammar).
+
+Every grammar caps what it generates (:class:`Caps`): strings, arrays and
+numbers get limits where the schema sets none, so a small model that starts
+repeating inside a string is made to close it instead of running on until
+``max_new_tokens`` with an unparseable reply.
 
 Why llguidance: computing which of ~50k tokens can continue a JSON-schema
 grammar is commodity work that a well-kept library does in microseconds per
@@ -28,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import weakref
+from dataclasses import dataclass, replace
 from typing import Any
 
 import llguidance
@@ -116,12 +124,18 @@ class GrammarMatcher:
         return self.matcher.is_accepting()
 
 
-def json_schema_grammar(schema: dict[str, Any] | None) -> str:
-    """Grammar of a reply that is one JSON value valid against ``schema`` (``None``: any JSON object)."""
+def json_schema_grammar(schema: dict[str, Any] | None, caps: Caps | None = None) -> str:
+    """Grammar of a reply that is one JSON value valid against ``schema`` (``None``: any JSON object).
+
+    Args:
+        caps: limits put on the schema's strings, arrays and numbers where it sets none
+            (default :data:`RESPONSE_CAPS`); see :func:`cap_schema`.
+    """
     if schema is not None and not isinstance(schema, dict):
         raise ConfigError(f"a JSON schema must be an object, got {type(schema).__name__}")
+    capped = cap_schema(schema if schema is not None else {"type": "object"}, caps or RESPONSE_CAPS)
     try:
-        return llguidance.LLMatcher.grammar_from_json_schema(schema if schema is not None else {"type": "object"}, defaults=JSON_OPTIONS)
+        return llguidance.LLMatcher.grammar_from_json_schema(capped, defaults=JSON_OPTIONS)
     except ValueError as e:
         raise ConfigError(f"invalid JSON schema: {e}") from None
 
@@ -138,16 +152,85 @@ def _function(tool: dict[str, Any]) -> dict[str, Any]:
     return function
 
 
-def _cap_strings(schema: Any, max_string: int) -> Any:
-    """``schema`` with ``maxLength: max_string`` on every string that has no limit of its own."""
+@dataclass(frozen=True)
+class Caps:
+    """Length limits a grammar puts on generated JSON where the schema sets none.
+
+    Attributes:
+        string: most characters in a string (``maxLength``).
+        items: most items in an array (``maxItems``).
+        magnitude: numbers lie in ``[-magnitude, magnitude]`` (bounds the integer digits).
+        decimals: most digits after the decimal point (``multipleOf``).
+
+    With every string, array and number bounded, a value of a schema whose objects list their
+    properties has a bounded length, so a small model that starts repeating inside a value still
+    closes the call.  An object with free keys (``{"type": "object"}`` alone) is bounded by the
+    generation budget only: llguidance cannot cap its number of keys.
+    """
+
+    string: int = 300
+    items: int = 16
+    magnitude: int = 10**15
+    decimals: int = 6
+
+    def __post_init__(self) -> None:
+        if min(self.string, self.items, self.magnitude, self.decimals) < 1:
+            raise ConfigError(f"grammar caps must be positive, got {self}")
+
+
+TOOL_CAPS = Caps()  # tool-call arguments (local agents and ``puyu serve``)
+RESPONSE_CAPS = Caps(string=4000, items=256)  # ``response_format`` replies, which may be long
+
+
+def cap_schema(schema: Any, caps: Caps) -> Any:
+    """``schema`` with ``caps`` on every string, array and number that has no limit of its own."""
     if isinstance(schema, list):
-        return [_cap_strings(s, max_string) for s in schema]
+        return [cap_schema(s, caps) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    capped = {k: _cap_strings(v, max_string) if k not in ("enum", "const", "default", "examples") else v for k, v in schema.items()}
-    if capped.get("type") == "string" and "maxLength" not in capped and "enum" not in capped:
-        capped["maxLength"] = max_string
+    capped = {k: cap_schema(v, caps) if k not in ("enum", "const", "default", "examples") else v for k, v in schema.items()}
+    if "enum" in capped or "const" in capped:
+        return capped
+    kind = capped.get("type")
+    if kind == "string":
+        capped.setdefault("maxLength", caps.string)
+    elif kind == "array":
+        capped.setdefault("maxItems", caps.items)
+    elif kind in ("integer", "number") and "minimum" not in capped and "maximum" not in capped:
+        capped.update(minimum=-caps.magnitude, maximum=caps.magnitude)
+        if kind == "number":
+            capped.setdefault("multipleOf", 10.0**-caps.decimals)
     return capped
+
+
+def _string_slots(schema: Any, items: int) -> int:
+    """How many uncapped strings a value of ``schema`` can hold at most (an array of strings counts ``items``)."""
+    if not isinstance(schema, dict) or "enum" in schema or "const" in schema:
+        return 0
+    if schema.get("type") == "string":
+        return 0 if "maxLength" in schema else 1
+    if schema.get("type") == "array":
+        return schema.get("maxItems", items) * _string_slots(schema.get("items"), items)
+    options = [_string_slots(o, items) for o in schema.get("anyOf", [])]
+    return sum(_string_slots(p, items) for p in (schema.get("properties") or {}).values()) + max(options, default=0)
+
+
+def arguments_schema(tool: dict[str, Any], caps: Caps) -> dict[str, Any]:
+    """The capped JSON schema of ``tool``'s arguments (OpenAI format); exactly the documented keys.
+
+    ``caps.string`` is shared by all the call's uncapped strings (``solve(equations, variables)``
+    gets half each), so that the whole call stays within about ``caps.string`` characters of text.
+    """
+    function = _function(tool)
+    parameters = dict(function.get("parameters") or {"type": "object", "properties": {}})
+    parameters.setdefault("additionalProperties", False)
+    slots = _string_slots(parameters, caps.items)
+    return cap_schema(parameters, replace(caps, string=max(1, caps.string // max(1, slots))))
+
+
+def json_rule(schema: dict[str, Any]) -> str:
+    """The llguidance Lark body that embeds ``schema`` as compact JSON: ``%json {...}``."""
+    return f"%json {json.dumps({**schema, 'x-guidance': JSON_OPTIONS}, ensure_ascii=False)}"
 
 
 def _format(family: str) -> ToolFormat:
@@ -157,30 +240,24 @@ def _format(family: str) -> ToolFormat:
     return fmt
 
 
-def call_schema(tools: list[dict[str, Any]], family: str, max_string: int | None = None) -> dict[str, Any]:
+def call_schema(tools: list[dict[str, Any]], family: str, max_string: int = TOOL_CAPS.string) -> dict[str, Any]:
     """JSON schema of one call ``{"name": ..., "arguments"|"parameters": {...}}`` to one of ``tools`` (OpenAI format).
 
     Args:
-        max_string: longest string argument (characters) where the tool sets no limit; a small
-            model that starts repeating inside a string then still closes the call in time.
+        max_string: characters of a call's string arguments together, where the tool sets no limit
+            (see :func:`arguments_schema`); arrays and numbers get :data:`TOOL_CAPS`.  A small model that
+            starts repeating inside a value then still closes the call in time.
     """
     if not tools:
         raise ConfigError("a tool-call grammar needs at least one tool")
     key = _format(family).argument_key
-    options = []
-    for tool in tools:
-        function = _function(tool)
-        parameters = dict(function.get("parameters") or {"type": "object", "properties": {}})
-        parameters.setdefault("additionalProperties", False)  # arguments are exactly the documented ones
-        if max_string is not None:
-            parameters = _cap_strings(parameters, max_string)
-        options.append({"type": "object", "properties": {"name": {"const": function["name"]}, key: parameters},
-                        "required": ["name", key], "additionalProperties": False})
-    schema = options[0] if len(options) == 1 else {"anyOf": options}
-    return {**schema, "x-guidance": JSON_OPTIONS}
+    caps = replace(TOOL_CAPS, string=max_string)
+    options = [{"type": "object", "properties": {"name": {"const": _function(tool)["name"]}, key: arguments_schema(tool, caps)},
+                "required": ["name", key], "additionalProperties": False} for tool in tools]
+    return options[0] if len(options) == 1 else {"anyOf": options}
 
 
-def tool_call_grammar(tools: list[dict[str, Any]], family: str, required: bool = True, max_string: int | None = None) -> str:
+def tool_call_grammar(tools: list[dict[str, Any]], family: str, required: bool = True, max_string: int = TOOL_CAPS.string) -> str:
     """Lark grammar of one tool call in ``family``'s format (``chatml``, ``internlm2`` or ``llama3``).
 
     Args:
@@ -188,11 +265,11 @@ def tool_call_grammar(tools: list[dict[str, Any]], family: str, required: bool =
         family: the chat template family whose call format the model was taught.
         required: only a call may be produced; with False the reply may instead be
             plain text that does not start like a call.
-        max_string: see :func:`call_schema`.
+        max_string: see :func:`call_schema`; the default caps ``puyu serve``'s forced calls too.
     """
     fmt = _format(family)
     call = " ".join(part for part in [fmt.grammar_open, "call_json", fmt.grammar_close] if part)
-    lines = [f"call: {call}", f"call_json: %json {json.dumps(call_schema(tools, family, max_string), ensure_ascii=False)}"]
+    lines = [f"call: {call}", f"call_json: {json_rule(call_schema(tools, family, max_string))}"]
     if required:
         return "\n".join(["start: call", *lines])
     first = fmt.answer_first

@@ -46,7 +46,8 @@ from puyu.errors import ConfigError
 log = logging.getLogger(__name__)
 WORKER = Path(__file__).with_name("worker.py")
 SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8",
-            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
+            "MPLBACKEND": "Agg"}  # matplotlib draws to files (plots the agent's python tool returns), never to a window
 
 
 @dataclass

@@ -204,6 +204,10 @@ def main() -> None:
 
     signal.signal(signal.SIGPROF, on_xcpu)  # the per-call CPU timer
     signal.signal(signal.SIGXCPU, on_xcpu)  # the session's soft RLIMIT_CPU (the hard one kills)
+    # Loaded before the policy, so libraries that merely import ``subprocess`` (matplotlib ...) import;
+    # starting a process stays refused by the ``subprocess.Popen``/``os.*`` events.
+    import subprocess  # noqa: F401
+
     install_policy(workdir, os.getpid())
     reply_out.write(json.dumps({"ready": True, "isolation": layers + ["rlimits", "audit-hook"]}) + "\n")
     reply_out.flush()

@@ -2,8 +2,9 @@
 
 ``GET /metrics`` exposes, with the prefix ``puyu_``: running and waiting
 requests, KV block usage, prefix-cache hits, preemptions, prompt/generation
-token counters, generation tokens/s over the last 10 s, and histograms of time
-to first token, inter-token latency and end-to-end request latency.
+token counters, speculative draft tokens verified and accepted (and the
+acceptance rate), generation tokens/s over the last 10 s, and histograms of
+time to first token, inter-token latency and end-to-end request latency.
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ class _EngineCollector:
                                 value=self.rate.per_second(s["generation_tokens"]))
         for name, help_text in [("prompt_tokens", "prompt tokens processed"), ("generation_tokens", "tokens generated"),
                                 ("requests", "requests finished"), ("preemptions", "sequences preempted for KV blocks"),
-                                ("prefix_cache_hit_blocks", "KV blocks reused from the prefix cache")]:
+                                ("prefix_cache_hit_blocks", "KV blocks reused from the prefix cache"),
+                                ("draft_tokens", "speculative draft tokens verified"),
+                                ("accepted_draft_tokens", "speculative draft tokens accepted")]:
             yield CounterMetricFamily(f"puyu_{name}", help_text, value=s[name])
+        yield GaugeMetricFamily("puyu_draft_acceptance_rate", "accepted / verified speculative draft tokens so far (0 without drafts)",
+                                value=s["accepted_draft_tokens"] / s["draft_tokens"] if s["draft_tokens"] else 0.0)
 
 
 class _TokenRate:

@@ -13,8 +13,9 @@ class ScriptedModel:
         self.replies = list(replies)
         self.requests: list[dict] = []
 
-    def reply(self, messages, tools=None, stop=None, tool_choice="auto") -> Reply:
-        self.requests.append({"messages": [dict(m) for m in messages], "tools": tools, "stop": stop, "tool_choice": tool_choice})
+    def reply(self, messages, tools=None, stop=None, tool_choice="auto", grammar=None) -> Reply:
+        self.requests.append({"messages": [dict(m) for m in messages], "tools": tools, "stop": stop, "tool_choice": tool_choice,
+                              "grammar": grammar})
         if not self.replies:
             raise AssertionError("the scripted model ran out of replies")
         reply = self.replies.pop(0)

@@ -4,6 +4,7 @@ abort, async streaming, prompt log-probabilities, and clear refusals."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 import torch
@@ -138,3 +139,20 @@ def test_compiled_decode_gives_the_eager_tokens_and_compiles_only_at_start(tiny_
     assert alone[0].token_ids == eager[0].token_ids
     assert counters["stats"]["unique_graphs"] == graphs  # both decode shapes were compiled when the engine started
     assert compiled.totals["requests"] == 9  # the warm-up requests are not counted
+
+
+def test_a_second_compiled_engine_loads_from_the_compile_cache_with_the_same_tokens(tiny_llm, engine_factory, tmp_path, monkeypatch):
+    monkeypatch.setenv("PUYU_HOME", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    torch._dynamo.reset()  # as in a new process: nothing compiled in memory
+    batch = prompts(tiny_llm.tokenizer, 4)
+    eager = engine_factory().generate(batch, GREEDY)
+    first = engine_factory(compile=True)
+    folders = list((tmp_path / "compile").iterdir())
+    assert len(folders) == 1 and (folders[0] / "manifest.json").is_file()
+    manifest = json.loads((folders[0] / "manifest.json").read_text())
+    assert manifest["files"] and manifest["cold_s"] > 0
+    second = engine_factory(compile=True)
+    assert json.loads((folders[0] / "manifest.json").read_text())["cached_s"] > 0  # the second start was a cache hit
+    for engine in (first, second):
+        assert [r.token_ids for r in engine.generate(batch, GREEDY)] == [r.token_ids for r in eager]

@@ -159,3 +159,22 @@ def test_full_queue_answers_429_and_shutdown_drains_running_requests(tiny_server
         assert "Traceback" not in s.log.read_text()
     finally:
         stop_server(s)
+
+
+def test_prompt_lookup_server_answers_what_the_plain_one_does_and_reports_acceptance(client, tiny_server_model, tmp_path):
+    from openai import OpenAI
+
+    messages = [{"role": "user", "content": "the quick brown fox jumps over the lazy dog " * 3}]
+    plain = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=40)
+    s = start_server(tiny_server_model, "--speculative", "prompt_lookup", api_key=None, log=tmp_path / "log")
+    try:
+        fast = OpenAI(base_url=s.url, api_key="none", max_retries=0, timeout=120)
+        answer = fast.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=40)
+        streamed = "".join(c.choices[0].delta.content or "" for c in fast.chat.completions.create(
+            model="tiny", messages=messages, temperature=0, max_tokens=40, stream=True) if c.choices)
+        assert answer.choices[0].message.content == streamed == plain.choices[0].message.content
+        assert answer.usage.completion_tokens == plain.usage.completion_tokens
+        accepted, drafted = metric(s, "puyu_accepted_draft_tokens_total"), metric(s, "puyu_draft_tokens_total")
+        assert 0 < accepted <= drafted and metric(s, "puyu_draft_acceptance_rate") == pytest.approx(accepted / drafted)
+    finally:
+        stop_server(s)

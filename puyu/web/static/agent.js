@@ -1,4 +1,4 @@
-// The agent tab: runs /ui/agent and shows each step (thought, tool, arguments, output) as a collapsible panel
+// The agent tab: runs /ui/agent and shows each step (thought, tool, arguments, output, images) as a collapsible panel
 // the moment the server reports it; the final answer is rendered as Markdown.
 
 import { isAbort, make, postStream, renderMarkdown, stoppable } from "./common.js";
@@ -32,6 +32,9 @@ function stepView(step) {
   if (step.thought) panel.append(section("Thought", step.thought));
   panel.append(section("Arguments", pretty(step.arguments)));
   panel.append(step.error ? section("Error", step.error, "error") : section("Output", step.output ?? ""));
+  for (const image of step.images ?? []) {  // plots the python tool saved, pictures a tool made (data URLs)
+    panel.append(make("figure", { class: "tool-image" }, make("img", { src: image.url, alt: image.name }), make("figcaption", {}, image.name)));
+  }
   return panel;
 }
 

@@ -1,0 +1,169 @@
+"""Where the engine's time goes on this machine: one decode step profiled, compile start-up, prompt lookup.
+
+Built-in model, 2 threads, the dtype ``puyu serve`` picks (``auto``) unless ``--dtype``.
+
+1. Profile: 32 single-stream decode steps of each ``--quant`` setting under
+   ``torch.profiler``; the table groups the self CPU time by what it is
+   (quantized matmuls, dense matmuls, attention, norms/activations, sampling,
+   and the rest: dispatch and Python) as milliseconds per step.
+2. Start-up of ``--compile`` in fresh processes with an empty ``PUYU_HOME``:
+   the first start (cold) and the second (from the compile cache), and whether
+   both give the eager engine's greedy tokens.
+3. Prompt-lookup speculative decoding on prompts that invite copying (RAG-style
+   questions over a passage, "repeat", "summarize" — Alpaca demo rows): output
+   tok/s with and without, the acceptance rate, and whether the tokens are
+   identical.
+
+    python bench/engine_step.py [--quant none,w8a16,w4a16] [--dtype auto] [--skip-compile] [--skip-profile] [--skip-speculative]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("PUYU_DATA_DIR", ROOT.parent / "shared" / "datasets"))
+GROUPS = [("quantized matmul", ("int4pack", "int8pack")), ("dense matmul", ("aten::mm", "aten::addmm", "aten::linear", "aten::bmm")),
+          ("attention", ("attention", "softmax", "index_select", "index_copy", "gather")),
+          ("norm / activation / rope", ("rsqrt", "pow", "mean", "silu", "mul", "add", "cat", "neg", "cos", "sin")),
+          ("sampling", ("argmax", "topk", "sort"))]
+
+
+def engine(quant: str, dtype: str, **config):
+    from puyu.engine import EngineConfig, LLMEngine
+    from puyu.model import load_model
+
+    model, tokenizer = load_model("smollm2-135m-instruct", dtype=dtype, device="cpu")
+    return LLMEngine(model, tokenizer, EngineConfig(quant=quant, **config)), tokenizer
+
+
+def profile_part(quants: list[str], dtype: str) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from puyu.generation import SamplingParams
+
+    print(f"\n{'ms per decode step':24}" + "".join(f"{q:>10}" for q in quants))
+    table: dict[str, dict[str, float]] = {}
+    for quant in quants:
+        eng, tok = engine(quant, dtype)
+        prompt = tok.render([{"role": "user", "content": "Write a long story about a dragon."}], add_generation_prompt=True).ids
+        params = SamplingParams(max_new_tokens=33, temperature=0, ignore_eos=True)
+        eng.generate([prompt], params)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            started = time.perf_counter()
+            eng.generate([prompt], params)
+            wall = (time.perf_counter() - started) * 1e3 / 33
+        groups: dict[str, float] = defaultdict(float)
+        for event in prof.key_averages():
+            name = event.key.lower()
+            group = next((g for g, keys in GROUPS if any(k in name for k in keys)), None)
+            if group:
+                groups[group] += event.self_cpu_time_total / 1e3 / 33
+        groups["dispatch, Python, other"] = wall - sum(groups.values())
+        groups["whole step (wall)"] = wall
+        table[quant] = groups
+        eng.shutdown()
+    for group in [g for g, _ in GROUPS] + ["dispatch, Python, other", "whole step (wall)"]:
+        print(f"{group:24}" + "".join(f"{table[q].get(group, 0.0):10.2f}" for q in quants))
+
+
+STARTUP = """
+import json, sys, time
+import torch
+torch.set_num_threads(2)
+from puyu.engine import EngineConfig, LLMEngine
+from puyu.generation import SamplingParams
+from puyu.model import load_model
+model, tok = load_model("smollm2-135m-instruct", dtype=sys.argv[2], device="cpu")
+start = time.perf_counter()
+eng = LLMEngine(model, tok, EngineConfig(quant=sys.argv[1], compile=sys.argv[3] == "compile"))
+seconds = time.perf_counter() - start
+prompts = [tok.render([{"role": "user", "content": q}], add_generation_prompt=True).ids
+           for q in ("Name three colours.", "What is 2+2?", "Write a haiku about rain.")]
+out = eng.generate(prompts, SamplingParams(max_new_tokens=24, temperature=0))
+print(json.dumps({"seconds": seconds, "tokens": [r.token_ids for r in out]}))
+"""
+
+
+def startup_part(quant: str, dtype: str) -> None:
+    def run(mode: str, home: str) -> dict:
+        env = {**os.environ, "PUYU_HOME": home}
+        env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        out = subprocess.run([sys.executable, "-c", STARTUP, quant, dtype, mode], capture_output=True, text=True, env=env, timeout=1800)
+        if out.returncode:
+            raise RuntimeError(out.stderr[-2000:])
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    with tempfile.TemporaryDirectory() as home:
+        eager = run("eager", home)
+        cold = run("compile", home)
+        cached = run("compile", home)
+    same = eager["tokens"] == cold["tokens"] == cached["tokens"]
+    print(f"\nserve --compile start-up ({quant}, dtype {dtype}): first {cold['seconds']:.0f} s, second (compile cache) "
+          f"{cached['seconds']:.0f} s; greedy tokens eager = compiled = cached: {same}")
+
+
+def copying_prompts(tok, count: int) -> list[list[int]]:
+    rows = json.loads((DATA / "sft/llamafactory_demo/alpaca_en_demo.json").read_text())[100 : 100 + count]
+    asks = ["Answer from the passage, quoting it.\nPassage: {p}\nQuestion: {q}", "Repeat this text exactly:\n{p}", "Summarize:\n{p}"]
+    return [tok.render([{"role": "user", "content": asks[i % 3].format(p=r["output"][:500], q=r["instruction"])}],
+                       add_generation_prompt=True).ids for i, r in enumerate(rows)]
+
+
+def speculative_part(quant: str, dtype: str, count: int) -> None:
+    from puyu.generation import SamplingParams
+
+    params = SamplingParams(max_new_tokens=96, temperature=0)
+    print(f"\nprompt lookup, {count} copying prompts one at a time ({quant}, dtype {dtype})")
+    outputs = {}
+    for mode in ("none", "prompt_lookup"):
+        eng, tok = engine(quant, dtype, speculative=mode)
+        batch = copying_prompts(tok, count)
+        eng.generate(batch[:1], SamplingParams(max_new_tokens=4, temperature=0))
+        started, results = time.perf_counter(), []
+        for prompt in batch:
+            results += eng.generate([prompt], params)
+        wall = time.perf_counter() - started
+        stats = eng.stats()
+        outputs[mode] = [r.token_ids for r in results]
+        tokens = sum(len(r.token_ids) for r in results)
+        accepted = f", accepted {stats['accepted_draft_tokens']}/{stats['draft_tokens']} drafts" if mode != "none" else ""
+        print(f"  {mode:14} {tokens / wall:7.1f} tok/s end to end, {tokens / stats['steps']:.2f} tokens per step{accepted}")
+        eng.shutdown()
+    print(f"  identical tokens: {outputs['none'] == outputs['prompt_lookup']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quant", default="none,w8a16,w4a16")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--skip-profile", action="store_true")
+    parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument("--skip-speculative", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    from puyu.hardware import describe_machine
+
+    print(describe_machine())
+    quants = args.quant.split(",")
+    if not args.skip_profile:
+        profile_part(quants, args.dtype)
+    if not args.skip_speculative:
+        speculative_part(quants[-1], args.dtype, args.prompts)
+    if not args.skip_compile:
+        startup_part(quants[-1], args.dtype)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Speculative decoding by prompt lookup: identical greedy outputs, drafts really accepted, limits kept,
+non-greedy requests untouched, and the acceptance counters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from puyu.engine import EngineConfig, LLMEngine
+from puyu.engine.speculative import find_continuation
+from puyu.generation import SamplingParams
+from tests.conftest import DATASETS
+
+
+def test_the_continuation_of_the_most_recent_longest_match_is_proposed():
+    tokens = [1, 2, 3, 9, 1, 2, 3, 7, 8, 5, 1, 2, 3]
+    assert find_continuation(tokens, 3, 1, 4) == [7, 8, 5, 1]  # "1 2 3" last seen before 7 8 5 1
+    assert find_continuation(tokens, 3, 1, 2) == [7, 8]
+    assert find_continuation([4, 5, 6, 5], 3, 1, 3) == [6, 5]  # only the 1-gram "5" matches
+    assert find_continuation([1, 2, 3], 3, 1, 3) == []
+
+
+def _run(model, tokenizer, batch, params, **config):
+    engine = LLMEngine(model, tokenizer, EngineConfig(**config))
+    try:
+        return engine.generate(batch, params), engine.stats()
+    finally:
+        engine.shutdown()
+
+
+def _copying_prompts(tokenizer, count: int) -> list[list[int]]:
+    """Real instructions that invite copying: repeat or continue a passage from the Alpaca demo set."""
+    rows = json.loads((DATASETS / "sft/llamafactory_demo/alpaca_en_demo.json").read_text())
+    prompts = []
+    for i, row in enumerate(rows[:count]):
+        passage = (row["instruction"] + " " + row["output"])[:400]
+        ask = ["Repeat this text exactly:", "Summarize:", "Continue the text:"][i % 3]
+        prompts.append(tokenizer.render([{"role": "user", "content": f"{ask}\n{passage}"}], add_generation_prompt=True).ids)
+    return prompts
+
+
+def test_greedy_outputs_are_identical_and_drafts_are_accepted_on_a_tiny_model(tiny_llm):
+    tok = tiny_llm.tokenizer
+    batch = [tok.encode("the quick brown fox jumps over the lazy dog " * (1 + i % 3) + str(i)) for i in range(50)]
+    params = SamplingParams(max_new_tokens=30, temperature=0, ignore_eos=True)
+    plain, _ = _run(tiny_llm.model, tok, batch, params)
+    fast, stats = _run(tiny_llm.model, tok, batch, params, speculative="prompt_lookup")
+    assert [r.token_ids for r in fast] == [r.token_ids for r in plain]
+    assert [r.text for r in fast] == [r.text for r in plain]
+    assert all(len(r.token_ids) == 30 and r.finish_reason == "length" for r in fast)  # max_new_tokens kept exactly
+    assert stats["accepted_draft_tokens"] > 0 and stats["draft_tokens"] >= stats["accepted_draft_tokens"]
+    assert stats["steps"] < _run(tiny_llm.model, tok, batch, params)[1]["steps"]
+
+
+def test_stops_inside_an_accepted_draft_end_the_reply_there(tiny_llm):
+    tok = tiny_llm.tokenizer
+    batch = [tok.encode("the quick brown fox jumps over the lazy dog " * 2)]
+    probe, _ = _run(tiny_llm.model, tok, batch, SamplingParams(max_new_tokens=40, temperature=0, ignore_eos=True))
+    stop = probe[0].text[len(probe[0].text) // 2 :][:3]
+    params = SamplingParams(max_new_tokens=40, temperature=0, stop=[stop])
+    plain, _ = _run(tiny_llm.model, tok, batch, params)
+    fast, _ = _run(tiny_llm.model, tok, batch, params, speculative="prompt_lookup", num_speculative_tokens=8)
+    assert fast[0].text == plain[0].text and fast[0].finish_reason == plain[0].finish_reason == "stop"
+
+
+def test_sampled_and_penalised_requests_do_not_draft(tiny_llm):
+    tok = tiny_llm.tokenizer
+    batch = [tok.encode("the quick brown fox jumps over the lazy dog " * 2)] * 4
+    params = [SamplingParams(max_new_tokens=20, temperature=0.8, seed=i) for i in range(2)]
+    params += [SamplingParams(max_new_tokens=20, temperature=0, repetition_penalty=1.3, ignore_eos=True)] * 2
+    plain, _ = _run(tiny_llm.model, tok, batch, params)
+    fast, stats = _run(tiny_llm.model, tok, batch, params, speculative="prompt_lookup")
+    assert [r.token_ids for r in fast] == [r.token_ids for r in plain]
+    assert stats["draft_tokens"] == 0
+
+
+@pytest.mark.builtin
+def test_builtin_model_gives_identical_greedy_outputs_on_50_real_prompts(builtin_llm):
+    batch = _copying_prompts(builtin_llm.tokenizer, 50)
+    params = SamplingParams(max_new_tokens=40, temperature=0)
+    plain, _ = _run(builtin_llm.model, builtin_llm.tokenizer, batch, params)
+    fast, stats = _run(builtin_llm.model, builtin_llm.tokenizer, batch, params, speculative="prompt_lookup")
+    assert [r.token_ids for r in fast] == [r.token_ids for r in plain]
+    print(f"accepted {stats['accepted_draft_tokens']} of {stats['draft_tokens']} draft tokens")
+    assert stats["accepted_draft_tokens"] > 0

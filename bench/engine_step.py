@@ -43,7 +43,7 @@ def engine(quant: str, dtype: str, **config):
     from puyu.engine import EngineConfig, LLMEngine
     from puyu.model import load_model
 
-    model, tokenizer = load_model("smollm2-135m-instruct", dtype=dtype, device="cpu")
+    model, tokenizer = load_model("smollm2-135m-instruct", dtype=dtype, device="cpu", quantized=quant != "none")
     return LLMEngine(model, tokenizer, EngineConfig(quant=quant, **config)), tokenizer
 
 
@@ -84,7 +84,7 @@ torch.set_num_threads(2)
 from puyu.engine import EngineConfig, LLMEngine
 from puyu.generation import SamplingParams
 from puyu.model import load_model
-model, tok = load_model("smollm2-135m-instruct", dtype=sys.argv[2], device="cpu")
+model, tok = load_model("smollm2-135m-instruct", dtype=sys.argv[2], device="cpu", quantized=sys.argv[1] != "none")
 start = time.perf_counter()
 eng = LLMEngine(model, tok, EngineConfig(quant=sys.argv[1], compile=sys.argv[3] == "compile"))
 seconds = time.perf_counter() - start

@@ -98,7 +98,7 @@ def decode_part(tokens: int, llama_python: str | None) -> dict[str, float]:
     for name, dtype, quant, compile in [("float32", "float32", "none", False), ("bfloat16", "bfloat16", "none", False),
                                         ("w8a16", "auto", "w8a16", False), ("w4a16", "auto", "w4a16", False),
                                         ("w4a16 + compile", "auto", "w4a16", True)]:
-        model, tokenizer = load_model("smollm2-135m-instruct", dtype=dtype, device="cpu")
+        model, tokenizer = load_model("smollm2-135m-instruct", dtype=dtype, device="cpu", quantized=quant != "none")
         started = time.perf_counter()
         engine = LLMEngine(model, tokenizer, EngineConfig(quant=quant, compile=compile))
         if compile:

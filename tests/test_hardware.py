@@ -38,6 +38,9 @@ def test_auto_is_float32_without_native_bf16(flags, features):
 def test_auto_dtype_is_bf16_with_native_bf16(flags, features):
     flags(features)
     assert resolve_dtype("auto", CPU) == torch.bfloat16  # decode is memory-bound: half the bytes per token
+    # Quantized weights: the packed kernels compute in bf16 anyway; float32 elsewhere is as fast and exact.
+    assert resolve_dtype("auto", CPU, quantized=True) == torch.float32
+    assert resolve_dtype("bfloat16", CPU, quantized=True) == torch.bfloat16  # an explicit choice stands
 
 
 def test_auto_training_precision_is_bf16_only_with_amx(flags):

@@ -1,5 +1,8 @@
 """``puyu agent``: run a tool-using agent on one task, showing its steps as they happen (see :mod:`puyu.cli`).
 
+``puyu agent-tune`` builds the agent-tuning data (:mod:`puyu.agent.tuning`), trains the ``agent_tuning``
+recipe on it and saves the adapter under a name that ``puyu agent --adapter NAME`` loads.
+
 :func:`add_tool_args` and :func:`tool_registry` are shared with ``puyu mcp`` (:mod:`puyu.cli.mcp`), which serves
 the same tools to other agents.
 """
@@ -79,6 +82,35 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent_tune(args: argparse.Namespace) -> int:
+    """Build tool-use trajectories (GSM8K train, equation tasks, glaive; cached) and LoRA-tune the model on them for agents."""
+    import shutil
+
+    from puyu.agent.tuning import Mix, build_agent_data
+    from puyu.errors import ConfigError
+    from puyu.home import data_dir, home_subdir
+    from puyu.train.config import load_recipe
+    from puyu.train.trainer import Trainer
+
+    if not args.name or "/" in args.name or args.name.startswith("."):
+        raise ConfigError(f"--name must be a plain name such as 'agent', got {args.name!r}")
+    mix = Mix(**{k: getattr(args, k) for k in ("gsm8k", "tasks", "glaive", "seed") if getattr(args, k) is not None})
+    path, report = build_agent_data(mix, data_dir(args.data_dir, "--data-dir DIR"))
+    print(f"agent data: {path} ({report.summary()})", flush=True)
+    recipe = load_recipe("agent_tuning", [f"data.train={path}", *args.overrides])
+    result = Trainer(recipe).fit()
+    if result.output is None or result.output.name != "adapter":
+        raise ConfigError(f"agent-tune saves a LoRA adapter; method {recipe.method!r} made {result.output}; use method=lora or qlora")
+    target, staging = home_subdir("adapters") / args.name, home_subdir("adapters") / f".{args.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(result.output, staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    print(f"trained {result.steps} steps, loss {result.train_loss:.4f}; adapter saved as {args.name!r} ({target})\n"
+          f"use it: puyu agent {recipe.model} --adapter {args.name} '已知2x+3=10，求x'")
+    return 0
+
+
 def add_tool_args(parser: argparse.ArgumentParser, default_tools: str) -> None:
     """--tools, --files, --kb, --allow, --timeout and --mcp (shared by ``puyu agent`` and ``puyu mcp``)."""
     from puyu.agent.builtin_tools import BUILTIN_NAMES
@@ -117,3 +149,13 @@ def register(sub, common) -> None:
     agent.add_argument("--api-model", default=None, help="model name at --api-base (default: the first it lists)")
     agent.add_argument("--json", action="store_true", help="print each step as one JSON line (images as data URLs)")
     agent.set_defaults(func=cmd_agent)
+
+    tune = sub.add_parser("agent-tune", parents=[common], help=cmd_agent_tune.__doc__, description=cmd_agent_tune.__doc__)
+    tune.add_argument("overrides", nargs="*", help="key=value settings over the agent_tuning recipe, e.g. train.max_steps=20")
+    tune.add_argument("--name", default="agent", help="save the adapter as $PUYU_HOME/adapters/NAME (default: agent)")
+    tune.add_argument("--data-dir", default=None, help="the datasets folder holding eval/gsm8k and sft/chat_messages "
+                      "(default: $PUYU_DATA_DIR)")
+    for flag, what in [("gsm8k", "GSM8K train rows to keep"), ("tasks", "generated equation and arithmetic tasks"),
+                       ("glaive", "glaive tool-calling chats"), ("seed", "seed of the data")]:
+        tune.add_argument(f"--{flag}", type=int, default=None, help=f"{what} (default: puyu.agent.tuning.Mix's)")
+    tune.set_defaults(func=cmd_agent_tune)

@@ -28,6 +28,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     report = kb.build(args.docs, include=args.include or (), exclude=args.exclude or (), show_progress=sys.stderr.isatty())
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
+    if report.chunks_written and report.coverage < 0.8:
+        print(f"warning: the embedder ({kb.settings['embedder']}) knows only {report.coverage:.0%} of these documents' tokens "
+              "(a language it was not trained on, e.g. Chinese with the default English model): dense search will be weak "
+              "on them, BM25 still works; for Chinese build with --embedder FOLDER of a multilingual model (bge-m3, "
+              "multilingual-e5, bge-small-zh)", file=sys.stderr)
     rate = report.chunks_written / report.seconds if report.seconds else 0.0
     print(f"kb {kb.name}: {len(report.added)} added, {len(report.changed)} changed, {len(report.removed)} removed, "
           f"{report.unchanged} unchanged, {len(report.skipped)} skipped; {report.chunks_written} chunks written in "
@@ -75,6 +80,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_answer_mode(args: argparse.Namespace) -> str:
+    """``extractive`` for the built-in model (it rarely cites and quoting scored better, README), ``auto`` for others."""
+    from puyu.model.registry import DEFAULT_MODEL
+
+    return "extractive" if args.model == DEFAULT_MODEL and not args.adapter else "auto"
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     """Answer a question from a knowledge base, citing its sources as [1], [2] ..."""
     from pathlib import Path
@@ -86,19 +98,26 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     params = dataclass_from_args(SamplingParams, args)
     kb = _open(args)
-    client = LocalClient(load_llm(args))
+    args.answer = args.answer or default_answer_mode(args)
+    client = None if args.answer == "extractive" else LocalClient(load_llm(args))
     template = Path(args.template).read_text() if args.template else DEFAULT_TEMPLATE
     stream = kb.ask_stream(args.question, client, params=params, k=args.k, min_similarity=args.min_similarity, template=template,
-                           policy=args.citations, search=_search_options(args))
+                           policy=args.citations, search=_search_options(args), answer=args.answer)
     if args.show_context:
         print("Retrieved context:\n")
         _print_hits(stream.sources)
-    for piece in stream:  # with --citations drop the checked text is printed once it is complete
-        if args.citations == "flag":
+    live = args.citations == "flag" and args.answer == "generative"  # otherwise the checked text is printed once complete
+    for piece in stream:
+        if live:
             sys.stdout.write(piece)
             sys.stdout.flush()
     answer = stream.answer
-    sys.stdout.write(("" if args.citations == "flag" else answer.text) + "\n")
+    sys.stdout.write(("" if live else answer.text) + "\n")
+    if answer.looped:
+        print("warning: the model started repeating itself and was stopped" +
+              (f"; {answer.fallback}, so the answer quotes the sources instead" if answer.fallback else ""), file=sys.stderr)
+    elif answer.fallback:
+        print(f"note: {answer.fallback}, so the answer quotes the sources instead", file=sys.stderr)
     if answer.citations:
         print("\nSources:\n" + answer.references())
     if answer.invalid:
@@ -110,16 +129,19 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Score retrieval (recall@k, MRR) and, with --answers, answers (exact match, F1) on a QA file."""
+    """Score retrieval (recall@k, MRR) and, with --answers, answers per mode (exact match, F1, containment, citations) on a QA file."""
+    from dataclasses import replace
+
     from puyu.client import LocalClient
-    from puyu.generation import SamplingParams
+    from puyu.rag.answer import ANSWER_PARAMS
     from puyu.rag.evaluate import evaluate, load_qa
 
     kb = _open(args)
     items = load_qa(args.qa)[: args.limit]
-    client = LocalClient(load_llm(args)) if args.answers else None
-    scores = evaluate(kb, items, k=args.k, mrr_k=args.mrr_k, generator=client, show_progress=sys.stderr.isatty(),
-                      search=_search_options(args), params=SamplingParams(temperature=0.0, max_new_tokens=args.max_new_tokens))
+    modes = (args.answers or ["auto"]) if args.answers is not None else []
+    client = LocalClient(load_llm(args)) if {"generative", "auto"} & set(modes) else None
+    scores = evaluate(kb, items, k=args.k, mrr_k=args.mrr_k, generator=client, answers=modes, show_progress=sys.stderr.isatty(),
+                      search=_search_options(args), params=replace(ANSWER_PARAMS, max_new_tokens=args.max_new_tokens))
     print(json.dumps(scores | {"kb": kb.name, "mode": args.mode}, indent=2))
     return 0
 
@@ -136,6 +158,7 @@ def _retrieval_flags(parser: argparse.ArgumentParser) -> None:
 def register(sub, common) -> None:
     from puyu.cli.flags import add_dataclass_flags
     from puyu.generation.sampling import SamplingParams
+    from puyu.rag.answer import ANSWER_PARAMS, MODES
 
     kb = sub.add_parser("kb", parents=[common], help="knowledge-base assistant (RAG): build, search, ask, evaluate")
     kb_sub = kb.add_subparsers(dest="kb_command", required=True, metavar="ACTION")
@@ -176,16 +199,22 @@ def register(sub, common) -> None:
                      help="citations of no retrieved source: flag them (streamed reply, then a warning) "
                           "or drop them (reply printed when complete)")
     ask.add_argument("--template", default=None, help="a prompt template file with {context} and {question}")
+    ask.add_argument("--answer", choices=MODES, default=None,
+                     help="generative: the model writes it (streamed); extractive: the best source sentences, quoted and cited "
+                          "(no model); auto: generate, quote instead when the reply loops or cites nothing valid "
+                          "(default: extractive with the built-in model, which rarely cites; auto with any other)")
     add_dataclass_flags(ask, SamplingParams, "sampling")
-    ask.set_defaults(func=cmd_ask)
+    ask.set_defaults(func=cmd_ask, **{f: getattr(ANSWER_PARAMS, f) for f in ("max_new_tokens", "temperature", "loop_guard")})
 
     ev = kb_sub.add_parser("eval", parents=[common], help=cmd_eval.__doc__, description=cmd_eval.__doc__)
     ev.add_argument("name", help="knowledge base name")
     ev.add_argument("--qa", required=True, help="JSONL: question + gold_passage_id, source/section or answer/aliases")
     ev.add_argument("--mrr-k", type=int, default=10, help="MRR cut-off (default: 10)")
     ev.add_argument("--limit", type=int, default=None, help="only the first N questions")
-    ev.add_argument("--answers", action="store_true", help="also answer with the model: exact match and F1")
-    ev.add_argument("--max-new-tokens", type=int, default=64, help="answer length with --answers (default: 64)")
+    ev.add_argument("--answers", nargs="*", choices=MODES, default=None, metavar="MODE",
+                    help="also answer, in each MODE (generative, extractive, auto; none given: auto), and score the answers")
+    ev.add_argument("--max-new-tokens", type=int, default=ANSWER_PARAMS.max_new_tokens,
+                    help=f"generated answer length with --answers (default: {ANSWER_PARAMS.max_new_tokens})")
     add_model_args(ev)
     _retrieval_flags(ev)
     ev.set_defaults(func=cmd_eval)

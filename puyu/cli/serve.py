@@ -27,7 +27,8 @@ def run_engine_server(args: argparse.Namespace, web: bool = False) -> int:
 
     config = dataclass_from_args(EngineConfig, args)
     with status(f"loading {args.model}"):
-        model, tokenizer = load_model(args.model, args.dtype, args.device, chat_template=args.chat_template, adapter=args.adapter)
+        model, tokenizer = load_model(args.model, args.dtype, args.device, chat_template=args.chat_template, adapter=args.adapter,
+                                      quantized=config.quant != "none")
         engine = LLMEngine(model, tokenizer, config)
     name = args.served_model_name or Path(str(args.model).rstrip("/")).name.removesuffix(".gguf")
     app = create_app(engine, name, api_key=args.api_key, cors_origins=args.cors_origins, drain_timeout=args.drain_timeout)

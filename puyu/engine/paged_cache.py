@@ -7,7 +7,8 @@ step — all scheduled tokens of all sequences flattened into one row — and
 implements the model's cache protocol (``begin``/``attend``/``end``, see
 :class:`puyu.model.transformer.KVCache`): it writes the new keys/values to their
 slots, then attends single-token (decode) sequences together in one batched
-call, and each multi-token (prefill) chunk on its own, causally.
+call, each multi-token (prefill) chunk on its own, causally, and draft-verifying
+rows one by one.
 
 Gathering a sequence's keys from its blocks copies them once per layer; a
 fused paged-attention kernel would avoid that, which plain PyTorch on the CPU
@@ -72,14 +73,18 @@ class PagedBatch:
         decode_slots: ``[Bd, Lmax]`` their context slots (padded with 0).
         decode_mask: ``[Bd, 1, 1, Lmax]`` bool, or None for a single sequence.
         prefills: the multi-token chunks, after the decodes.
+        single_rows: ``(row, context slots)`` of tokens attended one by one over exactly their own context
+            (speculative draft rows: computed as a lone decode step computes them).
     """
 
     def __init__(self, cache: PagedKVCache, slot_mapping: torch.Tensor, num_decodes: int,
-                 decode_slots: torch.Tensor | None, decode_mask: torch.Tensor | None, prefills: list[PrefillChunk]):
+                 decode_slots: torch.Tensor | None, decode_mask: torch.Tensor | None, prefills: list[PrefillChunk],
+                 single_rows: list[tuple[int, torch.Tensor]] = ()):
         self.cache = cache
         self.slot_mapping = slot_mapping
         self.num_decodes, self.decode_slots, self.decode_mask = num_decodes, decode_slots, decode_mask
         self.prefills = prefills
+        self.single_rows = single_rows
 
     def begin(self, new: int, device: torch.device) -> None:
         pass
@@ -99,6 +104,12 @@ class PagedBatch:
             kd = _gather(keys, self.decode_slots).permute(0, 2, 1, 3)  # [Bd, KV, Lmax, D]
             vd = _gather(values, self.decode_slots).permute(0, 2, 1, 3)
             out[0, :, :bd] = attention(qd, kd, vd, self.decode_mask, causal=False).squeeze(2).transpose(0, 1)
+        for row, context in self.single_rows:
+            # Exactly a lone sequence's decode step (no padding, no mask): SDPA's sums depend on the key length.
+            qs = q[0, :, row : row + 1].transpose(0, 1).unsqueeze(2)
+            ks = _gather(keys, context[None]).permute(0, 2, 1, 3)
+            vs = _gather(values, context[None]).permute(0, 2, 1, 3)
+            out[0, :, row] = attention(qs, ks, vs, None, causal=False)[0, :, 0]
         for chunk in self.prefills:
             qp = q[:, :, chunk.start : chunk.end]
             if chunk.past == 0:

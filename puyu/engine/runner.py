@@ -12,8 +12,9 @@ through ``torch.compile(model, dynamic=True)``: eager PyTorch spends most of a
 CPU decode step dispatching some 25 small ops per layer, which Inductor fuses.
 Steps with prompt tokens stay eager (their shapes vary too much to pay off),
 and so do steps that verify speculative drafts (:mod:`puyu.engine.speculative`):
-a drafted sequence computes its pending token and its draft as one short chunk,
-and keeps the draft up to the first token the model would not have chosen.
+a drafted sequence's pending token and draft tokens each attend alone over
+exactly their own context, as one-at-a-time eager decoding computes them, and
+the draft is kept up to the first token the model would not have chosen.
 Two graphs cover all decode steps: one sequence, or several (always with a
 padding mask, so that a batch of equal lengths needs no third).  Compiled
 without "duck sizing", which would otherwise tie the batch size to any model
@@ -70,8 +71,10 @@ class ModelRunner:
         tokens, positions, slots, prefills = [], [], [], []
         decode_slots, sample_at, drafted, prompt_rows = [], [], [], []
         width = 0
-        # Decodes first: the attention then slices them off the row instead of indexing.
-        scheduled = sorted(scheduled, key=lambda item: not (item[1] == 1 and item[0].num_computed > 0))
+        # Decodes first: the attention then slices them off the row instead of indexing.  A drafted sequence's
+        # tokens follow, each attended alone over its own context: computed exactly as one-at-a-time decoding.
+        scheduled = sorted(scheduled, key=lambda item: 0 if item[1] == 1 and item[0].num_computed else 1 if item[0].draft else 2)
+        single_rows = []
         for seq, n in scheduled:
             start, past = width, seq.num_computed
             tokens += seq.step_tokens(n)
@@ -79,6 +82,8 @@ class ModelRunner:
             slots.append(self._slots(seq, past, past + n))
             if n == 1 and past > 0:
                 decode_slots.append(self._slots(seq, 0, past + 1))
+            elif seq.draft:
+                single_rows += [(start + j, self._slots(seq, 0, past + j + 1).to(self.device)) for j in range(n)]
             else:
                 context = self._slots(seq, 0, past + n).to(self.device) if past else None
                 prefills.append(PrefillChunk(start, start + n, past, context))
@@ -97,13 +102,14 @@ class ModelRunner:
             len(decode_slots),
             *self._decode_context(decode_slots),
             prefills,
+            single_rows,
         )
         draft_rows = [i for _, idx in drafted for i in idx]
         rows = [i for _, i in sample_at] + draft_rows + [i for _, _, idx in prompt_rows for i in idx]
         step = torch.tensor([tokens], device=self.device)
         pos = torch.cat(positions)[None].to(self.device)
         keep = torch.tensor(rows, dtype=torch.long, device=self.device)
-        if self.compiled is not None and not prefills and not prompt_rows:
+        if self.compiled is not None and not prefills and not prompt_rows and not single_rows:
             with shape_config.patch(use_duck_shape=False):
                 logits = self.compiled(step, pos, cache=batch, logits_to_keep=keep)[0].float()
         else:

@@ -6,10 +6,14 @@ tokens that followed that earlier occurrence (the most recent one).  The
 engine computes the sequence's pending token and the draft in one step, as a
 short prefill chunk, so every draft position gets logits; the draft is kept up
 to the first token the model would not have chosen itself, plus the model's
-own token at that place.  Greedy decoding therefore yields exactly the tokens
-it would have produced one at a time, several per step where the output copies
-its context (RAG answers quoting sources, summaries, code edits), and one per
-step otherwise.  The KV entries of rejected draft tokens sit past the
+own token at that place.  The pending token and the draft are computed as
+decode rows, each over its own context, exactly as one-at-a-time decoding
+computes them, so greedy decoding yields the tokens it would have produced one
+at a time — several per step where the output copies its context (RAG answers
+quoting sources, summaries, code edits), one per step otherwise.  (In bf16 even
+plain batched decoding is bit-exact only per batch composition, since the
+attention reduces over the batch's longest context; drafts add rows to a batch
+like any other request does.)  The KV entries of rejected draft tokens sit past the
 sequence's computed length and are overwritten later.
 
 Only sequences whose next token is the plain argmax of the logits take part:

@@ -2,8 +2,9 @@
 
 :class:`SequenceOutput` turns sampled token ids into final text for one
 sequence: incremental detokenization, stop tokens, stop strings (cut from the
-text; text that might start a stop string is held back while streaming) and the
-token budget.  The single-batch generator and the serving engine both use it,
+text; text that might start a stop string is held back while streaming), the
+loop guard (``SamplingParams.loop_guard``: a reply that repeats itself ends
+with ``stop``) and the token budget.  The single-batch generator and the serving engine both use it,
 so both stop and stream identically.  :class:`StepEvent` is what the engine
 reports per request and step; :class:`Completion` is the one collector of
 deltas and events into a finished choice (generator, engine and server alike).
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from puyu.generation.loop_guard import LoopGuard
 from puyu.generation.sampling import SamplingParams, SequenceState
 from puyu.tokenizer import StreamDecoder, Tokenizer
 
@@ -107,6 +109,7 @@ class SequenceOutput:
         self.state = SequenceState(params, prompt, vocab_size, device, tokenizer)
         self.decoder = StreamDecoder(tokenizer, params.skip_special_tokens)
         self.stop_ids = set() if params.ignore_eos else stop_ids | set(params.stop_token_ids)
+        self.guard = LoopGuard(params.loop_guard) if params.loop_guard else None
         self.text = ""  # decoded so far
         self.sent = 0  # characters of text already yielded
         self.ids: list[int] = []
@@ -137,6 +140,9 @@ class SequenceOutput:
             self.text += self.decoder.push(token)
             if not budget_left:
                 self.finish = "length"
+                self.text += self.decoder.flush()
+            elif self.guard is not None and self.guard.looping(self.text):
+                self.finish = "stop"
                 self.text += self.decoder.flush()
         cut = self._stop_cut()
         if cut is not None:

@@ -25,10 +25,10 @@ from puyu.errors import ConfigError
 LIMITS: dict[str, dict[str, float]] = {
     "max_new_tokens": {"ge": 0}, "temperature": {"ge": 0, "le": 2}, "top_p": {"gt": 0, "le": 1}, "top_k": {"ge": 0},
     "min_p": {"ge": 0, "le": 1}, "repetition_penalty": {"gt": 0}, "presence_penalty": {"ge": -2, "le": 2},
-    "frequency_penalty": {"ge": -2, "le": 2},
+    "frequency_penalty": {"ge": -2, "le": 2}, "loop_guard": {"ge": 0},
 }
 HINTS = {"max_new_tokens": "0 only scores the prompt", "temperature": "0 is greedy", "top_k": "0 turns it off",
-         "repetition_penalty": "1 turns it off"}
+         "repetition_penalty": "1 turns it off", "loop_guard": "0 turns it off; 6-10 catches loops of short sentences"}
 
 
 def limit_rule(name: str) -> str:
@@ -68,6 +68,9 @@ class SamplingParams:
         skip_special_tokens: leave special tokens out of the text.
         grammar: constrain the output to this llguidance grammar (Lark text or
             JSON; build one with puyu.generation.constraints).
+        loop_guard: end the reply once any run of this many words (numbers count as
+            one word, so "[5]" and "[6]" match) occurs for the third time; 0 = off
+            (see puyu.generation.loop_guard).
     """
 
     max_new_tokens: int = 512
@@ -84,6 +87,7 @@ class SamplingParams:
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     grammar: str | None = None
+    loop_guard: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -91,6 +95,8 @@ class SamplingParams:
         for name in LIMITS:
             if not within_limits(name, getattr(self, name)):
                 raise ConfigError(f"sampling: {name} {limit_rule(name)}, got {getattr(self, name)}")
+        if self.loop_guard == 1:
+            raise ConfigError("sampling: loop_guard counts words per repeated run; use 0 (off) or at least 2, got 1")
 
     @classmethod
     def from_keywords(cls, keywords: dict[str, Any], **defaults: Any) -> "SamplingParams":

@@ -9,7 +9,9 @@ puyu's native names, which equal the Hugging Face names for Llama, Mistral
 and Qwen2 (InternLM2 fuses q/k/v, so adapters for it do not cross over).
 
 :func:`load_adapter` reads either kind onto a :class:`~puyu.model.Transformer`
-and merges it by default (inference then costs nothing extra).
+and merges it by default (inference then costs nothing extra).  An adapter is
+a folder, or the name of one saved under ``$PUYU_HOME/adapters/`` (``puyu
+agent-tune`` saves ``agent`` there), so ``--adapter agent`` works anywhere.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from puyu.errors import ModelLoadError
+from puyu.home import home_subdir
 from puyu.model.lora import LoraConfig, LoRALinear, add_lora, lora_modules, merge_lora
 
 PREFIX = "base_model.model."
@@ -68,9 +71,17 @@ def write_adapter(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], folder: s
     return folder
 
 
+def adapter_folder(name_or_path: str | Path) -> Path:
+    """The folder of an adapter: a path, or a name saved under ``$PUYU_HOME/adapters/`` (see the module docstring)."""
+    path = Path(name_or_path).expanduser()
+    if path.exists() or len(path.parts) != 1:
+        return path
+    return home_subdir("adapters") / path
+
+
 def read_adapter(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """``(adapter_config, {module path: {"A": ..., "B": ...}})`` of a PEFT LoRA folder."""
-    folder = Path(folder)
+    """``(adapter_config, {module path: {"A": ..., "B": ...}})`` of a PEFT LoRA folder or a saved adapter's name."""
+    folder = adapter_folder(folder)
     if not (folder / CONFIG_FILE).exists() or not (folder / WEIGHTS_FILE).exists():
         raise ModelLoadError(f"{folder} is not a LoRA adapter folder (it needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     config = json.loads((folder / CONFIG_FILE).read_text())

@@ -54,7 +54,8 @@ def convert_gguf(gguf_path: Path) -> Path:
 
 
 def load_model(name_or_path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto",
-               chat_template: str | None = None, adapter: str | Path | None = None) -> tuple[Transformer, Tokenizer]:
+               chat_template: str | None = None, adapter: str | Path | None = None,
+               quantized: bool = False) -> tuple[Transformer, Tokenizer]:
     """Load a registered name, a Hugging Face folder or a GGUF file: the one loading path of every command.
 
     Args:
@@ -62,13 +63,14 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype | None = "auto
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         chat_template: override the model's template: ``chatml``, ``internlm2``, ``llama3``, Jinja source or a Jinja file.
         adapter: a LoRA adapter folder (PEFT format, e.g. from ``puyu train``) merged into the weights.
+        quantized: the weights will be quantized for inference (``auto`` then picks float32 on a CPU).
 
     Raises:
         ModelLoadError: missing/corrupt files, unsupported architecture, unknown name, a bad adapter.
         ConfigError: a bad dtype or device.
     """
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    dt = resolve_dtype(dtype, dev, quantized=quantized)
     path = resolve(name_or_path)
     if path.is_file():
         if path.suffix.lower() != ".gguf":

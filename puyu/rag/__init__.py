@@ -2,7 +2,9 @@
 
 ``KnowledgeBase`` is the entry point (``create``/``open``, ``build``, ``search``,
 ``ask``/``ask_stream``, ``stats``); ``Hit`` is a retrieved chunk with its
-citation metadata; ``Answer`` a checked, cited answer.
+citation metadata; ``Answer`` a checked, cited answer (generated, extracted, or
+generated with an extractive fallback).  :mod:`puyu.rag.langchain` (imported
+only when used) adapts a knowledge base to LangChain.
 """
 
 from puyu.rag.answer import Answer, AnswerStream, Citation, check_citations

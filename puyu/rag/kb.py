@@ -28,9 +28,9 @@ from puyu.client import ChatClient
 from puyu.errors import ConfigError
 from puyu.generation import SamplingParams
 from puyu.home import home_subdir
-from puyu.rag.answer import DEFAULT_TEMPLATE, Answer, AnswerStream, answer_stream
+from puyu.rag.answer import DEFAULT_MODE, DEFAULT_TEMPLATE, Answer, AnswerStream, answer_stream
 from puyu.rag.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder
-from puyu.rag.retrieval import Hit, Retriever
+from puyu.rag.retrieval import Hit, Retriever, embedding_weight
 from puyu.rag.splitter import Splitter
 from puyu.rag.store import ChunkStore, read_settings, write_settings
 from puyu.rag.sync import SyncReport, sync
@@ -147,16 +147,19 @@ class KnowledgeBase:
         """The ``k`` best chunks for ``query``; see :class:`puyu.rag.retrieval.Retriever`."""
         return self.retriever.search(query, k, mode=mode, paths=paths, mmr=mmr, reranker=reranker, fetch_k=fetch_k)
 
-    def ask_stream(self, question: str, client: ChatClient, *, params: SamplingParams | None = None, k: int = 5,
+    def ask_stream(self, question: str, client: ChatClient | None, *, params: SamplingParams | None = None, k: int = 5,
                    min_similarity: float = 0.25, template: str = DEFAULT_TEMPLATE, system: str | None = None, policy: str = "flag",
-                   search: dict[str, Any] | None = None) -> AnswerStream:
-        """Retrieve, then stream a cited answer from ``client`` sampled with ``params``; ``search`` holds extra
-        :meth:`search` options."""
+                   search: dict[str, Any] | None = None, answer: str = DEFAULT_MODE) -> AnswerStream:
+        """Retrieve, then a cited answer: ``answer`` is ``generative`` (streamed from ``client`` sampled with ``params``),
+        ``extractive`` (quoted sentences; ``client`` may be None) or ``auto`` (see :mod:`puyu.rag.answer`); ``search``
+        holds extra :meth:`search` options."""
         hits = self.search(question, k, **(search or {}))
+        if embedding_weight(self.embedder, question) == 0:
+            min_similarity = -1.0  # the embedder cannot read the question, so its cosine says nothing: BM25 chose the hits
         return answer_stream(question, hits, client, params, min_similarity=min_similarity, template=template, system=system,
-                             policy=policy)
+                             policy=policy, mode=answer, embedder=None if answer == "generative" else self.embedder)
 
-    def ask(self, question: str, client: ChatClient, **options: Any) -> Answer:
+    def ask(self, question: str, client: ChatClient | None, **options: Any) -> Answer:
         """Like :meth:`ask_stream`, returning the finished, checked :class:`~puyu.rag.answer.Answer`."""
         return self.ask_stream(question, client, **options).result()
 

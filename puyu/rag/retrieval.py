@@ -5,7 +5,10 @@ Contract: ``Retriever(store, embedder).search(query, k)`` returns up to ``k``
 its scores.  Modes: ``dense`` (Chroma HNSW, cosine), ``bm25`` (bm25s over
 :func:`~puyu.rag.store.keyword_tokens`) and ``hybrid`` (both lists, ``fetch_k``
 deep, fused by reciprocal rank fusion: score = Σ 1 / (60 + rank), Cormack et
-al. 2009).  Options, applied in this order to the fused candidates: ``paths``
+al. 2009), each list weighted by what its retriever can do on the query: BM25
+by 1, dense by the embedder's :meth:`~puyu.rag.embedder.Embedder.coverage` of
+the query, so a Chinese query with an English-only embedder (whose tokenizer
+maps Chinese to ``[UNK]``) is answered by BM25 instead of by noise.  Options, applied in this order to the fused candidates: ``paths``
 (globs on the source path, applied inside both searches), ``reranker`` (a local
 sentence-transformers cross-encoder folder re-orders the candidates),
 ``mmr`` (maximal marginal relevance with that λ picks ``k`` diverse hits;
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,8 +34,11 @@ from puyu.rag.embedder import Embedder
 from puyu.rag.splitter import Passage
 from puyu.rag.store import ChunkStore, keyword_tokens
 
+log = logging.getLogger(__name__)
+
 RRF_K = 60
 MODES = ("hybrid", "dense", "bm25")
+MIN_COVERAGE = 0.2  # below this share of known query tokens, the dense list is noise
 
 
 @dataclass(kw_only=True)
@@ -56,6 +63,12 @@ class Hit(Passage):
 def _hit(chunk_id: str, text: str, meta: dict[str, Any]) -> Hit:
     return Hit(text, meta["source"], json.loads(meta.get("headings", "[]")), meta.get("line_start"), meta.get("line_end"),
                meta.get("page"), meta.get("record_id"), id=chunk_id)
+
+
+def embedding_weight(embedder: Embedder, text: str) -> float:
+    """How far the embedder's cosine to ``text`` can be trusted: its token coverage of ``text``, 0 below ``MIN_COVERAGE``."""
+    coverage = embedder.coverage([text])
+    return coverage if coverage >= MIN_COVERAGE else 0.0
 
 
 def path_filter(sources: list[str], patterns: list[str]) -> list[str]:
@@ -86,6 +99,7 @@ class Retriever:
     def __init__(self, store: ChunkStore, embedder: Embedder):
         self.store, self.embedder = store, embedder
         self._rerankers: dict[str, Any] = {}
+        self._warned = False  # about a query in a language the embedder does not know: once per retriever
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid", paths: list[str] | None = None, mmr: float | None = None,
                reranker: str | None = None, fetch_k: int | None = None) -> list[Hit]:
@@ -106,9 +120,10 @@ class Retriever:
         ranked: dict[str, float] = {}
         hits: dict[str, Hit] = {}
         if mode in ("dense", "hybrid"):
-            for rank, hit in enumerate(self._dense(query_vector, fetch_k, allowed)):
+            weight = self.dense_weight(query) if mode == "hybrid" else 1.0
+            for rank, hit in enumerate(self._dense(query_vector, fetch_k, allowed) if weight > 0 else []):
                 hits[hit.id] = hit
-                ranked[hit.id] = ranked.get(hit.id, 0.0) + (1 / (RRF_K + rank + 1) if mode == "hybrid" else hit.similarity)
+                ranked[hit.id] = ranked.get(hit.id, 0.0) + (weight / (RRF_K + rank + 1) if mode == "hybrid" else hit.similarity)
         if mode in ("bm25", "hybrid"):
             for rank, (chunk_id, score) in enumerate(self._keyword(query, fetch_k, allowed)):
                 ranked[chunk_id] = ranked.get(chunk_id, 0.0) + (1 / (RRF_K + rank + 1) if mode == "hybrid" else score)
@@ -123,12 +138,21 @@ class Retriever:
             order = [order[i] for i in picked]
         return [hits[i] for i in order[:k]]
 
+    def dense_weight(self, query: str) -> float:
+        """The dense list's weight in hybrid fusion (:func:`embedding_weight`), with a warning when it is 0."""
+        weight = embedding_weight(self.embedder, query)
+        if weight == 0:
+            (log.info if self._warned else log.warning)(
+                "the embedder knows less than %.0f%% of this query's tokens (a language it was not trained on?); hybrid search "
+                "relies on BM25 for it; a multilingual --embedder (bge-m3, multilingual-e5) would search it densely too",
+                100 * MIN_COVERAGE)
+            self._warned = True
+        return weight
+
     def _dense(self, query_vector: np.ndarray, n: int, allowed: list[str] | None) -> list[Hit]:
-        total = self.store.count()
-        if total == 0:
-            return []
+        # no count() first: it scans the collection (13 ms at 100k chunks), and Chroma returns fewer than n when it holds fewer
         where = {"source": {"$in": allowed}} if allowed is not None else None
-        result = self.store.collection.query(query_embeddings=[query_vector], n_results=min(n, total), where=where,
+        result = self.store.collection.query(query_embeddings=[query_vector], n_results=n, where=where,
                                              include=["documents", "metadatas", "distances"])
         hits = []
         for chunk_id, text, meta, distance in zip(result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0]):

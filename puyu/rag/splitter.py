@@ -10,7 +10,8 @@ How it cuts, coarse to fine (each level only where the previous one is too big):
 Markdown sections at ATX headings (``#`` .. ``######``, not inside code fences;
 the heading lines themselves go into the heading path, not the text) are hard
 boundaries: no chunk spans two sections.  Inside a section the pieces are the
-sentences of each paragraph (after ``. ! ?`` + space, or ``。！？；``) and whole
+sentences of each paragraph (after ``. ! ?`` + space, or ``。！？；…`` and a closing quote; see
+:func:`sentence_spans`, which the extractive answerer shares) and whole
 fenced code blocks; a piece still over ``chunk_size`` tokens is cut into token
 windows, between words where it can.  Pieces are packed greedily into chunks;
 a new chunk in the same section starts with the last pieces of the previous
@@ -37,7 +38,8 @@ from puyu.rag.loaders import Document
 
 HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
 FENCE = re.compile(r"^\s*(```|~~~)")
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？；])")
+# After . ! ? and whitespace; after Chinese 。！？；… (with any closing quote or bracket that follows them).
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？；…])(?![”’」』）\)。！？；…])|(?<=[。！？；…][”’」』）\)])")
 
 
 class TokenCounter(Protocol):
@@ -158,6 +160,24 @@ def _strip(text: str, start: int, end: int) -> tuple[int, int]:
     return start + len(piece) - len(piece.lstrip()), end - len(piece) + len(piece.rstrip())
 
 
+def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    cuts = [start] + [m.end() for m in SENTENCE_END.finditer(text, start, end) if start < m.end() < end] + [end]
+    return [_strip(text, a, b) for a, b in zip(cuts, cuts[1:]) if text[a:b].strip()]
+
+
+def _spans(text: str, blocks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The sentences of each paragraph block; a fenced code block stays one span."""
+    spans = []
+    for start, end in blocks:
+        spans.extend([(start, end)] if text.startswith(("```", "~~~"), start) else _sentences(text, start, end))
+    return spans
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of each sentence of ``text`` (stripped; a fenced code block counts as one)."""
+    return _spans(text, _blocks(text, 0, len(text)))
+
+
 class Splitter:
     """Cuts documents into chunks of at most ``chunk_size`` tokens with ``chunk_overlap`` tokens of overlap.
 
@@ -194,18 +214,11 @@ class Splitter:
 
     def _pieces(self, text: str, blocks: list[tuple[int, int]]) -> list[_Piece]:
         """Sentences of paragraphs and whole code blocks; token windows for any still too big."""
-        spans = []
-        for start, end in blocks:
-            spans.extend([(start, end)] if text.startswith(("```", "~~~"), start) else self._sentences(text, start, end))
+        spans = _spans(text, blocks)
         pieces = []
         for (start, end), tokens in zip(spans, self.counter.count([text[a:b] for a, b in spans]) if spans else []):
             pieces.extend([_Piece(start, end, tokens)] if tokens <= self.chunk_size else self._windows(text, start, end))
         return pieces
-
-    @staticmethod
-    def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
-        cuts = [start] + [m.end() for m in SENTENCE_END.finditer(text, start, end) if start < m.end() < end] + [end]
-        return [_strip(text, a, b) for a, b in zip(cuts, cuts[1:]) if text[a:b].strip()]
 
     def _windows(self, text: str, start: int, end: int) -> list[_Piece]:
         """Runs of at most ``chunk_size`` tokens, cut between words where the run has a word break."""

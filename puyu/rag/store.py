@@ -5,8 +5,11 @@ Layout of a knowledge-base folder::
     kb.json            settings: embedder, dimension, chunk size and overlap
     chroma/            a persistent Chroma database, collection "chunks" (cosine space);
                        our own embeddings are always passed (``embedding_function=None``)
-    manifest.sqlite3   files(source, hash, state, chunks) and meta(generation)
+    manifest.sqlite3   files(source, hash, state, chunks), meta(generation, keywords) and keywords(id,
+                       source, tokens): each chunk's BM25 terms, written with the chunk, so that
+                       rebuilding the BM25 index reads terms instead of reading and tokenizing every chunk
     bm25/              a bm25s index over the same chunks, tagged with the generation it was built at
+                       and the keyword scheme (``KEYWORDS``) it was built with
 
 Crash safety: before a file's chunks change, its manifest row is set to
 ``pending`` (committed); only after its chunks are in Chroma is it set to
@@ -14,11 +17,15 @@ Crash safety: before a file's chunks change, its manifest row is set to
 chunks are deleted by their ``source`` metadata before new ones are written, so
 rerunning after a crash redoes the pending files without duplicates.  Every
 change bumps ``generation``; a BM25 index built at another generation is
-rebuilt from Chroma when opened, so it never disagrees with the vectors.
+rebuilt from the stored terms when opened (bm25s cannot update an index in
+place), so it never disagrees with the vectors; searches between changes reuse
+the loaded index.  Terms of a store written before the keywords table existed,
+or under another ``KEYWORDS`` scheme, are recomputed from Chroma once.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -35,31 +42,42 @@ from puyu.rag.splitter import Chunk
 
 log = logging.getLogger(__name__)
 
-WORDS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W\u3400-\u9fff\uf900-\ufaff]+")
-CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+CJK = "\u3400-\u9fff\uf900-\ufaff"
+WORDS = re.compile(rf"[{CJK}]+|[^\W{CJK}]+")
 PAGE = 5000  # rows per Chroma read, below its max batch size
+KEYWORDS = "jieba-search-1"  # names keyword_tokens' scheme; a BM25 index built under another one is rebuilt
+STOPWORDS_ZH = frozenset("的 了 是 在 和 与 或 及 有 我 你 他 她 它 们 这 那 吗 呢 吧 啊 就 都 也 还 把 被 让 对 从 到 为 以 之 其 而 "
+                         "如何 怎么 什么 哪些 哪个 为什么 可以 能 会 要 一个 请问".split())
 
 
 def keyword_tokens(text: str) -> list[str]:
-    """BM25 terms: lowercased words minus English stop words; CJK text as characters plus character bigrams.
+    """BM25 terms: lowercased words minus English stop words; Chinese cut into words by jieba's search mode.
 
-    bm25s's own tokenizer keeps a whole run of Chinese as one word, so Chinese
-    queries would never match; character unigrams + bigrams are the usual fix.
+    A run of Chinese characters has no spaces, so bm25s's own tokenizer would keep
+    it as one "word" and Chinese queries would never match.  jieba's search mode
+    gives the words and, for long words, their shorter words too
+    (中华人民共和国 → 中华, 人民, 共和国, ...), so a query matches a passage that
+    words it a little differently; common function words are dropped.
     """
     from bm25s.stopwords import STOPWORDS_EN
 
-    lowered = text.lower()
-    tokens, previous_cjk = [], None
-    for match in WORDS.finditer(lowered):
+    tokens = []
+    for match in WORDS.finditer(text.lower()):
         word = match.group()
-        if CJK.fullmatch(word):
-            tokens.append(word)
-            if previous_cjk is not None and previous_cjk == match.start() - 1:
-                tokens.append(lowered[previous_cjk] + word)
-            previous_cjk = match.start()
+        if "\u3400" <= word[0] <= "\u9fff" or "\uf900" <= word[0] <= "\ufaff":
+            tokens.extend(w for w in _jieba().cut_for_search(word) if w not in STOPWORDS_ZH)
         elif word not in STOPWORDS_EN:
             tokens.append(word)
     return tokens
+
+
+@functools.cache
+def _jieba():
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)  # it announces loading its dictionary on stderr otherwise
+    jieba.initialize()
+    return jieba
 
 
 def chunk_id(source: str, file_hash: str, index: int) -> str:
@@ -95,10 +113,13 @@ class ChunkStore:
             self.client = chromadb.PersistentClient(path=str(folder / "chroma"), settings=Settings(anonymized_telemetry=False))
             self.collection = self.client.get_or_create_collection("chunks", embedding_function=None,
                                                                    configuration={"hnsw": {"space": "cosine"}})
-        self.db = sqlite3.connect(folder / "manifest.sqlite3")
+        # searches may come from other threads (LangChain runs retrievers in a pool); builds stay in one thread
+        self.db = sqlite3.connect(folder / "manifest.sqlite3", check_same_thread=False)
         self.db.executescript("""
             CREATE TABLE IF NOT EXISTS files (source TEXT PRIMARY KEY, hash TEXT, state TEXT, chunks INTEGER);
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+            CREATE TABLE IF NOT EXISTS keywords (id TEXT PRIMARY KEY, source TEXT, tokens TEXT);
+            CREATE INDEX IF NOT EXISTS keywords_by_source ON keywords (source);
         """)
         self._bm25 = None
 
@@ -119,6 +140,7 @@ class ChunkStore:
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, 'pending', 0)", (source, file_hash))
             self._bump()
+            self.db.execute("DELETE FROM keywords WHERE source = ?", (source,))
         self.collection.delete(where={"source": source})
 
     def finish_file(self, source: str, file_hash: str, chunks: int) -> None:
@@ -130,6 +152,7 @@ class ChunkStore:
         with self.db:
             self.db.execute("UPDATE files SET state = 'pending' WHERE source = ?", (source,))
             self._bump()
+            self.db.execute("DELETE FROM keywords WHERE source = ?", (source,))
         self.collection.delete(where={"source": source})
         with self.db:
             self.db.execute("DELETE FROM files WHERE source = ?", (source,))
@@ -141,6 +164,15 @@ class ChunkStore:
         for i in range(0, len(ids), step):
             self.collection.upsert(ids=ids[i:i + step], embeddings=embeddings[i:i + step],
                                    documents=texts[i:i + step], metadatas=metadatas[i:i + step])
+        self._store_keywords(ids, texts, metadatas)
+
+    def _store_keywords(self, ids: list[str], texts: list[str], metadatas: list[dict[str, Any]]) -> None:
+        """Save each chunk's BM25 terms: its heading path and text through :func:`keyword_tokens`."""
+        rows = [(chunk_id_, meta["source"], " ".join(keyword_tokens(" ".join(json.loads(meta.get("headings", "[]")) + [text]))))
+                for chunk_id_, text, meta in zip(ids, texts, metadatas)]
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO keywords VALUES (?, ?, ?)", rows)
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('keywords', ?)", (KEYWORDS,))  # a new store: the current scheme
 
     def count(self) -> int:
         return self.collection.count()
@@ -165,7 +197,7 @@ class ChunkStore:
             return self._bm25[1:]
         stamp = folder / "rows.json"
         rows = json.loads(stamp.read_text()) if stamp.is_file() else {}
-        if rows.get("generation") == generation:
+        if rows.get("generation") == generation and rows.get("keywords") == KEYWORDS:
             index = bm25s.BM25.load(str(folder)) if rows["ids"] else None
         else:
             index, rows = self._rebuild_bm25(folder, generation)
@@ -175,12 +207,20 @@ class ChunkStore:
     def _rebuild_bm25(self, folder: Path, generation: int):
         import bm25s
 
+        scheme = self.db.execute("SELECT value FROM meta WHERE key = 'keywords'").fetchone()
+        if scheme != (KEYWORDS,) or self.db.execute("SELECT COUNT(*) FROM keywords").fetchone()[0] != self.count():
+            log.info("computing the BM25 terms of every chunk (once)")
+            with self.db:
+                self.db.execute("DELETE FROM keywords")
+            for page in self.iter_all(["documents", "metadatas"]):
+                self._store_keywords(page["ids"], page["documents"], page["metadatas"])
+            with self.db:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('keywords', ?)", (KEYWORDS,))
         ids, sources, corpus = [], [], []
-        for page in self.iter_all(["documents", "metadatas"]):
-            for chunk_id_, text, meta in zip(page["ids"], page["documents"], page["metadatas"]):
-                ids.append(chunk_id_)
-                sources.append(meta["source"])
-                corpus.append(keyword_tokens(" ".join(json.loads(meta.get("headings", "[]")) + [text])))
+        for chunk_id_, source, tokens in self.db.execute("SELECT id, source, tokens FROM keywords ORDER BY id"):
+            ids.append(chunk_id_)
+            sources.append(source)
+            corpus.append(tokens.split())
         index = None
         folder.mkdir(exist_ok=True)
         logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its own logger to DEBUG, which floods the CLI
@@ -188,7 +228,7 @@ class ChunkStore:
             index = bm25s.BM25()
             index.index(corpus, show_progress=False)
             index.save(str(folder))
-        rows = {"generation": generation, "ids": ids, "sources": sources}
+        rows = {"generation": generation, "keywords": KEYWORDS, "ids": ids, "sources": sources}
         tmp = folder / "rows.json.tmp"
         tmp.write_text(json.dumps(rows))
         tmp.replace(folder / "rows.json")

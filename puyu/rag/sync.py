@@ -6,8 +6,14 @@ are loaded, split, embedded and written; files the store knows under those
 paths that are gone (or now excluded) are removed; unchanged files are not
 touched.  Files left ``pending`` by a crashed run count as changed.  Unreadable
 files (a corrupt PDF ...) are skipped with a warning naming them and listed in
-the report; the build goes on.  Chunks are embedded in batches across files
-and a file is marked done only once all its chunks are stored.
+the report; the build goes on.  All files to (re)index are read and split
+first, then their chunks are embedded in large batches across files
+(sentence-transformers sorts each batch by length, so large batches pad
+little) and written to Chroma batch by batch; a file is marked done only once
+all its chunks are stored.  The progress bar counts chunks (chunks/s).  The
+report gives the embedder's token coverage of what was written
+(:meth:`~puyu.rag.embedder.Embedder.coverage`): well below 1 means the
+documents are in a language its tokenizer does not know.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class SyncReport:
         chunks_written: chunks embedded and stored.
         chunks_total: chunks in the store afterwards.
         seconds: wall time of the build.
+        coverage: share of the written chunks' tokens the embedder's tokenizer knows (1.0 when nothing was written).
     """
 
     added: list[str] = field(default_factory=list)
@@ -50,6 +57,7 @@ class SyncReport:
     chunks_written: int = 0
     chunks_total: int = 0
     seconds: float = 0.0
+    coverage: float = 1.0
 
 
 def file_hash(path: Path) -> str:
@@ -64,9 +72,10 @@ def _under(source: str, roots: list[Path]) -> bool:
 class _Batch:
     """Chunks of whole files waiting to be embedded and stored together."""
 
-    def __init__(self, store: ChunkStore, embedder: Embedder, report: SyncReport, advance: Callable[[int], None]):
+    def __init__(self, store: ChunkStore, embedder: Embedder, report: SyncReport, advance: Callable[[int, int], None]):
         self.store, self.embedder, self.report, self.advance = store, embedder, report, advance
         self.files: list[tuple[str, str, list[Chunk]]] = []
+        self.known = self.tokens = 0.0
 
     def __len__(self) -> int:
         return sum(len(chunks) for _, _, chunks in self.files)
@@ -78,19 +87,24 @@ class _Batch:
     def flush(self) -> None:
         rows = [(source, digest, i, chunk) for source, digest, chunks in self.files for i, chunk in enumerate(chunks)]
         if rows:
-            vectors = self.embedder.embed([chunk.indexed_text() for *_, chunk in rows])
+            texts = [chunk.indexed_text() for *_, chunk in rows]
+            vectors = self.embedder.embed(texts)
             self.store.add([chunk_id(s, d, i) for s, d, i, _ in rows], vectors, [c.text for *_, c in rows],
                            [chunk_metadata(c, d, i) for _, d, i, c in rows])
+            tokens = sum(c.tokens for *_, c in rows)
+            self.known += self.embedder.coverage(texts) * tokens
+            self.tokens += tokens
+            self.report.coverage = self.known / max(self.tokens, 1)
         for source, digest, chunks in self.files:
             self.store.finish_file(source, digest, len(chunks))
         self.report.chunks_written += len(rows)
-        self.advance(len(self.files))
+        self.advance(len(self.files), len(rows))
         self.files = []
 
 
 def sync(store: ChunkStore, splitter: Splitter, embedder: Embedder, paths: Iterable[str | Path],
          include: Iterable[str] = (), exclude: Iterable[str] = (), show_progress: bool = False,
-         batch_chunks: int = 256, on_progress: Callable[[int, int], None] | None = None) -> SyncReport:
+         batch_chunks: int = 1024, on_progress: Callable[[int, int], None] | None = None) -> SyncReport:
     """Bring ``store`` in line with the files under ``paths`` (see the module docstring).
 
     ``on_progress(done, total)`` is called as files to (re)index are stored or skipped (``total`` counts
@@ -117,30 +131,32 @@ def sync(store: ChunkStore, splitter: Splitter, embedder: Embedder, paths: Itera
             todo.append((path, digest))
             (report.changed if entry is not None else report.added).append(str(path))
 
-    bar = tqdm(total=len(todo), unit="file", desc="indexing", disable=not show_progress or not todo)
     done = 0
 
-    def advance(files: int) -> None:
+    def advance(files: int, chunks: int = 0) -> None:
         nonlocal done
         done += files
-        bar.update(files)
-        bar.set_postfix(chunks=report.chunks_written, refresh=False)
+        bar.update(chunks)
         if on_progress is not None:
             on_progress(done, len(todo))
 
-    advance(0)
-    batch = _Batch(store, embedder, report, advance)
-    for path, digest in todo:
+    if on_progress is not None:
+        on_progress(0, len(todo))
+    split = []
+    for path, digest in tqdm(todo, unit="file", desc="reading", disable=not show_progress or len(todo) < 2, leave=False):
         try:
-            chunks = splitter.split(load_file(path))
+            split.append((path, digest, splitter.split(load_file(path))))
         except LoaderError as exc:
             log.warning("skipped %s", exc)
             report.skipped.append((str(path), str(exc)))
             if str(path) in known:
                 store.remove_file(str(path))
             (report.changed if str(path) in known else report.added).remove(str(path))
-            advance(1)
-            continue
+    bar = tqdm(total=sum(len(chunks) for *_, chunks in split), unit="chunk", desc="embedding", disable=not show_progress or not todo)
+    if len(split) < len(todo):
+        advance(len(todo) - len(split))  # skipped files count as done
+    batch = _Batch(store, embedder, report, advance)
+    for path, digest, chunks in split:
         batch.add(str(path), digest, chunks)
         if len(batch) >= batch_chunks:
             batch.flush()

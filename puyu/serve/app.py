@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 
 from puyu.engine import LLMEngine
-from puyu.serve import chat, completions, info
+from puyu.serve import chat, completions, embeddings, info
 from puyu.serve.errors import OpenAIError, add_error_handlers, error_response
 from puyu.serve.metrics import ServerMetrics
 from puyu.serve.state import ServerState
@@ -48,6 +48,6 @@ def create_app(engine: LLMEngine, served_name: str, api_key: str | None = None, 
         return await call_next(request)
 
     add_error_handlers(app)
-    for module in (info, chat, completions):
+    for module in (info, chat, completions, embeddings):
         app.include_router(module.router)
     return app

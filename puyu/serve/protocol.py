@@ -40,6 +40,7 @@ class _Request(BaseModel):
     min_p: float = Field(default=0.0, **LIMITS["min_p"])
     repetition_penalty: float = Field(default=1.0, **LIMITS["repetition_penalty"])
     ignore_eos: bool = False
+    loop_guard: int = Field(default=0, **LIMITS["loop_guard"])  # puyu: end a reply that repeats itself (puyu.generation.loop_guard)
 
     def sampling(self, max_tokens: int, index: int, skip_special_tokens: bool = True, grammar: str | None = None) -> SamplingParams:
         """SamplingParams for choice ``index`` (a given seed is offset per choice so choices differ)."""
@@ -48,7 +49,7 @@ class _Request(BaseModel):
             max_new_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, seed=None if self.seed is None else self.seed + index, stop=stop,
-            ignore_eos=self.ignore_eos, skip_special_tokens=skip_special_tokens, grammar=grammar,
+            ignore_eos=self.ignore_eos, skip_special_tokens=skip_special_tokens, grammar=grammar, loop_guard=self.loop_guard,
         )
 
     @property
@@ -137,3 +138,23 @@ class CompletionRequest(_Request):
         if p and all(isinstance(x, int) for x in p):
             return [p]  # type: ignore[list-item]
         return list(p)  # type: ignore[arg-type]
+
+
+class EmbeddingRequest(BaseModel):
+    """``POST /v1/embeddings``: text or token-id inputs, as OpenAI's client sends them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+
+    def inputs(self) -> list[str | list[int]]:
+        """Each input as text or token ids (an empty list of inputs is refused)."""
+        given = self.input
+        if isinstance(given, str) or (given and all(isinstance(x, int) for x in given)):
+            return [given]  # type: ignore[list-item]
+        if not given:
+            raise ConfigError("input is empty; send a string, a list of strings or token ids")
+        return list(given)  # type: ignore[arg-type]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from puyu.client import LocalClient
@@ -49,7 +51,7 @@ def test_answer_streams_pieces_then_checks_them():
     assert answer.text == "The answer is 42 [1] and [9?]." and answer.invalid == [9] and not answer.uncited
     assert answer.references() == "[1] /docs/f1.md § Guide, lines 1-2"
     messages, params = generator.calls[0]
-    assert params == SamplingParams(max_new_tokens=20) and messages[-1]["role"] == "user"
+    assert params == SamplingParams(max_new_tokens=20, loop_guard=8) and messages[-1]["role"] == "user"
     assert "[1] (f1.md § Guide)\nFact number 1." in messages[-1]["content"]
     assert "[2] (f2.md § Guide)" in messages[-1]["content"] and messages[-1]["content"].endswith("Question: What is it?")
 
@@ -102,8 +104,72 @@ def test_builtin_model_answers_from_the_knowledge_base(make_kb, builtin_llm, tmp
     kb = make_kb()
     kb.build([tmp_path / "d"])
     params = SamplingParams(temperature=0, max_new_tokens=40)
-    stream = kb.ask_stream("What is the capital of France?", LocalClient(builtin_llm), params=params)
+    stream = kb.ask_stream("What is the capital of France?", LocalClient(builtin_llm), params=params, answer="generative")
     pieces = list(stream)
     answer = stream.answer
     assert len(pieces) > 1 and "Paris" in answer.text
     assert all(1 <= c.number <= len(answer.sources) for c in answer.citations)
+
+
+@pytest.mark.builtin
+def test_builtin_model_auto_answers_hold_up(make_kb, builtin_llm, tmp_path):
+    """The report that started the loop guard: "The server is [5]. The server is [6]. ..." must not come back."""
+    (tmp_path / "d").mkdir()
+    for i, topic in enumerate(["server", "client", "cache", "quantization", "vision", "benchmark"]):
+        (tmp_path / "d" / f"{topic}.md").write_text(f"# {topic.title()}\n\nThe {topic} guide. Start the {topic} with "
+                                                    f"`lmdeploy {topic} start --port 2333{i}`. The {topic} has options.\n")
+    kb = make_kb()
+    kb.build([tmp_path / "d"])
+    answer = kb.ask("How do I start the server?", LocalClient(builtin_llm), answer="auto")
+    assert answer.invalid == [] and answer.citations and not (answer.looped and answer.mode == "generative")
+    assert "`lmdeploy server start --port 23330`" in answer.text or answer.mode == "generative"
+
+
+def passages():
+    return [Hit("LMDeploy is a toolkit for compressing and serving LLMs. Start the server with lmdeploy serve api_server. "
+                "It listens on port 23333 by default.", "/docs/serve.md", ["Serving"], 1, 3, id="a", similarity=0.8),
+            Hit("Quantization shrinks weights to 4 bits. Use lmdeploy lite auto_awq for AWQ.", "/docs/quant.md", id="b", similarity=0.6)]
+
+
+def test_extractive_answers_quote_cited_sentences_verbatim(embedder):
+    answer = answer_stream("Which port does the server listen on?", passages(), None, mode="extractive", embedder=embedder).result()
+    assert answer.mode == "extractive" and answer.citations and answer.invalid == []
+    quoted = re.findall(r"\s*(.+?) \[(\d+)\]", answer.text)
+    assert quoted and any("23333" in sentence for sentence, _ in quoted)
+    for sentence, number in quoted:  # every sentence exists verbatim in the chunk it cites
+        assert sentence in answer.sources[int(number) - 1].text
+
+
+def test_looping_reply_is_trimmed_and_flagged():
+    generator = ScriptedGenerator("The server is [1]. The server is [2]. The server is [3]. The server is [4].")
+    answer = answer_stream("Q?", passages(), generator).result()
+    assert answer.looped and answer.mode == "generative" and answer.text == "The server is [1]."
+    assert generator.calls[0][1].loop_guard == 8  # answers always run with the loop guard
+
+
+@pytest.mark.parametrize("reply, reason", [
+    ("The server is [1]. The server is [2]. The server is [3]. The server is [4].", "repeated itself"),
+    ("It listens on port 23333.", "cited no source"),
+    ("It listens on port 23333 [7].", "[7]"),
+])
+def test_auto_falls_back_to_quoting_when_the_reply_is_degenerate(embedder, reply, reason):
+    stream = answer_stream("Which port does the server listen on?", passages(), ScriptedGenerator(*reply.split(" ")), mode="auto",
+                           embedder=embedder)
+    pieces = list(stream)
+    answer = stream.answer
+    assert answer.mode == "extractive" and reason in answer.fallback and pieces == [answer.text]
+    assert "23333" in answer.text and answer.invalid == [] and answer.citations
+
+
+def test_auto_keeps_a_sound_generated_answer(embedder):
+    answer = answer_stream("Which port?", passages(), ScriptedGenerator("Port 23333 [1]."), mode="auto", embedder=embedder).result()
+    assert answer.mode == "generative" and answer.fallback is None and answer.text == "Port 23333 [1]."
+
+
+def test_answer_modes_are_checked(embedder):
+    with pytest.raises(ConfigError, match="answer mode"):
+        answer_stream("Q?", passages(), ScriptedGenerator("x"), mode="creative")
+    with pytest.raises(ConfigError, match="embedder"):
+        answer_stream("Q?", passages(), ScriptedGenerator("x"), mode="auto")
+    with pytest.raises(ConfigError, match="chat model"):
+        answer_stream("Q?", passages(), None, mode="generative")

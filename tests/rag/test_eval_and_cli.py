@@ -65,6 +65,12 @@ def test_kb_commands_end_to_end(embedder, kb_home, tmp_path, tiny_model_dir, cap
     assert main(["kb", "ask", "demo", "Who painted the Mona Lisa?", str(tiny_model_dir), "--min-similarity", "0.9"]) == 0
     assert "found nothing relevant" in capsys.readouterr().out
 
+    assert main(["kb", "ask", "demo", "Which port does the server use?", "--answer", "extractive"]) == 0  # no model is loaded
+    assert capsys.readouterr().out.startswith("The API server listens on port 23333 by default. [1]\n\nSources:\n[1] ")
+    assert main(["kb", "eval", "demo", "--qa", str(tmp_path / "qa.jsonl"), "-k", "1", "--answers", "extractive"]) == 0
+    answers = json.loads(capsys.readouterr().out)["answers"]["extractive"]
+    assert answers["contains"] == answers["cited"] == 1.0 and answers["degenerate"] == 0.0
+
     assert main(["kb", "rm", "demo"]) == 0 and main(["kb", "ls"]) == 0
     assert capsys.readouterr().out == "removed knowledge base demo\n"
     assert main(["kb", "stats", "demo"]) == 2 and "no knowledge base named 'demo'" in capsys.readouterr().err

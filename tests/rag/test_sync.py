@@ -112,3 +112,18 @@ def test_settings_are_fixed_at_creation_and_kbs_are_listed(make_kb, kb_home, tmp
         make_kb("../escape")
     remove_kb("one")
     assert list_kbs() == ["two"]
+
+
+def test_bm25_terms_are_stored_once_and_recomputed_for_an_older_store(make_kb, tmp_path):
+    docs = tmp_path / "docs"
+    write_docs(docs, 2)
+    kb = make_kb(chunk_size=24, chunk_overlap=0)
+    kb.build([docs])
+    stored = dict(kb.store.db.execute("SELECT id, tokens FROM keywords"))
+    assert sorted(stored) == sorted(kb.store.collection.get(include=[])["ids"]) and "item" in stored[sorted(stored)[0]].split()
+    with kb.store.db:  # a store written before the keywords table existed
+        kb.store.db.execute("DELETE FROM keywords")
+        kb.store.db.execute("DELETE FROM meta WHERE key = 'keywords'")
+        kb.store.db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+    assert kb.search("item 101", k=1, mode="bm25")[0].source.endswith("doc1.md")
+    assert dict(kb.store.db.execute("SELECT id, tokens FROM keywords")) == stored

@@ -13,7 +13,8 @@ from puyu.train.config import RECIPES_DIR, load_recipe
 from puyu.train.trainer import Trainer
 from tests.conftest import DATASETS, make_hf_model
 
-RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+# agent_tuning trains on data that `puyu agent-tune` builds first: tests/agent/test_tuning_data.py runs it end to end.
+RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if p.stem != "agent_tuning")
 
 
 def test_the_issue_recipes_are_shipped():

@@ -1,0 +1,201 @@
+"""A seeded generator of equation and arithmetic tasks in English and Chinese, each with its tool calls.
+
+:func:`generate_tasks(n, seed, phrasings) <generate_tasks>` returns :class:`Task` objects: the user's
+question, the tool that solves it (``python`` or ``solve``), the call's arguments, the exact expected
+values (fractions, computed here and never by the tools) and an answer template.  Kinds: linear
+equations (``已知2x+5=17，求x``), 2x2 systems, percentages and unit conversions.  The same
+``(n, seed, phrasings)`` always gives the same tasks.  ``phrasings="train"`` uses the wordings the
+tuning data is built from; ``"heldout"`` uses other wordings, for a benchmark of tasks the tuning never
+saw (with a new seed too).  The bootcamp equation 2x+3=10 and the evaluation prompts in
+:data:`HELD_OUT_PROMPTS` are never produced.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from puyu.errors import ConfigError
+
+PHRASINGS = ("train", "heldout")
+# Prompts that evaluations ask (the bootcamp demo, the built-in model's tool-call test): never trained on.
+HELD_OUT_PROMPTS = ("已知2x+3=10，求x", "Use Python to solve 2x+3=10 for x.", "Solve 2x + 3 = 10 for x.", "Solve 2x+3=10",
+                    "Solve x + y = 10 and x - y = 2.", "Solve the equation 5x - 7 = 18.", "Solve 4a + 2 = 14.",
+                    "求解方程 x - 8 = 2", "What is 7% of 300?", "What value of y satisfies 3y = 27?", "Solve for z: z/4 = 6.")
+HELD_OUT_EQUATIONS = {(2, 3, 10)}  # a*x + b = c of the bootcamp demo
+
+# {kind: {phrasings: {language: [templates]}}}; fields are filled with str.format.
+TEMPLATES = {
+    "linear": {
+        "train": {"en": ["Solve {eq} for {v}.", "Find {v} if {eq}.", "Use Python to find {v}: {eq}", "What is {v} when {eq}?"],
+                  "zh": ["已知{eq}，求{v}", "解方程 {eq}", "求 {eq} 中 {v} 的值", "用 Python 求解：{eq}，{v} 等于多少？"]},
+        "heldout": {"en": ["Given {eq}, what is {v}?", "Determine {v} from the equation {eq}."],
+                    "zh": ["若 {eq}，则 {v} 是多少？", "方程 {eq} 的解是什么？"]},
+    },
+    "system": {
+        "train": {"en": ["Solve the system {eq1} and {eq2}.", "Find x and y: {eq1}, {eq2}"],
+                  "zh": ["解方程组：{eq1}，{eq2}", "已知 {eq1} 且 {eq2}，求 x 和 y"]},
+        "heldout": {"en": ["If {eq1} and {eq2}, what are x and y?"], "zh": ["求方程组 {eq1}；{eq2} 的解"]},
+    },
+    "percent": {
+        "train": {"en": ["What is {p}% of {n}?", "Compute {p} percent of {n}.",
+                         "A price of {n} is reduced by {p}%. What is the new price?"],
+                  "zh": ["{n} 的 {p}% 是多少？", "计算 {n} 的百分之{p}", "原价 {n} 元，打折减少 {p}%，现价是多少元？"]},
+        "heldout": {"en": ["How much is {p}% of {n}?", "After a {p}% discount, what does an item priced {n} cost?"],
+                    "zh": ["求 {n} 乘以 {p}% 的结果", "一件 {n} 元的商品降价 {p}% 后卖多少元？"]},
+    },
+    "convert": {
+        "train": {"en": ["Convert {q} {src} to {dst}.", "How many {dst} are in {q} {src}?"],
+                  "zh": ["把 {q} {src_zh}换算成{dst_zh}", "{q} {src_zh}等于多少{dst_zh}？"]},
+        "heldout": {"en": ["{q} {src} is how many {dst}?"], "zh": ["{q} {src_zh}是多少{dst_zh}？"]},
+    },
+}
+# (unit, unit in Chinese, target, target in Chinese, factor as text, exact factor)
+UNITS = [("miles", "英里", "kilometers", "千米", "1.609344", Fraction("1.609344")),
+         ("kilometers", "千米", "meters", "米", "1000", Fraction(1000)),
+         ("hours", "小时", "minutes", "分钟", "60", Fraction(60)),
+         ("kilograms", "千克", "grams", "克", "1000", Fraction(1000)),
+         ("pounds", "磅", "kilograms", "千克", "0.45359237", Fraction("0.45359237")),
+         ("inches", "英寸", "centimeters", "厘米", "2.54", Fraction("2.54")),
+         ("feet", "英尺", "meters", "米", "0.3048", Fraction("0.3048"))]
+ANSWERS = {
+    "solution": {"en": "The solution is {solution}.", "zh": "解得 {solution}。"},
+    "value": {"en": "The answer is {value}.", "zh": "答案是 {value}。"},
+    "convert": {"en": "{q} {src} is {value} {dst}.", "zh": "{q} {src_zh}等于 {value} {dst_zh}。"},
+}
+VARIABLES = ["x", "y", "z", "a", "n", "t"]
+Made = tuple[dict, str, dict, dict, str]  # (phrasing fields, tool, arguments, expected values, answer kind)
+
+
+@dataclass
+class Task:
+    """One generated task.
+
+    Attributes:
+        kind: linear, system, percent or convert.
+        language: en or zh.
+        question: the user's message.
+        tool: python or solve.
+        arguments: the call's arguments.
+        expected: ``{name: exact value}`` the tool's output must show (a name per unknown, or ``value``).
+        answer: the final answer's template (``{solution}`` or ``{value}`` filled from the tool's real output).
+    """
+
+    kind: str
+    language: str
+    question: str
+    tool: str
+    arguments: dict[str, str]
+    expected: dict[str, Fraction]
+    answer: str
+
+
+def _normal(text: str) -> str:
+    return re.sub(r"[\s,，.。?？:：]", "", text).lower()
+
+
+HELD_OUT_NORMAL = {_normal(p) for p in HELD_OUT_PROMPTS}
+
+
+def _term(coefficient: int, variable: str) -> str:
+    return variable if coefficient == 1 else f"-{variable}" if coefficient == -1 else f"{coefficient}{variable}"
+
+
+def _signed(value: int) -> str:
+    return f"+ {value}" if value >= 0 else f"- {-value}"
+
+
+def _linear(rng: random.Random, use_python: bool) -> Made | None:
+    v = rng.choice(VARIABLES)
+    a, b, c = rng.choice([k for k in range(-9, 13) if k not in (0, 1)]), rng.randint(-30, 30), rng.randint(-40, 60)
+    if (a, b, c) in HELD_OUT_EQUATIONS or b == 0:
+        return None
+    eq = f"{_term(a, v)}{'+' if b > 0 else '-'}{abs(b)}={c}" if rng.random() < 0.5 else f"{_term(a, v)} {_signed(b)} = {c}"
+    fields = {"eq": eq, "v": v}
+    expected = {v: Fraction(c - b, a)}
+    if use_python:
+        rest = f"{c} - {b}" if b > 0 else f"{c} + {-b}"
+        return fields, "python", {"code": f"{v} = ({rest}) / {a if a > 0 else f'({a})'}\nprint(f'{v} = {{{v}}}')"}, expected, "solution"
+    return fields, "solve", {"equations": eq}, expected, "solution"
+
+
+def _system(rng: random.Random, use_python: bool) -> Made | None:
+    x, y = rng.randint(-9, 12), rng.randint(-9, 12)
+    a, b, d, e = (rng.choice([k for k in range(-5, 6) if k]) for _ in range(4))
+    if a * e - b * d == 0:
+        return None
+    c, f = a * x + b * y, d * x + e * y
+    eq1, eq2 = f"{_term(a, 'x')} {_signed(b)[0]} {_term(abs(b), 'y')} = {c}", f"{_term(d, 'x')} {_signed(e)[0]} {_term(abs(e), 'y')} = {f}"
+    expected = {"x": Fraction(x), "y": Fraction(y)}
+    if use_python:
+        code = (f"a, b, c = {a}, {b}, {c}\nd, e, f = {d}, {e}, {f}\ndet = a*e - b*d\n"
+                "x = (c*e - b*f) / det\ny = (a*f - c*d) / det\nprint(f'x = {x}, y = {y}')")
+        return {"eq1": eq1, "eq2": eq2}, "python", {"code": code}, expected, "solution"
+    return {"eq1": eq1, "eq2": eq2}, "solve", {"equations": f"{eq1}, {eq2}"}, expected, "solution"
+
+
+def _percent(rng: random.Random, use_python: bool) -> Made:
+    p, n = rng.choice([5, 10, 12, 15, 20, 25, 30, 35, 40, 50, 60, 75, 80, 8, 3, 45]), rng.choice(range(20, 2001, 5))
+    discount = rng.random() < 0.35
+    value = Fraction(n) * (100 - p) / 100 if discount else Fraction(n) * p / 100
+    code = f"print({n} * (100 - {p}) / 100)" if discount else f"print({p} / 100 * {n})"
+    return {"p": p, "n": n, "discount": discount}, "python", {"code": code}, {"value": value}, "value"
+
+
+def _convert(rng: random.Random, use_python: bool) -> Made:
+    src, src_zh, dst, dst_zh, factor, exact = rng.choice(UNITS)
+    q = rng.choice([rng.randint(2, 120), rng.randint(1, 40) + rng.choice([0.5, 0.25])])
+    value = round(Fraction(str(q)) * exact, 4)  # what the code prints
+    fields = {"q": q, "src": src, "src_zh": src_zh, "dst": dst, "dst_zh": dst_zh}
+    return fields, "python", {"code": f"print(round({q} * {factor}, 4))"}, {"value": value}, "convert"
+
+
+KINDS = {"linear": _linear, "system": _system, "percent": _percent, "convert": _convert}
+
+
+def _phrase(kind: str, fields: dict, tool: str, phrasings: str, language: str, rng: random.Random) -> str:
+    templates = [t for t in TEMPLATES[kind][phrasings][language] if tool == "python" or "Python" not in t]
+    if kind == "percent":  # the discount wording is the last train template and the last held-out one
+        templates = templates[-1:] if fields["discount"] else templates[:-1]
+    return rng.choice(templates).format(**fields)
+
+
+def generate_tasks(n: int, seed: int = 0, phrasings: str = "train", kinds: tuple[str, ...] = tuple(KINDS),
+                   python_share: float = 0.6) -> list[Task]:
+    """``n`` tasks, half English and half Chinese, cycling through ``kinds`` (see the module docstring).
+
+    Args:
+        n: how many tasks.
+        seed: the random seed (the same seed gives the same tasks).
+        phrasings: ``train`` or ``heldout`` wordings.
+        kinds: which kinds of task.
+        python_share: share of equations solved with ``python``; the others call ``solve``.
+    """
+    if phrasings not in PHRASINGS:
+        raise ConfigError(f"phrasings must be one of {', '.join(PHRASINGS)}, got {phrasings!r}")
+    unknown = set(kinds) - KINDS.keys()
+    if n < 0 or not kinds or unknown:
+        raise ConfigError(f"generate_tasks needs n >= 0 and kinds from {', '.join(KINDS)}; got n={n}, kinds={kinds}")
+    rng, tasks, seen = random.Random(seed), [], set()
+    while len(tasks) < n:
+        kind, language = kinds[len(tasks) % len(kinds)], ("en", "zh")[(len(tasks) // len(kinds)) % 2]
+        made = KINDS[kind](rng, rng.random() < python_share)
+        if made is None:
+            continue
+        fields, tool, arguments, expected, answer = made
+        question = _phrase(kind, fields, tool, phrasings, language, rng)
+        key = _normal(question)
+        if key in HELD_OUT_NORMAL or key in seen:
+            continue
+        seen.add(key)
+        answer_text = ANSWERS[answer][language].format(**fields, value="{value}", solution="{solution}")
+        tasks.append(Task(kind, language, question, tool, arguments, expected, answer_text))
+    return tasks
+
+
+def task_key(task: Task) -> str:
+    """A stable text form of a task (for checking determinism and caching)."""
+    return json.dumps([task.kind, task.language, task.question, task.tool, task.arguments], ensure_ascii=False)

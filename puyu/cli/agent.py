@@ -14,7 +14,7 @@ import contextlib
 import json
 import sys
 
-from puyu.cli.common import add_model_args
+from puyu.cli.common import add_model_args, load_llm
 
 
 def _show(step, as_json: bool) -> None:
@@ -71,8 +71,6 @@ def cmd_agent(args: argparse.Namespace) -> int:
         if args.api_base:
             model = OpenAIChatModel(args.api_model, args.api_base, args.api_key, **sampling)
         else:
-            from puyu.cli.common import load_llm
-
             model = LocalChatModel(load_llm(args), constrain=args.constrain, **sampling)
         agent = Agent(model, registry, protocol=args.protocol, language=args.language, max_steps=args.max_steps,
                       system=args.system, tool_choice=args.tool_choice)

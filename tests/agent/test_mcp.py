@@ -118,7 +118,7 @@ def test_puyu_agent_uses_tools_of_two_mcp_servers(tmp_path, monkeypatch, capsys)
                                                                'def fetch_page', '@server.tool()\ndef fetch_page'))
     model = ScriptedModel([call("shout", '{"text": "x is"}'), call("solve", '{"equations": "2x+3=10"}'), "x = 3.5"])
     monkeypatch.setattr("puyu.agent.LocalChatModel", lambda *args, **kwargs: model)
-    monkeypatch.setattr("puyu.cli.common.load_llm", lambda args: None)
+    monkeypatch.setattr("puyu.cli.agent.load_llm", lambda args: None)
     code = main(["agent", "Solve 2x+3=10", "--tools", "calculator", "--json",
                  "--mcp", f"{PUYU_MCP} --tools solve", "--mcp", f"{sys.executable} {server_file}"])
     steps = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]

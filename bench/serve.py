@@ -6,9 +6,9 @@ bytes read per token / measured copy bandwidth), and llama-cpp-python's
 ``Llama`` on the same GGUF.
 
 Part 2, over HTTP with realistic prompts (MT-Bench first turns and Alpaca
-instructions from ../shared/datasets): output tokens/s, time to first token and
-inter-token latency p50/p99 at each concurrency, for ``puyu serve`` and
-llama-cpp-python's server (``--interrupt_requests False``, ``repeat_penalty``
+instructions from ../shared/datasets), a fresh server per concurrency level:
+output tokens/s, time to first token and inter-token latency p50/p99, for
+``puyu serve``, llama.cpp's ``llama-server`` and llama-cpp-python's server (``--interrupt_requests False``, ``repeat_penalty``
 1.0 to match), plus transformers ``generate`` with static batches of the same
 size in-process.  ``puyu serve`` runs with ``--compile`` unless ``--no-compile``.
 Prints ratios ours / peer, and the server's single stream over part 1's in-process
@@ -187,6 +187,17 @@ async def load(url: str, model: str, questions: list[str], concurrency: int, max
     return {"tok/s": sum(tokens) / wall, "ttft p50": q(ttfts, 50), "ttft p99": q(ttfts, 99), "itl p50": q(itls, 50), "itl p99": q(itls, 99)}
 
 
+def fresh_server_load(command, concurrency: int, max_tokens: int) -> dict[str, float]:
+    """Start the server ``command(port)`` anew, run one concurrency level against it, stop it."""
+    port = free_port()
+    proc = start(command(port), port)
+    try:
+        return asyncio.run(load(f"http://127.0.0.1:{port}/v1", "smol", prompts(max(2 * concurrency, 8)), concurrency, max_tokens))
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
 def transformers_static(questions: list[str], batch: int, max_tokens: int) -> dict[str, float]:
     from transformers import AutoModelForCausalLM
 
@@ -222,37 +233,18 @@ def http_part(levels: list[int], max_tokens: int, quant: str, compile: bool, lla
 
     gguf = str(resolve("smollm2-135m-instruct"))
     results: dict[str, dict[int, dict[str, float]]] = {}
-    port = free_port()
-    proc = start([sys.executable, "-m", "puyu", "serve", "smollm2-135m-instruct", "--port", str(port), "--quant", quant,
-                  "--served-model-name", "smol", "--compile" if compile else "--no-compile"], port)
-    try:
-        results[f"puyu ({quant})"] = {
-            c: asyncio.run(load(f"http://127.0.0.1:{port}/v1", "smol", prompts(max(2 * c, 8)), c, max_tokens)) for c in levels
-        }
-    finally:
-        proc.terminate()
-        proc.wait(60)
+    servers = {f"puyu ({quant})": lambda port: [sys.executable, "-m", "puyu", "serve", "smollm2-135m-instruct", "--port", str(port),
+                                                "--quant", quant, "--served-model-name", "smol",
+                                                "--compile" if compile else "--no-compile"]}
     if llama_server:  # llama.cpp's own server: 2 threads, 8 slots, continuous batching
-        port = free_port()
-        proc = start([llama_server, "-m", gguf, "-t", "2", "-np", "8", "-cb", "-c", "16384", "--port", str(port), "-a", "smol"], port)
-        try:
-            results["llama-server"] = {
-                c: asyncio.run(load(f"http://127.0.0.1:{port}/v1", "smol", prompts(max(2 * c, 8)), c, max_tokens)) for c in levels
-            }
-        finally:
-            proc.terminate()
-            proc.wait(60)
+        servers["llama-server"] = lambda port: [llama_server, "-m", gguf, "-t", "2", "-np", "8", "-cb", "-c", "16384",
+                                                "--port", str(port), "-a", "smol"]
     if llama_python:
-        port = free_port()
-        proc = start([llama_python, "-m", "llama_cpp.server", "--model", gguf, "--n_threads", "2", "--n_ctx", "8192",
-                      "--port", str(port), "--interrupt_requests", "False", "--model_alias", "smol"], port)
-        try:
-            results["llama-cpp-python server"] = {
-                c: asyncio.run(load(f"http://127.0.0.1:{port}/v1", "smol", prompts(max(2 * c, 8)), c, max_tokens)) for c in levels
-            }
-        finally:
-            proc.terminate()
-            proc.wait(60)
+        servers["llama-cpp-python server"] = lambda port: [llama_python, "-m", "llama_cpp.server", "--model", gguf, "--n_threads", "2",
+                                                           "--n_ctx", "8192", "--port", str(port), "--interrupt_requests", "False",
+                                                           "--model_alias", "smol"]
+    for name, command in servers.items():
+        results[name] = {c: fresh_server_load(command, c, max_tokens) for c in levels}
     results["transformers static batch"] = {c: transformers_static(prompts(max(2 * c, 8)), c, max_tokens) for c in levels}
 
     print(f"\n{'server':28} {'conc':>4} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}")

@@ -45,10 +45,18 @@ class ClientModel:
 
     def reply(self, messages: list[dict[str, Any]], tools: list[dict] | None = None, stop: list[str] | None = None,
               tool_choice: str = "auto", grammar: Grammar | None = None) -> Reply:
+        return self.finish(self.client.chat(*self.request(messages, tools, stop, tool_choice, grammar)))
+
+    def request(self, messages: list[dict[str, Any]], tools: list[dict] | None, stop: list[str] | None, tool_choice: str,
+                grammar: Grammar | None) -> tuple[list[dict[str, Any]], SamplingParams, list[dict] | None, str]:
+        """The client's ``(messages, params, tools, tool_choice)`` for one turn (a batch of turns goes to ``chat_many``)."""
         params = replace(self.params, stop=list(stop or []))
         if grammar is not None and self.constrain:
             params = replace(params, grammar=grammar(params.max_new_tokens))
-        result = self.client.chat(messages, params, tools, tool_choice)
+        return messages, params, tools, tool_choice
+
+    @staticmethod
+    def finish(result: ChatResult) -> Reply:
         return replace(result, text=result.text.strip())
 
 

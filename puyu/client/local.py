@@ -54,13 +54,26 @@ class LocalClient:
 
     def chat(self, messages: Messages, params: SamplingParams, tools: list[dict] | None = None,
              tool_choice: str = "auto") -> ChatResult:
-        fmt = tool_format(self.family) if tools else None
+        return self.chat_many([(messages, params, tools, tool_choice)])[0]
+
+    def chat_many(self, requests: list[tuple[Messages, SamplingParams, list[dict] | None, str]]) -> list[ChatResult]:
+        """Answer several ``(messages, params, tools, tool_choice)`` turns in one batched generation, in order
+        (what :meth:`chat` does for one; agents run side by side share the model's batch this way)."""
+        formats = [tool_format(self.family) if tools else None for _, _, tools, _ in requests]
+        plist = [self._turn_params(params, tools, tool_choice, fmt) for (_, params, tools, tool_choice), fmt in zip(requests, formats)]
+        prompts = [self.prompt_ids(messages, tools) for messages, _, tools, _ in requests]
+        done = generate(self.llm.model, self.llm.tokenizer, prompts, plist)
+        return [self._result(d, fmt, params) for d, fmt, params in zip(done, formats, plist)]
+
+    def _turn_params(self, params: SamplingParams, tools: list[dict] | None, tool_choice: str, fmt) -> SamplingParams:
         if fmt and self.constrain:
             params = replace(params, grammar=tool_call_grammar(tools, fmt.family, tool_choice == "required",
                                                                min(self.max_string, params.max_new_tokens // 2)))
         if fmt and fmt.keeps_special_tokens:
             params = replace(params, skip_special_tokens=False)
-        done = generate(self.llm.model, self.llm.tokenizer, [self.prompt_ids(messages, tools)], params)[0]
+        return params
+
+    def _result(self, done, fmt, params: SamplingParams) -> ChatResult:
         raw = done.text
         if fmt and fmt.keeps_special_tokens:
             raw = raw.replace(self.llm.tokenizer.template.end_of_turn or "", "").strip()

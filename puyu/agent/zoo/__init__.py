@@ -1,7 +1,7 @@
 """The tool zoo (AgentLego's role): offline tools beyond the built-ins, each a :class:`~puyu.agent.tools.Tool`.
 
 - ``ocr`` (:mod:`.ocr`): text in an image file (RapidOCR on ONNX Runtime; the wheel ships its models);
-- ``speak`` (:mod:`.speech`): text to a WAV file (eSpeak NG through pyttsx3);
+- ``speak`` (:mod:`.speech`): text to a WAV file (the eSpeak NG program);
 - ``image_info`` / ``image_edit`` (:mod:`.images`): size and mode of an image; crop, resize, convert (Pillow).
 
 Plots come from the ``python`` tool: images it saves are returned with its output.  Every zoo tool

@@ -203,8 +203,8 @@ def register(sub, common) -> None:
                      help="generative: the model writes it (streamed); extractive: the best source sentences, quoted and cited "
                           "(no model); auto: generate, quote instead when the reply loops or cites nothing valid "
                           "(default: extractive with the built-in model, which rarely cites; auto with any other)")
-    add_dataclass_flags(ask, SamplingParams, "sampling")
-    ask.set_defaults(func=cmd_ask, **{f: getattr(ANSWER_PARAMS, f) for f in ("max_new_tokens", "temperature", "loop_guard")})
+    add_dataclass_flags(ask, SamplingParams, "sampling", defaults=ANSWER_PARAMS)
+    ask.set_defaults(func=cmd_ask)
 
     ev = kb_sub.add_parser("eval", parents=[common], help=cmd_eval.__doc__, description=cmd_eval.__doc__)
     ev.add_argument("name", help="knowledge base name")

@@ -93,3 +93,12 @@ def test_nq_passages_are_retrieved_for_their_questions(make_kb, tmp_path):
     assert len(items) >= 35
     assert all(s["recall@5"] > 0.7 for s in scores.values()), scores
     assert scores["hybrid"]["mrr@10"] >= min(scores["dense"]["mrr@10"], scores["bm25"]["mrr@10"]), scores
+
+
+def test_kb_ask_help_shows_the_answer_defaults_it_uses(capsys):
+    from puyu.rag.answer import ANSWER_PARAMS
+
+    with pytest.raises(SystemExit):
+        main(["kb", "ask", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {ANSWER_PARAMS.max_new_tokens})" in help_text and ANSWER_PARAMS.max_new_tokens != 512

@@ -37,7 +37,7 @@ def run_engine_server(args: argparse.Namespace, web: bool = False) -> int:
 
         mount_ui(app, UIConfig(api_base=f"{local_url(args.host, args.port)}/v1", api_key=args.api_key, model=name,
                                tokenizer=tokenizer, context_length=engine.max_model_len, key=args.api_key,
-                               files=getattr(args, "files", None)))
+                               files=getattr(args, "files", None), allow=tuple(getattr(args, "allow", ()))))
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                            timeout_graceful_shutdown=int(args.drain_timeout) or None))
 

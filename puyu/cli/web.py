@@ -23,13 +23,14 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     from puyu.web.proxy import create_proxy_app
 
-    app = create_proxy_app(args.api_base, args.api_key, args.api_model, args.files)
+    app = create_proxy_app(args.api_base, args.api_key, args.api_model, args.files, allow=tuple(args.allow))
     print(f"web UI on http://{args.host}:{args.port}/ for the model server at {args.api_base} (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
 def register(sub, common) -> None:
+    from puyu.cli.agent import names
     from puyu.cli.serve import add_server_args
 
     web = sub.add_parser("web", parents=[common], help=cmd_web.__doc__, description=cmd_web.__doc__)
@@ -38,5 +39,8 @@ def register(sub, common) -> None:
     web.add_argument("--api-base", default=None, help="use this OpenAI-compatible server instead of loading a model, "
                                                       "e.g. http://127.0.0.1:23333/v1")
     web.add_argument("--api-model", default=None, help="the model name at --api-base (default: the first it lists)")
-    web.add_argument("--files", default=None, help="a folder the agent's read_file tool may read (default: the tool is off)")
+    web.add_argument("--files", default=None, help="a folder the agent's read_file and zoo tools (image_info; ocr, speak, "
+                     "image_edit with --allow) work in (default: those tools are off)")
+    web.add_argument("--allow", type=names, default=[], help="comma-separated effects the agent tab's tools may have: "
+                     "writes_files (speak, image_edit), heavy (ocr) (default: none)")
     web.set_defaults(func=cmd_web)

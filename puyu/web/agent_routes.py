@@ -68,7 +68,7 @@ def add_agent_routes(app: FastAPI, config) -> None:
         log.info("agent run: tools %s, protocol %s, at most %d steps", body.tools, body.protocol, body.max_steps)
         with contextlib.ExitStack() as stack:
             sandbox = stack.enter_context(PythonSandbox()) if "python" in body.tools else None
-            registry = builtin_tools(body.tools, sandbox=sandbox, files=config.files, kb=body.kb or None)
+            registry = builtin_tools(body.tools, sandbox=sandbox, files=config.files, kb=body.kb or None, allow=config.allow)
             agent = Agent(chat_model(body), registry, protocol=body.protocol, language=body.language, max_steps=body.max_steps,
                           system=body.system or None, tool_choice=body.tool_choice)
             for step in agent.stream(body.task):

@@ -52,6 +52,7 @@ class UIConfig:
         context_length: the model's window in tokens, when known.
         key: the key the ``/ui`` routes require (the server's ``--api-key``); None for none.
         files: the folder the agent's ``read_file`` tool may read (None: the tool is not offered).
+        allow: effects the agent tab's tools may have (``writes_files``, ``heavy``: the zoo's OCR, speech, image edits).
         agent_model: ``agent_model(params: SamplingParams) -> ChatModel`` replaces the API model (tests pass a scripted one).
         generator: a :class:`~puyu.client.ChatClient` that replaces the API for knowledge-base answers
             (tests pass a scripted one).
@@ -64,6 +65,7 @@ class UIConfig:
     context_length: int | None = None
     key: str | None = None
     files: str | None = None
+    allow: tuple[str, ...] = ()
     agent_model: Callable[[Any], Any] | None = None
     generator: Any = None
 
@@ -76,7 +78,15 @@ class UIConfig:
         return self.model
 
     def tools(self) -> list[str]:
-        return AGENT_TOOLS + (["read_file"] if self.files else [])
+        """The agent tab's tools: the built-ins, and with a ``files`` folder ``read_file`` and the zoo's tools whose
+        effects (writing files, heavy models) are in ``allow``."""
+        if not self.files:
+            return AGENT_TOOLS
+        from puyu.agent.folder import Folder
+        from puyu.agent.zoo import ZOO
+
+        allowed = [name for name, make in ZOO.items() if make(Folder(self.files, name)).effects <= set(self.allow)]
+        return AGENT_TOOLS + ["read_file", *allowed]
 
 
 def local_url(host: str, port: int) -> str:

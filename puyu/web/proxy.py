@@ -31,14 +31,15 @@ FORWARDED_HEADERS = ("content-type", "accept")
 
 
 def create_proxy_app(api_base: str, api_key: str | None = None, model: str | None = None, files: str | None = None,
-                     ui: UIConfig | None = None) -> FastAPI:
+                     ui: UIConfig | None = None, allow: tuple[str, ...] = ()) -> FastAPI:
     """The UI app for a remote server.
 
     Args:
         api_base: the remote OpenAI-compatible base URL, e.g. ``http://127.0.0.1:23333/v1``.
         api_key: the remote server's key (sent upstream, never to the browser).
         model: the remote model to use (None: the first one it lists).
-        files: the folder the agent's ``read_file`` tool may read.
+        files: the folder the agent's ``read_file`` and zoo tools work in.
+        allow: effects those tools may have (see :class:`UIConfig`).
         ui: a ready :class:`UIConfig` instead (tests inject scripted models with it).
     """
     api_base = api_base.rstrip("/")
@@ -87,5 +88,5 @@ def create_proxy_app(api_base: str, api_key: str | None = None, model: str | Non
         await response.aclose()
         return Response(content, status_code=response.status_code, media_type=media_type)
 
-    mount_ui(app, ui or UIConfig(api_base=api_base, api_key=api_key, model=model, files=files))
+    mount_ui(app, ui or UIConfig(api_base=api_base, api_key=api_key, model=model, files=files, allow=allow))
     return app

@@ -93,3 +93,12 @@ def test_kb_routes_refuse_escapes_and_sync_removes_deleted_files(ui_server):
     assert bad.status_code == 400 and "knowledge base name" in bad.json()["error"]["message"]
     empty = sse(httpx.post(f"{ui_server.base}/ui/kb/empty/sync", timeout=30))
     assert empty[-1]["type"] == "error" and "upload files first" in empty[-1]["message"]
+
+
+def test_agent_tab_offers_the_zoo_tools_its_folder_and_allowed_effects_permit(tmp_path):
+    from puyu.web.app import AGENT_TOOLS, UIConfig
+
+    assert UIConfig(api_base="http://x/v1").tools() == AGENT_TOOLS
+    assert UIConfig(api_base="http://x/v1", files=str(tmp_path)).tools() == [*AGENT_TOOLS, "read_file", "image_info"]
+    everything = UIConfig(api_base="http://x/v1", files=str(tmp_path), allow=("writes_files", "heavy")).tools()
+    assert everything == [*AGENT_TOOLS, "read_file", "ocr", "speak", "image_info", "image_edit"]

@@ -60,8 +60,8 @@ class Mix:
         python_only: share of python-solved rows that offer only the ``python`` tool (``--tools python``).
     """
 
-    gsm8k: int = 160
-    tasks: int = 160
+    gsm8k: int = 80
+    tasks: int = 220
     glaive: int = 40
     seed: int = 0
     python_only: float = 0.5

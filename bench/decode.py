@@ -1,13 +1,16 @@
-"""Single-stream greedy decode speed and load time of the built-in model: puyu vs transformers.
+"""Single-stream greedy decode speed and load time of a model (the built-in one by default): puyu vs transformers.
 
-Both run the same weights (puyu's converted folder of the built-in GGUF), the
-same dtype, the same prompt and 2 threads, in this one process.  Decode speed
-is (N - 1) / (time(N tokens) - time(1 token)), so prefill is left out the same
-way for both; each figure is the best of ``--repeats`` runs.  Prints a table
-and the ratio ours / transformers (higher is better for tok/s, lower for
-load time).
+Both run the same weights (puyu's converted folder of a GGUF, or the folder
+itself), the same dtype, the same prompt and 2 threads, in this one process.
+Decode speed is (N - 1) / (time(N tokens) - time(1 token)), so prefill is left
+out the same way for both; each figure is the best of ``--repeats`` runs.
+Prints puyu's estimate first (memory, KV per token, the bandwidth bound on
+decode), then a table and the ratio ours / transformers (higher is better for
+tok/s, lower for load time).  ``--model`` takes any name, folder or GGUF puyu
+loads; models whose class transformers does not ship (InternLM v1/2, which need
+remote code) are measured for puyu alone.
 
-    python bench/decode.py [--dtypes float32,bfloat16] [--tokens 128] [--threads 2] [--convert]
+    python bench/decode.py [--model NAME|FOLDER|GGUF] [--dtypes float32,bfloat16] [--tokens 128] [--threads 2] [--convert]
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def decode_rate(run, tokens: int, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="registered name, Hugging Face folder or .gguf file")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
@@ -50,27 +54,34 @@ def main() -> None:
 
     from puyu.generation import SamplingParams, generate
     from puyu.model import load_model
+    from puyu.model.estimate import estimate
+    from puyu.model.hf_io import read_config
     from puyu.model.loader import convert_gguf
     from puyu.model.registry import resolve
 
-    gguf = resolve("smollm2-135m-instruct")
-    folder = convert_gguf(gguf)
+    path = resolve(args.model)
+    folder = convert_gguf(path) if path.is_file() else path
+    config = read_config(folder)
+    for dtype_name in args.dtypes.split(","):
+        print(f"[{dtype_name}] " + "\n  ".join(estimate(config, getattr(torch, dtype_name), context=args.tokens + 64).lines()))
+    # transformers runs the classes it ships; InternLM v1/2 need their remote code, which this benchmark does not execute
+    reference = config.arch not in ("internlm", "internlm2")
     rows = []
-    if args.convert:
+    if args.convert and path.is_file():
         with tempfile.TemporaryDirectory() as home:
             os.environ["PUYU_HOME"] = home
-            ours = best_time(lambda: load_model(gguf, dtype="float32", device="cpu"), 1)
-        theirs = best_time(lambda: AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32), 1)
+            ours = best_time(lambda: load_model(path, dtype="float32", device="cpu"), 1)
+        theirs = best_time(lambda: AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32), 1)
         rows.append(("first load of the GGUF (s)", "float32", ours, theirs))
 
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
         ours_load = best_time(lambda: load_model(folder, dtype=dtype_name, device="cpu"), args.repeats)
-        hf_load = best_time(lambda: AutoModelForCausalLM.from_pretrained(folder, dtype=dtype), args.repeats)
-        rows.append(("load, converted folder (s)", dtype_name, ours_load, hf_load))
+        hf_load = best_time(lambda: AutoModelForCausalLM.from_pretrained(folder, dtype=dtype), args.repeats) if reference else float("nan")
+        rows.append(("load, folder (s)", dtype_name, ours_load, hf_load))
 
         model, tokenizer = load_model(folder, dtype=dtype_name, device="cpu")
-        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval() if reference else None
         prompt = tokenizer.render([{"role": "user", "content": "Write a long story about a dragon."}], add_generation_prompt=True).ids
 
         def ours_run(n: int) -> list[int]:
@@ -85,17 +96,19 @@ def main() -> None:
             return out[0, len(prompt) :].tolist()
 
         rows.append(("decode, batch 1 (tok/s)", dtype_name, decode_rate(ours_run, args.tokens, args.repeats),
-                     decode_rate(hf_run, args.tokens, args.repeats)))
-        a, b = ours_run(args.tokens), hf_run(args.tokens)
-        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
-        print(f"[{dtype_name}] greedy tokens identical for the first {same} of {args.tokens}")
+                     decode_rate(hf_run, args.tokens, args.repeats) if reference else float("nan")))
+        if reference:
+            a, b = ours_run(args.tokens), hf_run(args.tokens)
+            same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+            print(f"[{dtype_name}] greedy tokens identical for the first {same} of {args.tokens}")
+        model = hf = None  # free this dtype's weights before the next one loads
 
     print(f"\n{'measure':32} {'dtype':9} {'puyu':>9} {'transformers':>13} {'ratio':>7}")
     for name, dtype_name, ours, theirs in rows:
         print(f"{name:32} {dtype_name:9} {ours:9.2f} {theirs:13.2f} {ours / theirs:7.2f}")
     from puyu.hardware import describe_machine
 
-    print(f"\n{describe_machine()}; tokens={args.tokens}")
+    print(f"\n{describe_machine()}; model={args.model}; tokens={args.tokens}")
 
 
 if __name__ == "__main__":

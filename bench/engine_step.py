@@ -13,8 +13,17 @@ Built-in model, 2 threads, the dtype ``puyu serve`` picks (``auto``) unless ``--
    questions over a passage, "repeat", "summarize" — Alpaca demo rows): output
    tok/s with and without, the acceptance rate, and whether the tokens are
    identical.
+4. Quantized settings (``--throughput``, ``QUANT/KV_QUANT`` pairs): greedy decode
+   tok/s of one stream and aggregate over 32 concurrent streams, and how many
+   sequences of ``--context`` tokens fit in the same KV memory (``--kv-mib``).
+5. The linear layers alone (``--gemm``): microseconds per call of the model's
+   layer shapes (the LM head last) at 1 row (decode) and 128 rows (prefill) for the float32 and
+   bf16 dense matmuls, the int8 weight-only packed kernel (w8a16), the W8A8
+   layer (activation quantization included) and its bare ``torch._int_mm``.
 
     python bench/engine_step.py [--quant none,w8a16,w4a16] [--dtype auto] [--skip-compile] [--skip-profile] [--skip-speculative]
+                                [--throughput none/none,w8a8/none,none/int8,none/int4,w8a8/int8] [--kv-mib 64] [--context 512]
+                                [--gemm]
 """
 
 from __future__ import annotations
@@ -44,7 +53,8 @@ def engine(quant: str, dtype: str, **config):
     from puyu.model import load_model
 
     model, tokenizer = load_model("smollm2-135m-instruct", dtype=dtype, device="cpu", quantized=quant != "none")
-    return LLMEngine(model, tokenizer, EngineConfig(quant=quant, **config)), tokenizer
+    calib = str(DATA / "pretrain/llamafactory_text/c4_demo.jsonl") if quant == "w8a8" else None
+    return LLMEngine(model, tokenizer, EngineConfig(quant=quant, quant_calib=calib, **config)), tokenizer
 
 
 def profile_part(quants: list[str], dtype: str) -> None:
@@ -143,6 +153,63 @@ def speculative_part(quant: str, dtype: str, count: int) -> None:
     print(f"  identical tokens: {outputs['none'] == outputs['prompt_lookup']}")
 
 
+def throughput_part(settings: list[str], dtype: str, kv_mib: float, context: int) -> None:
+    from puyu.generation import SamplingParams
+
+    print(f"\ngreedy decode tok/s (dtype {dtype}) and sequences of {context} tokens in {kv_mib:.0f} MiB of KV cache")
+    print(f"{'quant/kv_quant':16}{'1 stream':>10}{'32 streams':>12}{'KV blocks':>11}{'sequences':>11}")
+    rows = json.loads((DATA / "sft/llamafactory_demo/alpaca_en_demo.json").read_text())[:32]
+    for setting in settings:
+        quant, kv_quant = setting.split("/")
+        eng, tok = engine(quant, dtype, kv_quant=kv_quant, num_blocks=512, max_num_seqs=32)
+        batch = [tok.render([{"role": "user", "content": r["instruction"]}], add_generation_prompt=True).ids for r in rows]
+        eng.generate(batch[:2], SamplingParams(max_new_tokens=4, temperature=0))
+        rates = []
+        for group, new in ((batch[:1], 128), (batch, 64)):
+            params = SamplingParams(max_new_tokens=new, temperature=0, ignore_eos=True)
+            eng.generate(group, SamplingParams(max_new_tokens=1, temperature=0))  # prompts into the prefix cache: decode is timed
+            started = time.perf_counter()
+            eng.generate(group, params)
+            rates.append(len(group) * new / (time.perf_counter() - started))
+        per_block = eng.kv_cache_bytes / eng.blocks.num_blocks
+        blocks = int(kv_mib * 2**20 // per_block)
+        print(f"{setting:16}{rates[0]:10.1f}{rates[1]:12.1f}{blocks:11d}{blocks // -(-context // eng.config.block_size):11d}")
+        eng.shutdown()
+
+
+def _best_us(fn, calls: int = 20, repeats: int = 7) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - started) / calls)
+    return best * 1e6
+
+
+@torch.inference_mode()
+def gemm_part() -> None:
+    from torch import nn
+
+    from puyu.quant.w8a8 import W8A8Linear, int8_gemm, quantize_rows
+    from puyu.quant.weight_only import Int8Linear
+
+    paths = ("float32", "bf16", "w8a16 packed", "w8a8 layer", "_int_mm only")
+    print(f"\nmicroseconds per call (best of 7), {torch.get_num_threads()} threads")
+    print(f"{'rows x in x out':20}" + "".join(f"{p:>14}" for p in paths))
+    for rows in (1, 128):
+        for fan_in, fan_out in ((576, 960), (576, 576), (576, 3072), (1536, 576), (576, 192), (576, 49152)):
+            linear = nn.Linear(fan_in, fan_out, bias=False)
+            x = torch.randn(rows, fan_in)
+            bf16, xb = nn.Linear(fan_in, fan_out, bias=False).to(torch.bfloat16), x.bfloat16()
+            packed, w8a8 = Int8Linear(linear, "packed"), W8A8Linear(linear)
+            codes = quantize_rows(x)[0]
+            times = [_best_us(lambda: linear(x)), _best_us(lambda: bf16(xb)), _best_us(lambda: packed(x)), _best_us(lambda: w8a8(x)),
+                     _best_us(lambda: int8_gemm(codes, w8a8.qweight))]
+            print(f"{f'{rows} x {fan_in} x {fan_out}':20}" + "".join(f"{t:14.1f}" for t in times))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quant", default="none,w8a16,w4a16")
@@ -151,6 +218,11 @@ def main() -> None:
     parser.add_argument("--skip-profile", action="store_true")
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--skip-speculative", action="store_true")
+    parser.add_argument("--throughput", default="none/none,w8a8/none,none/int8,none/int4,w8a8/int8",
+                        help="QUANT/KV_QUANT settings for part 4 ('' skips it)")
+    parser.add_argument("--kv-mib", type=float, default=64.0, help="KV memory for the capacity column")
+    parser.add_argument("--context", type=int, default=512, help="tokens per sequence for the capacity column")
+    parser.add_argument("--gemm", action="store_true", help="part 5: the linear layers alone")
     args = parser.parse_args()
     torch.set_num_threads(2)
     from puyu.hardware import describe_machine
@@ -163,6 +235,10 @@ def main() -> None:
         speculative_part(quants[-1], args.dtype, args.prompts)
     if not args.skip_compile:
         startup_part(quants[-1], args.dtype)
+    if args.throughput:
+        throughput_part(args.throughput.split(","), args.dtype, args.kv_mib, args.context)
+    if args.gemm:
+        gemm_part()
 
 
 if __name__ == "__main__":

@@ -60,13 +60,13 @@ def tiny_tokenizer(tiny_tokenizer_dir):
 
 
 def hf_tiny_config(arch: str, vocab_size: int = 400, **overrides):
-    """A transformers config of a 2-layer, hidden-64 model of ``arch`` (llama or qwen2)."""
-    from transformers import LlamaConfig, Qwen2Config
+    """A transformers config of a 2-layer, hidden-64 model of ``arch`` (a transformers ``model_type``: llama, qwen2, qwen3, mistral ...)."""
+    from transformers import AutoConfig
 
     base = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=False)
     base.update(overrides)
-    return (LlamaConfig if arch == "llama" else Qwen2Config)(**base)
+    return AutoConfig.for_model(arch, **base)
 
 
 def make_hf_model(folder: Path, tokenizer_dir: Path, arch: str = "llama", seed: int = 0, **overrides):

@@ -21,8 +21,8 @@ from puyu import __version__
 from puyu.errors import PuyuError
 
 log = logging.getLogger("puyu")
-STAGES = ["puyu.cli.agent", "puyu.cli.chat", "puyu.cli.mcp", "puyu.cli.model", "puyu.cli.eval",
-          "puyu.cli.rag", "puyu.cli.serve", "puyu.cli.train", "puyu.cli.web"]
+STAGES = ["puyu.cli.agent", "puyu.cli.chat", "puyu.cli.corpus", "puyu.cli.mcp", "puyu.cli.model", "puyu.cli.eval", "puyu.cli.quantize",
+          "puyu.cli.rag", "puyu.cli.serve", "puyu.cli.tokenizer", "puyu.cli.train", "puyu.cli.web"]
 
 
 def build_parser() -> argparse.ArgumentParser:

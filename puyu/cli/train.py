@@ -1,8 +1,9 @@
-"""``puyu train``, ``puyu merge`` and ``puyu export``: registered with the CLI (see :mod:`puyu.cli`)."""
+"""``puyu train``, ``puyu pretrain``, ``puyu merge`` and ``puyu export``: registered with the CLI (see :mod:`puyu.cli`)."""
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from puyu.model.registry import DEFAULT_MODEL
@@ -18,6 +19,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.output is not None:
         val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
         print(f"trained {result.steps} steps, loss {result.train_loss:.4f}{val}; result in {result.output}")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Pre-train a new model from scratch on token shards (from puyu tokenizer shards), from a shipped recipe
+    (pretrain_tiny, ...) or a recipe YAML with a pretrain section, with key=value overrides."""
+    from puyu.errors import ConfigError
+    from puyu.train.config import load_recipe
+    from puyu.train.trainer import Trainer
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if recipe.pretrain is None:
+        raise ConfigError(f"recipe {recipe.name!r} has no pretrain section, so it fine-tunes a model: run it with puyu train")
+    result = Trainer(recipe, resume=args.resume).fit()
+    if result.output is not None:
+        val = f", validation loss {result.val_loss:.4f} (perplexity {math.exp(min(result.val_loss, 700)):.1f})" if result.val_loss else ""
+        print(f"pre-trained {result.steps} steps, loss {result.train_loss:.4f}{val}; model in {result.output}")
     return 0
 
 
@@ -53,6 +71,13 @@ def register(sub, common) -> None:
     train.add_argument("--resume", action="store_true",
                        help="continue from the newest checkpoint of the latest run of this recipe (or of output_dir=RUN_DIR)")
     train.set_defaults(func=cmd_train)
+
+    pretrain = sub.add_parser("pretrain", parents=[common], help=cmd_pretrain.__doc__, description=cmd_pretrain.__doc__)
+    pretrain.add_argument("recipe", help="a recipe YAML file with a pretrain section, or a shipped one (pretrain_tiny)")
+    pretrain.add_argument("overrides", nargs="*", help="key=value settings over the recipe, e.g. pretrain.size=micro train.max_steps=100")
+    pretrain.add_argument("--resume", action="store_true",
+                          help="continue from the newest checkpoint of the latest run of this recipe (or of output_dir=RUN_DIR)")
+    pretrain.set_defaults(func=cmd_pretrain)
 
     merge = sub.add_parser("merge", parents=[common], help=cmd_merge.__doc__, description=cmd_merge.__doc__)
     merge.add_argument("base", help="the base model the adapter was trained on (name, folder or .gguf)")

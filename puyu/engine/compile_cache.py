@@ -50,7 +50,7 @@ def compile_key(model: Transformer, config: EngineConfig) -> dict:
         "model": asdict(model.config),
         "dtype": str(model.dtype),
         "device": model.device.type,
-        "quant": [config.quant, config.quant_group_size, config.quant_kernel],
+        "quant": [config.quant, config.quant_group_size, config.quant_kernel, config.kv_quant],
         "torch": torch.__version__,
         "cpu": [torch.backends.cpu.get_cpu_capability(), *cpu_features().names()],
     }

@@ -61,6 +61,23 @@ def _free_memory(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
+def _quantize(model: Transformer, tokenizer: Tokenizer, config: EngineConfig) -> None:
+    """Rewrite ``model`` for ``config.quant`` in place (q/k/v and gate/up fused first: fewer, wider int kernels)."""
+    from puyu.quant.w8a8 import W8A8Linear
+    from puyu.quant.weight_only import is_quantized, quantize_model
+
+    if is_quantized(model) or any(isinstance(m, W8A8Linear) for m in model.modules()):
+        raise ConfigError(f"the model is already quantized (a quantized folder, or quantized before); drop --quant {config.quant}, "
+                          "or give the float model")
+    model.fuse_projections()
+    if config.quant == "w8a8":
+        from puyu.quant.smoothquant import smoothquant
+
+        smoothquant(model, tokenizer, source=config.quant_calib, kernel=config.quant_kernel)
+    else:
+        quantize_model(model, config.quant, config.quant_group_size, config.quant_kernel)
+
+
 class LLMEngine:
     """See the module docstring; ``config.quant`` quantizes ``model`` in place."""
 
@@ -68,13 +85,9 @@ class LLMEngine:
         self.model, self.tokenizer = model, tokenizer
         self.config = config = config or EngineConfig()
         if config.quant != "none":
-            from puyu.quant.weight_only import quantize_model
-
-            # The model is rewritten for inference anyway: fuse q/k/v and gate/up first (fewer int4/int8 kernels).
-            model.fuse_projections()
-            quantize_model(model, config.quant, config.quant_group_size, config.quant_kernel)
+            _quantize(model, tokenizer, config)
         self.max_model_len = model.config.max_position_embeddings
-        per_block = PagedKVCache.bytes_per_block(model.config, config.block_size, model.dtype)
+        per_block = PagedKVCache.bytes_per_block(model.config, config.block_size, model.dtype, config.kv_quant)
         share = config.cache_max_entry_count or (0.8 if model.device.type == "cuda" else 0.1)
         budget = share * 2**30 if share > 1 else share * _free_memory(model.device)
         per_seq = -(-self.max_model_len // config.block_size)
@@ -84,7 +97,8 @@ class LLMEngine:
         if num_blocks < 2:
             raise ContextLengthError(f"the KV cache budget ({budget / 2**20:.0f} MiB) holds fewer than 2 blocks; "
                                      "raise cache_max_entry_count")
-        self.cache = PagedKVCache(model.config, num_blocks, config.block_size, model.dtype, model.device)
+        self.cache = PagedKVCache(model.config, num_blocks, config.block_size, model.dtype, model.device, config.kv_quant)
+        self.kv_cache_bytes = num_blocks * per_block
         self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching)
         proposer = PromptLookup(config.num_speculative_tokens) if config.speculative == "prompt_lookup" else None
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens, proposer)
@@ -101,7 +115,8 @@ class LLMEngine:
         self._stopping = False
         self.totals = {"prompt_tokens": 0, "generation_tokens": 0, "requests": 0, "steps": 0,
                        "draft_tokens": 0, "accepted_draft_tokens": 0}
-        log.info("KV cache: %d blocks of %d tokens (%.0f MiB)", num_blocks, config.block_size, num_blocks * per_block / 2**20)
+        log.info("KV cache: %d blocks of %d tokens (%.0f MiB, %s)", num_blocks, config.block_size, num_blocks * per_block / 2**20,
+                 self.cache.storage_dtype)
         if config.compile:
             self._compile_decode()
 
@@ -334,6 +349,7 @@ class LLMEngine:
             "running": len(self.scheduler.running),
             "waiting": len(self.scheduler.waiting),
             "kv_blocks_total": self.blocks.num_blocks,
+            "kv_cache_bytes": self.kv_cache_bytes,
             "kv_blocks_free": self.blocks.num_free,
             "kv_usage": self.blocks.usage,
             "prefix_cache_hit_blocks": self.blocks.prefix_hits,

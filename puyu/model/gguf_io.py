@@ -18,7 +18,7 @@ from puyu.errors import ModelLoadError
 from puyu.model.config import ModelConfig
 from puyu.model.keymaps import GGUF_PERMUTED_ARCHS, gguf_to_native, unpermute_rope_rows
 
-SUPPORTED_ARCHS = {"llama": "llama", "qwen2": "qwen2", "internlm2": "internlm2"}
+SUPPORTED_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "internlm2": "internlm2"}
 
 
 def _open(path: Path):

@@ -43,6 +43,8 @@ _GGUF_RENAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    "attn_q_norm": "self_attn.q_norm",  # Qwen3
+    "attn_k_norm": "self_attn.k_norm",
 }
 # llama.cpp permutes q/k rows for these GGUF architectures (convert_hf_to_gguf's LlamaModel.permute).
 GGUF_PERMUTED_ARCHS = {"llama", "mistral", "internlm2"}

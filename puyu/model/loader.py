@@ -5,7 +5,9 @@ GGUF is dequantized on first use and stored as a Hugging Face folder under
 ``$PUYU_HOME/models/<name>-<key>/`` (key: path, size and mtime of the file), so
 later loads are a safetensors memory map.  ``dtype``/``device`` ``"auto"``
 are decided by :mod:`puyu.hardware` (CUDA when present; bf16 only where the
-device computes it natively, fp32 otherwise).
+device computes it natively, fp32 otherwise).  A quantized folder (AWQ or GPTQ,
+from ``puyu quantize`` or another tool) loads through the same path with int4
+linears, and counts as quantized for ``auto``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from puyu.hardware import resolve_device, resolve_dtype
 from puyu.home import home_subdir
 from puyu.model.adapters import load_adapter
 from puyu.model.gguf_io import read_gguf
-from puyu.model.hf_io import build_model, load_folder, save_pretrained
+from puyu.model.hf_io import build_model, load_folder, read_quant_spec, save_pretrained
 from puyu.model.registry import resolve
 from puyu.model.transformer import Transformer
 from puyu.tokenizer import Tokenizer
@@ -55,7 +57,7 @@ def convert_gguf(gguf_path: Path) -> Path:
 
 def load_model(name_or_path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto",
                chat_template: str | None = None, adapter: str | Path | None = None,
-               quantized: bool = False) -> tuple[Transformer, Tokenizer]:
+               quantized: bool = False, quant_kernel: str = "auto") -> tuple[Transformer, Tokenizer]:
     """Load a registered name, a Hugging Face folder or a GGUF file: the one loading path of every command.
 
     Args:
@@ -64,19 +66,26 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype | None = "auto
         chat_template: override the model's template: ``chatml``, ``internlm2``, ``llama3``, Jinja source or a Jinja file.
         adapter: a LoRA adapter folder (PEFT format, e.g. from ``puyu train``) merged into the weights.
         quantized: the weights will be quantized for inference (``auto`` then picks float32 on a CPU).
+        quant_kernel: how the int4 layers of a quantized folder compute (``auto``, ``packed`` or ``dequantize``,
+            see :mod:`puyu.quant.weight_only`).
 
     Raises:
-        ModelLoadError: missing/corrupt files, unsupported architecture, unknown name, a bad adapter.
+        ModelLoadError: missing/corrupt files, unsupported architecture or quantization, unknown name, a bad adapter.
         ConfigError: a bad dtype or device.
     """
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev, quantized=quantized)
+    dt = resolve_dtype(dtype, dev, quantized=quantized)  # a bad dtype is reported before any file is read
     path = resolve(name_or_path)
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise ModelLoadError(f"{path} is a file but not a .gguf; give a .gguf file or a Hugging Face model folder")
         path = convert_gguf(path)
-    model, tokenizer = load_folder(path, dt, dev)
+    if read_quant_spec(path) is not None:
+        if adapter:
+            raise ModelLoadError(f"{path} is quantized: a LoRA adapter cannot be merged into int4 weights; "
+                                 "merge it into the float model, then quantize that")
+        dt = resolve_dtype(dtype, dev, quantized=True)
+    model, tokenizer = load_folder(path, dt, dev, quant_kernel)
     if adapter:
         load_adapter(model, adapter)
     if chat_template:

@@ -1,9 +1,11 @@
 """A Llama-family decoder in plain PyTorch: RMSNorm, RoPE, GQA attention, SwiGLU.
 
 Parameter names follow the Hugging Face Llama layout
-(``model.layers.N.self_attn.q_proj.weight`` ...), so Llama/Mistral/Qwen2
-checkpoints load with an identity key map, PEFT adapter keys line up, and only
-InternLM2 needs a real map (see :mod:`puyu.model.keymaps`).
+(``model.layers.N.self_attn.q_proj.weight`` ...), so Llama/Mistral/Qwen2/Qwen3
+and InternLM v1/3 checkpoints load with an identity key map, PEFT adapter keys
+line up, and only InternLM2 needs a real map (see :mod:`puyu.model.keymaps`).
+Optional parts follow the config: biases (q/k/v, o, MLP separately) and Qwen3's
+per-head q/k RMSNorm (``self_attn.q_norm``/``k_norm``, applied before RoPE).
 
 Contract of :meth:`Transformer.forward`::
 
@@ -130,6 +132,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, kv * d, bias=config.qkv_bias)
         self.o_proj = nn.Linear(h * d, config.hidden_size, bias=config.o_bias)
         self.qkv_proj: nn.Linear | None = None  # see Transformer.fuse_projections
+        if config.qk_norm:
+            self.q_norm = RMSNorm(d, config.rms_norm_eps)
+            self.k_norm = RMSNorm(d, config.rms_norm_eps)
 
     def forward(self, x, cos, sin, cache, layer: int, mask: torch.Tensor | None) -> torch.Tensor:
         b, t, _ = x.shape
@@ -138,8 +143,10 @@ class Attention(nn.Module):
             q, k, v = self.qkv_proj(x).split([c.num_heads * c.head_dim] + [c.num_kv_heads * c.head_dim] * 2, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(b, t, c.num_heads, c.head_dim).transpose(1, 2)
-        k = k.view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        q, k = q.view(b, t, c.num_heads, c.head_dim), k.view(b, t, c.num_kv_heads, c.head_dim)
+        if c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v.view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:

@@ -5,9 +5,13 @@ Formats (what a calibration method such as AWQ produces too, so it can fill them
 * w8a16: ``qweight`` int8 ``[out, in]``, symmetric, one scale per output channel:
   ``w = q * scale[out]``.
 * w4a16: asymmetric, one scale and zero per group of ``group_size`` input channels:
-  ``w = (q - 8) * scale[g, out] + zero[g, out]`` with ``q`` in 0..15.  AWQ's
-  per-channel activation scales fold into the preceding RMSNorm weight, so they
-  need nothing new here.
+  ``w = (q - 8) * scale[g, out] + zero[g, out]`` with ``q`` in 0..15.  Calibrated
+  weights (AWQ, GPTQ, saved folders: :class:`~puyu.quant.formats.IntWeight`,
+  ``w = (q - z) * s``) fill the same layout through :meth:`Int4Linear.from_int_weight`
+  with ``scale = s`` and ``zero = (8 - z) * s``; AWQ's per-channel activation
+  scales are already folded into the preceding RMSNorm weights, and GPTQ's
+  act-order groups become contiguous by permuting the input channels once
+  (``perm``: the layer reads ``x[..., perm]``).
 
 Two kernel paths compute the same formula (``kernel`` below; ``auto`` picks):
 
@@ -33,10 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from puyu.errors import ConfigError
+from puyu.errors import ConfigError, ModelLoadError
+from puyu.quant.formats import IntWeight, contiguous_groups
 
 log = logging.getLogger(__name__)
 KERNELS = ("auto", "packed", "dequantize")
+PACKED_GROUP_SIZES = (256, 128, 64, 32)  # what _weight_int4pack_mm_for_cpu accepts; it also needs out_features % 16 == 0
 PACKED_ACTIVATIONS = torch.bfloat16  # the only dtype the packed CPU kernels vectorize (see the module docstring)
 INT8_ROWS_PER_CALL = 12288
 TARGETS = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj", "lm_head")
@@ -88,28 +94,68 @@ class Int8Linear(nn.Module):
 
 
 class Int4Linear(nn.Module):
-    """Group-wise asymmetric int4; see the module docstring for the formula."""
+    """Group-wise asymmetric int4; see the module docstring for the formula.
+
+    ``Int4Linear(linear, group_size)`` rounds a float layer to nearest (min/max per group, float zero);
+    :meth:`from_int_weight` takes calibrated integer weights instead.
+    """
 
     def __init__(self, linear: nn.Linear, group_size: int, kernel: str = "auto"):
         super().__init__()
-        self.kernel = resolve_kernel(kernel, linear.weight.device)
         out_features, in_features = linear.weight.shape
-        self.group_size, self.in_features = group_size, in_features
         w = linear.weight.detach().float().reshape(out_features, in_features // group_size, group_size)
         low, high = w.amin(-1), w.amax(-1)
         scale = ((high - low) / 15).clamp(min=1e-8)
-        q = ((w - low[..., None]) / scale[..., None]).round().clamp(0, 15).reshape(out_features, in_features).to(torch.uint8)
-        dtype = PACKED_ACTIVATIONS if self.kernel == "packed" else linear.weight.dtype
+        q = ((w - low[..., None]) / scale[..., None]).round().clamp(0, 15).reshape(out_features, in_features)
+        self._fill(q, scale.t(), (low + 8 * scale).t(), group_size, linear.bias, kernel, linear.weight.dtype, linear.weight.device)
+
+    @classmethod
+    def from_int_weight(cls, weight: IntWeight, kernel: str = "auto", dtype: torch.dtype = torch.float32,
+                        device: torch.device | str = "cpu") -> "Int4Linear":
+        """The layer of calibrated weights ``w = (q - z) * s`` (``dtype``: the model's activations)."""
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        codes, scale, zero, group_size = weight.codes, weight.scale.float(), weight.zero.float(), weight.group_size
+        perm = None
+        if weight.act_order:  # make each group a run of input channels; the layer permutes its input the same way
+            perm = torch.argsort(weight.g_idx.long(), stable=True)
+            if not torch.equal(weight.g_idx[perm].cpu(), contiguous_groups(codes.shape[1], group_size)):
+                raise ModelLoadError(f"g_idx has groups of unequal size (expected {group_size} inputs each); the folder is damaged")
+            codes = codes[:, perm]
+        bias = None if weight.bias is None else nn.Parameter(weight.bias.detach().to(device, dtype), requires_grad=False)
+        module._fill(codes, scale, (8 - zero) * scale, group_size, bias, kernel, dtype, torch.device(device), perm)
+        return module
+
+    def _fill(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int, bias, kernel: str,
+              dtype: torch.dtype, device: torch.device, perm: torch.Tensor | None = None) -> None:
+        """Store codes ``q`` ``[out, in]`` (0..15) with ``scale``/``zero`` ``[in / group, out]`` in the kernel's layout."""
+        self.kernel = resolve_kernel(kernel, device)
+        out_features, self.in_features = q.shape
+        if self.kernel == "packed":
+            sub = next((g for g in PACKED_GROUP_SIZES if group_size % g == 0), None)
+            if sub is None or out_features % 16:
+                if kernel == "packed":
+                    raise ConfigError(f"the packed int4 kernel needs groups of 32-256 inputs and out_features % 16 == 0, "
+                                      f"this layer has groups of {group_size} and {out_features} outputs; use quant_kernel=dequantize")
+                self.kernel = "dequantize"
+            else:  # a group of, e.g., 576 inputs is 9 kernel groups of 64 with the same scale and zero
+                scale, zero = scale.repeat_interleave(group_size // sub, 0), zero.repeat_interleave(group_size // sub, 0)
+                group_size = sub
+        self.group_size = group_size
+        self.register_buffer("perm", None if perm is None else perm.to(device))
+        q = q.to(device)
+        table_dtype = PACKED_ACTIVATIONS if self.kernel == "packed" else dtype
         # [in / group, out, 2]: the layout of PyTorch's int4 kernels.
-        self.register_buffer("scales_and_zeros", torch.stack([scale, low + 8 * scale], -1).transpose(0, 1).contiguous().to(dtype))
+        self.register_buffer("scales_and_zeros", torch.stack([scale, zero], -1).contiguous().to(device, table_dtype))
         if self.kernel == "packed":
             self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1))
         else:  # two values a byte: even input channels in the low nibble
+            q = q.to(torch.uint8)
             self.register_buffer("qweight", q[:, 0::2] | (q[:, 1::2] << 4))
-        self.bias = linear.bias
+        self.bias = bias
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The weight ``[out, in]`` (``dequantize`` path only: the packed layout is PyTorch's own)."""
+        """The weight ``[out, in]`` (``dequantize`` path only: the packed layout is PyTorch's own), inputs in ``perm`` order."""
         dtype = dtype or self.scales_and_zeros.dtype
         scale, zero = self.scales_and_zeros.to(dtype).unbind(-1)  # [in / group, out]
         out = self.qweight.shape[0]
@@ -117,6 +163,8 @@ class Int4Linear(nn.Module):
         return ((q - 8) * scale.t()[..., None] + zero.t()[..., None]).reshape(out, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.perm is not None:
+            x = x.index_select(-1, self.perm)
         if self.kernel == "packed":
             y = _packed_call(torch.ops.aten._weight_int4pack_mm_for_cpu, x, self.qweight, self.group_size, self.scales_and_zeros)
         else:
@@ -133,13 +181,24 @@ def describe_kernel(kernel: str, mode: str) -> str:
     return "dequantize per call + dense matmul (correct, not fast)"
 
 
+def is_quantized(model: nn.Module) -> bool:
+    """Whether ``model`` already holds quantized linears (an earlier :func:`quantize_model`, or a quantized folder)."""
+    return any(isinstance(m, (Int4Linear, Int8Linear)) for m in model.modules())
+
+
 def quantize_model(model: nn.Module, mode: str, group_size: int = 64, kernel: str = "auto") -> int:
     """Replace the decoder's projections and the LM head in place (``mode``: w8a16 or w4a16).
 
     The embedding stays in full precision (a tied LM head gets its own quantized copy, int8 in both modes).
     Layers whose input width is not a multiple of ``group_size`` stay as they are.
     Returns the number of layers replaced.
+
+    Raises:
+        ConfigError: the model is already quantized.
     """
+    if is_quantized(model):
+        raise ConfigError(f"the model is already quantized (a quantized folder, or quantized before); drop --quant {mode}, "
+                          "or give the float model")
     replaced, used = 0, None
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
@@ -159,3 +218,24 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = 64, kernel: st
     if used:
         log.info("quantized %d linear layers to %s; kernel: %s", replaced, mode, describe_kernel(used, mode))
     return replaced
+
+
+def apply_int_weights(model: nn.Module, weights: dict[str, IntWeight], kernel: str = "auto") -> int:
+    """Replace the linears named by ``weights`` (module paths such as ``model.layers.0.mlp.up_proj``) with
+    :class:`Int4Linear` layers in the model's dtype and device; returns how many."""
+    dtype, device = next(model.parameters()).dtype, next(model.parameters()).device
+    used = None
+    for prefix, weight in weights.items():
+        parent_name, _, child = prefix.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name)
+            getattr(parent, child)
+        except AttributeError:
+            raise ModelLoadError(f"quantized layer {prefix} has no place in this model; "
+                                 "config and weights come from different models?") from None
+        layer = Int4Linear.from_int_weight(weight, kernel, dtype, device)
+        setattr(parent, child, layer)
+        used = layer.kernel
+    if used:
+        log.info("%d int4 linear layers from calibrated weights; kernel: %s", len(weights), describe_kernel(used, "w4a16"))
+    return len(weights)

@@ -1,7 +1,8 @@
 """Prometheus metrics of the server: engine gauges and counters read at scrape time, latency histograms.
 
 ``GET /metrics`` exposes, with the prefix ``puyu_``: running and waiting
-requests, KV block usage, prefix-cache hits, preemptions, prompt/generation
+requests, KV block usage, the KV cache's capacity (blocks, tokens, bytes) and
+storage (``puyu_kv_cache_info{kv_quant, storage}``), prefix-cache hits, preemptions, prompt/generation
 token counters, speculative draft tokens verified and accepted (and the
 acceptance rate), generation tokens/s over the last 10 s, and histograms of
 time to first token, inter-token latency and end-to-end request latency.
@@ -13,7 +14,7 @@ import time
 from collections import deque
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 from puyu.engine import LLMEngine
 
@@ -29,6 +30,12 @@ class _EngineCollector:
         for name, help_text in [("running", "requests in the running batch"), ("waiting", "requests waiting to be scheduled"),
                                 ("kv_usage", "fraction of KV-cache blocks in use"), ("kv_blocks_total", "KV-cache blocks")]:
             yield GaugeMetricFamily(f"puyu_{name}", help_text, value=s[name])
+        cache = self.engine.cache
+        yield GaugeMetricFamily("puyu_kv_cache_tokens", "tokens the KV cache holds", value=cache.num_blocks * cache.block_size)
+        yield GaugeMetricFamily("puyu_kv_cache_bytes", "bytes of KV-cache storage (codes plus scales and zeros when quantized)",
+                                value=s["kv_cache_bytes"])
+        yield InfoMetricFamily("puyu_kv_cache", "KV-cache storage: kv_quant none, int8 or int4",
+                               value={"kv_quant": cache.kv_quant, "storage": cache.storage_dtype, "block_size": str(cache.block_size)})
         yield GaugeMetricFamily("puyu_generation_tokens_per_second", "generated tokens per second over the last 10 s",
                                 value=self.rate.per_second(s["generation_tokens"]))
         for name, help_text in [("prompt_tokens", "prompt tokens processed"), ("generation_tokens", "tokens generated"),

@@ -1,7 +1,8 @@
 """Build a ``tokenizers`` tokenizer from the vocabulary stored in a GGUF file.
 
 Supports byte-level BPE vocabularies (``tokenizer.ggml.model == "gpt2"``), the
-kind SmolLM2, Llama 3, Qwen2 and InternLM2.5 GGUFs carry.  The text is split
+kind SmolLM2, Llama 3 and Qwen2 GGUFs carry, and SentencePiece ones (``"llama"``:
+InternLM2/2.5, Llama 2, Mistral v0.1) through :mod:`puyu.tokenizer.sentencepiece`.  The text is split
 the way llama.cpp splits it for the file's ``tokenizer.ggml.pre`` type (for
 ``smollm`` that means single digits, as in SmolLM2's own tokenizer.json; note
 that ``transformers``' GGUF loader ignores this and splits numbers differently).
@@ -44,9 +45,13 @@ def _pre_tokenizer(pre: str | None) -> pre_tokenizers.PreTokenizer:
 def tokenizer_from_gguf(meta: dict) -> Tokenizer:
     """A tokenizer from GGUF metadata (``tokenizer.ggml.*`` keys, values already decoded)."""
     kind = meta.get("tokenizer.ggml.model")
+    if kind == "llama":  # a SentencePiece vocabulary (InternLM2/2.5, Llama 2, Mistral v0.1)
+        from puyu.tokenizer.sentencepiece import tokenizer_from_gguf_metadata
+
+        return tokenizer_from_gguf_metadata(meta)
     if kind != "gpt2":
         raise ModelLoadError(
-            f"GGUF tokenizer type {kind!r} is not supported (puyu reads byte-level BPE, 'gpt2'); "
+            f"GGUF tokenizer type {kind!r} is not supported (puyu reads byte-level BPE, 'gpt2', and SentencePiece, 'llama'); "
             "load the model's Hugging Face folder instead"
         )
     tokens: list[str] = meta["tokenizer.ggml.tokens"]

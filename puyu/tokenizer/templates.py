@@ -3,12 +3,19 @@
 A :class:`ChatTemplate` renders a conversation to text exactly as
 ``transformers``' ``apply_chat_template`` does (same sandboxed Jinja settings,
 ``tojson``, ``raise_exception``, ``strftime_now``), and knows its family
-(``chatml``, ``internlm2``, ``llama3`` or ``custom``), whose end-of-turn marker
-gives the stop tokens and the end of each trained assistant span.
+(``chatml``, ``internlm2``, ``llama3``, ``internlm`` or ``custom``), whose end-of-turn
+marker gives the stop tokens and the end of each trained assistant span.
 
-Built-in templates serve models that carry none, and models whose own
-template cannot show tools (SmolLM2's, for one): they then render tool
-conversations with the built-in template of their family.
+Families from the template's text: Llama 3 headers; ChatML markers, with InternLM2's
+tool markers or a leading ``bos_token`` (InternLM2/2.5/3 publish a plain ChatML template
+that starts with ``<s>``; Qwen's and SmolLM2's never emit a BOS) for ``internlm2``;
+InternLM v1's ``<|Bot|>`` turns for ``internlm``.
+
+Built-in templates serve models that carry none (InternLM v1 folders publish none:
+``internlm`` is its published prompt, ``<|User|>:...<eoh>\n<|Bot|>:...<eoa>\n``), and
+models whose own template cannot show tools (SmolLM2's, InternLM2.5's): they then
+render tool conversations with the built-in template of their family
+(:data:`BUILTIN_TEMPLATES` are the ones that show tools).
 """
 
 from __future__ import annotations
@@ -111,16 +118,38 @@ _LLAMA3 = """\
 {%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}
 """
 
-BUILTIN_TEMPLATES = {"chatml": _CHATML, "internlm2": _INTERNLM2, "llama3": _LLAMA3}
-END_OF_TURN = {"chatml": "<|im_end|>", "internlm2": "<|im_end|>", "llama3": "<|eot_id|>", "custom": None}
+# InternLM v1 (internlm-chat-7b): the prompt of its published modeling_internlm.py ``build_inputs``, with
+# lmdeploy's system line; it has no tool format.
+_INTERNLM = """\
+{{- bos_token }}
+{%- for message in messages %}
+{%- if message.role == 'system' %}
+{{- '<|System|>:' + message.content + '\\n' }}
+{%- elif message.role == 'user' %}
+{{- '<|User|>:' + message.content + '<eoh>\\n' }}
+{%- elif message.role == 'assistant' %}
+{{- '<|Bot|>:' + message.content + '<eoa>\\n' }}
+{%- else %}
+{{- raise_exception('InternLM v1 has no ' + message.role + ' turns') }}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|Bot|>:' }}{%- endif %}
+"""
+
+BUILTIN_TEMPLATES = {"chatml": _CHATML, "internlm2": _INTERNLM2, "llama3": _LLAMA3}  # the ones that show tools
+CHAT_ONLY_TEMPLATES = {"internlm": _INTERNLM}
+END_OF_TURN = {"chatml": "<|im_end|>", "internlm2": "<|im_end|>", "llama3": "<|eot_id|>", "internlm": "<eoa>", "custom": None}
 
 
 def detect_family(source: str) -> str:
-    """Template family from its text: ``llama3``, ``internlm2``, ``chatml`` or ``custom``."""
+    """Template family from its text: ``llama3``, ``internlm2``, ``chatml``, ``internlm`` or ``custom``."""
     if "<|start_header_id|>" in source:
         return "llama3"
     if "<|im_start|>" in source:
-        return "internlm2" if "<|action_start|>" in source or "<|plugin|>" in source else "chatml"
+        internlm = "<|action_start|>" in source or "<|plugin|>" in source or source.lstrip("{%-+ ").startswith("bos_token")
+        return "internlm2" if internlm else "chatml"
+    if "<|Bot|>" in source:
+        return "internlm"
     return "custom"
 
 
@@ -168,9 +197,10 @@ class ChatTemplate:
 
     @classmethod
     def builtin(cls, name: str, special_tokens: dict[str, str] | None = None) -> "ChatTemplate":
-        if name not in BUILTIN_TEMPLATES:
-            raise TemplateError(f"unknown chat template {name!r}; built-in ones are {', '.join(BUILTIN_TEMPLATES)}")
-        return cls(BUILTIN_TEMPLATES[name], special_tokens)
+        known = BUILTIN_TEMPLATES | CHAT_ONLY_TEMPLATES
+        if name not in known:
+            raise TemplateError(f"unknown chat template {name!r}; built-in ones are {', '.join(known)}")
+        return cls(known[name], special_tokens)
 
     def for_tools(self) -> "ChatTemplate":
         """This template, or its family's built-in one when this one cannot show tools."""

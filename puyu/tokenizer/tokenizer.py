@@ -25,6 +25,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from puyu.errors import ModelLoadError, TemplateError
 from puyu.tokenizer.gguf_vocab import tokenizer_from_gguf
+from puyu.tokenizer.sentencepiece import backend_from_sentencepiece
 from puyu.tokenizer.templates import ChatTemplate
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -67,16 +68,17 @@ class Tokenizer:
     # ---- construction -------------------------------------------------------------
     @classmethod
     def from_folder(cls, folder: str | Path) -> "Tokenizer":
-        """Load ``tokenizer.json`` + ``tokenizer_config.json`` (+ ``chat_template.jinja``) from a model folder."""
+        """Load ``tokenizer.json`` (or a SentencePiece ``tokenizer.model``, see :mod:`puyu.tokenizer.sentencepiece`)
+        + ``tokenizer_config.json`` (+ ``chat_template.jinja``) from a model folder."""
         folder = Path(folder)
         path = folder / "tokenizer.json"
-        if not path.exists():
-            hint = (" (it has only a SentencePiece tokenizer.model: save it once with transformers' AutoTokenizer"
-                    " to write tokenizer.json)" if (folder / "tokenizer.model").exists() else "")
-            raise ModelLoadError(f"{folder} has no tokenizer.json{hint}")
+        if not path.exists() and not (folder / "tokenizer.model").exists():
+            raise ModelLoadError(f"{folder} has no tokenizer.json or SentencePiece tokenizer.model")
         try:
-            backend = HFTokenizer.from_file(str(path))
             config = json.loads((folder / "tokenizer_config.json").read_text()) if (folder / "tokenizer_config.json").exists() else {}
+            backend = HFTokenizer.from_file(str(path)) if path.exists() else backend_from_sentencepiece(folder, config)
+        except ModelLoadError:
+            raise
         except Exception as exc:  # tokenizers raises plain Exception subclasses
             raise ModelLoadError(f"cannot read the tokenizer in {folder}: {exc}") from None
         template = config.get("chat_template")

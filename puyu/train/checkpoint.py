@@ -2,7 +2,9 @@
 
 Layout: ``<run>/checkpoints/step-000040/`` holding ``state.pt`` (trainable
 parameters by name, optimizer and scheduler state, the step - which is the data
-position, see :mod:`puyu.data.dataset` - and the data fingerprint) and one
+position of step-addressed data, see :mod:`puyu.data.dataset` - the data
+fingerprint, and the caller's extras such as the shard stream's cursors,
+see :mod:`puyu.data.stream`) and one
 ``rng-rank<R>.pt`` per process (torch, CUDA and Python RNG states, so dropout
 continues exactly).  A checkpoint is written to ``step-N.partial`` and renamed
 when complete, so a kill while saving never leaves a half checkpoint that
@@ -81,8 +83,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, module: nn.Module, optimizer, scheduler, env: DistEnv, fingerprint: str) -> int:
-    """Restore a checkpoint into the live objects; returns the step to continue from.
+def load_checkpoint(path: Path, module: nn.Module, optimizer, scheduler, env: DistEnv, fingerprint: str) -> tuple[int, dict[str, Any]]:
+    """Restore a checkpoint into the live objects; returns the step to continue from and the ``extra`` it was saved with.
 
     Raises:
         ConfigError: the checkpoint was made on different data.
@@ -99,4 +101,4 @@ def load_checkpoint(path: Path, module: nn.Module, optimizer, scheduler, env: Di
     else:
         log.warning("%s has no RNG state for rank %d (the process count changed): dropout will not repeat exactly", path, env.rank)
     log.info("resumed from %s (step %d)", path, state["step"])
-    return int(state["step"])
+    return int(state["step"]), {k: v for k, v in state.items() if k not in ("step", "model", "optimizer", "scheduler")}

@@ -24,6 +24,7 @@ from puyu.hardware import PRECISIONS
 from puyu.model.lora import LoraConfig
 
 METHODS = ("lora", "qlora", "full")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
 RECIPES_DIR = Path(__file__).with_name("recipes")
 
 
@@ -37,10 +38,12 @@ class OptimConfig:
         beta1: AdamW first-moment decay.
         beta2: AdamW second-moment decay.
         eps: AdamW epsilon.
-        schedule: after warmup: cosine, linear or constant.
+        schedule: after warmup: cosine, linear, constant, or wsd (warmup-stable-decay: constant, then a linear decay
+            over the last decay_ratio of the steps, as MiniCPM; a stable run can be extended and decayed later).
         warmup_steps: steps of linear warmup from 0 (overrides warmup_ratio when > 0).
         warmup_ratio: share of the total steps used for warmup.
         min_lr_ratio: the schedule ends at lr * min_lr_ratio.
+        decay_ratio: wsd only: share of the steps spent decaying.
         max_grad_norm: clip the global gradient norm to this (0 = no clipping).
     """
 
@@ -53,11 +56,14 @@ class OptimConfig:
     warmup_steps: int = 0
     warmup_ratio: float = 0.03
     min_lr_ratio: float = 0.0
+    decay_ratio: float = 0.2
     max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ConfigError(f"optim.schedule {self.schedule!r} is unknown; use cosine, linear or constant")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"optim.schedule {self.schedule!r} is unknown; use {', '.join(SCHEDULES)}")
+        if not 0 < self.decay_ratio <= 1:
+            raise ConfigError(f"optim.decay_ratio must be in (0, 1], got {self.decay_ratio}")
 
 
 @dataclass
@@ -107,7 +113,7 @@ class MonitorConfig:
         log_every: write metrics every N steps.
         eval_every: validation loss every N steps (0 = only at the end; needs data.val or data.val_fraction).
         sample_every: generate replies to sample_prompts every N steps (0 = only at the end).
-        sample_prompts: user messages to answer during training (greedy).
+        sample_prompts: user messages to answer during training (greedy); when pre-training, text to continue.
         sample_max_new_tokens: length of those replies.
         tensorboard: also log to TensorBoard when it is installed.
     """
@@ -121,13 +127,49 @@ class MonitorConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """The ``pretrain`` section: train a new model from scratch on token shards (``puyu pretrain``).
+
+    Attributes:
+        shards: the shard folder from ``puyu tokenizer shards``; its tokenizer/ becomes the model's tokenizer.
+        mixture: source -> weight, the share of training tokens per source (empty = every source, by its size).
+        seq_len: tokens per training row (documents packed with boundary masks).
+        val_rows: rows of the shards' val split for validation loss and perplexity (0 = none).
+        size: named model size: pico, nano, micro, mini, smollm2-135m, smollm2-360m, internlm2-1.8b (see puyu.train.scratch).
+        arch: weight layout of the model and the saved folder: llama, internlm2, qwen2 or mistral.
+        model: model config fields over the size's, e.g. {num_layers: 6, hidden_size: 192}.
+        init_std: std of the normal(0, std) init of every weight matrix (transformers' initializer_range).
+        scaled_init: residual output projections (o_proj, down_proj) start at init_std / sqrt(2 * num_layers) (GPT-2,
+            Megatron-LM, InternEvo); false = every matrix at init_std (transformers' Llama init).
+    """
+
+    shards: str = ""
+    mixture: dict[str, float] = field(default_factory=dict)
+    seq_len: int = 256
+    val_rows: int = 32
+    size: str = "nano"
+    arch: str = "llama"
+    model: dict[str, Any] = field(default_factory=dict)
+    init_std: float = 0.02
+    scaled_init: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.shards:
+            raise ConfigError("pretrain.shards is empty; give the folder written by: puyu tokenizer shards")
+        if self.seq_len < 8:
+            raise ConfigError(f"pretrain.seq_len must be at least 8, got {self.seq_len}")
+        if self.init_std <= 0:
+            raise ConfigError(f"pretrain.init_std must be positive, got {self.init_std}")
+
+
+@dataclass
 class Recipe:
-    """A fine-tuning run.
+    """A training run: fine-tuning a model, or pre-training a new one when the ``pretrain`` section is set.
 
     Attributes:
         name: run name (the output folder is <runs>/train/<name>-<timestamp>).
-        model: base model: registered name, Hugging Face folder or .gguf file.
-        method: lora, qlora or full.
+        model: base model: registered name, Hugging Face folder or .gguf file (unused when pre-training).
+        method: lora, qlora or full (pre-training: full).
         seed: seeds adapter init, dropout and the data order.
         output_dir: where the run writes (default: $PUYU_HOME/runs/train/<name>-<timestamp>).
         chat_template: override the model's template (chatml, internlm2, llama3 or Jinja source).
@@ -136,6 +178,7 @@ class Recipe:
         optim: the optim section.
         train: the train section.
         monitor: the monitor section.
+        pretrain: the pretrain section (None: fine-tuning).
     """
 
     name: str = "run"
@@ -149,11 +192,15 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    pretrain: PretrainConfig | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
-        if not self.data.train:
+        if self.pretrain is not None:
+            if self.method != "full":
+                raise ConfigError(f"pre-training trains every weight of a new model: set method: full (got {self.method})")
+        elif not self.data.train:
             raise ConfigError("data.train is empty; give at least one data file")
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Only the main process reports.  Files in the run folder:
 ``metrics.jsonl`` (one JSON object per logged step: ``step``, ``loss``, ``lr``,
-``grad_norm``, ``tokens``, ``tokens_per_s``, and ``val_loss`` when evaluated),
+``grad_norm``, ``tokens``, ``tokens_per_s``, ``mfu`` (model FLOPs utilisation,
+when the FLOPs per token are known), and ``val_loss``/``val_ppl`` when evaluated),
 ``samples.jsonl`` (greedy replies to the recipe's prompts: XTuner's
 EvaluateChatHook), ``loss.png`` (train and validation loss against steps) and
 TensorBoard event files under ``tb/`` when ``tensorboard`` is installed.  On
@@ -31,10 +32,14 @@ class Monitor:
         start_step: the step it starts (or resumes) from.
         enabled: False on non-main ranks.
         tensorboard: write TensorBoard events when the package is installed.
+        flops_per_token: training FLOPs per token (0 = unknown: no MFU shown).
+        peak_flops: peak FLOP/s of all devices together (see :mod:`puyu.train.throughput`).
     """
 
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool = True, tensorboard: bool = True,
+                 flops_per_token: float = 0.0, peak_flops: float = 0.0):
         self.run_dir, self.enabled, self.total_steps = run_dir, enabled, total_steps
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.metrics_path = run_dir / "metrics.jsonl"
         self.history: list[dict[str, Any]] = []
         self.bar = None
@@ -90,9 +95,13 @@ class Monitor:
         rate = self.window_tokens / self.window_seconds if self.window_seconds > 0 else 0.0
         self.bar.n = step
         self.postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "tok_s": f"{rate:.0f}"}
+        record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "tokens_per_s": round(rate, 1)}
+        if self.flops_per_token and self.peak_flops:
+            record["mfu"] = round(rate * self.flops_per_token / self.peak_flops, 4)
+            self.postfix["mfu"] = f"{record['mfu']:.1%}"
         self.bar.set_postfix(self.postfix)
         if log_now:
-            self.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "tokens_per_s": round(rate, 1)})
+            self.write(record)
             self.window_seconds, self.window_tokens = 0.0, 0
 
     def write(self, record: dict[str, Any]) -> None:
@@ -152,14 +161,16 @@ def plot_losses(history: list[dict[str, Any]], path: Path) -> Path | None:
 
 
 @torch.no_grad()
-def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[tuple[str, str]]:
-    """Greedy replies to ``prompts`` (RNG state untouched, so training stays reproducible)."""
+def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int, chat: bool = True) -> list[tuple[str, str]]:
+    """Greedy replies to ``prompts`` as user messages (``chat``), else continuations of them as plain text
+    (a model in pre-training); the RNG state stays untouched, so training stays reproducible."""
     from puyu.generation import SamplingParams, generate
 
     was_training = model.training
     model.eval()
     with torch.random.fork_rng(devices=[]):
-        ids = [tokenizer.render([{"role": "user", "content": p}], add_generation_prompt=True).ids for p in prompts]
+        ids = [tokenizer.render([{"role": "user", "content": p}], add_generation_prompt=True).ids if chat
+               else tokenizer.encode(p, add_special_tokens=False) for p in prompts]
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
         replies = [c.text for c in generate(model, tokenizer, ids, params)]
     model.train(was_training)

@@ -14,7 +14,8 @@ from puyu.train.trainer import Trainer
 from tests.conftest import DATASETS, make_hf_model
 
 # agent_tuning trains on data that `puyu agent-tune` builds first: tests/agent/test_tuning_data.py runs it end to end.
-RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if p.stem != "agent_tuning")
+# Pre-training recipes (pretrain_*) train on token shards: tests/pretrain runs them.
+RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if p.stem != "agent_tuning" and not p.stem.startswith("pretrain"))
 
 
 def test_the_issue_recipes_are_shipped():

@@ -1,0 +1,196 @@
+"""Pre-training throughput and peak memory: puyu's train step vs a plain transformers LlamaForCausalLM loop (and litgpt).
+
+Both sides train the same freshly initialised Llama-layout model (a puyu named
+size, tied embeddings, vocabulary of the tokenizer) with AdamW (lr 1e-3,
+weight decay 0.1, clipping at 1.0) on the same rows: ``--batch`` x ``--seq``
+tokens per step from puyu's shard stream (C4 demo documents, a BPE trained
+here).  puyu runs its own step - the stream's packed rows with
+document-boundary masks and positions, ``LMObjective`` (fused LM head +
+cross-entropy) - while transformers gets the same tokens as ``input_ids`` and
+``labels`` (its standard causal-LM loop, attention across the packed documents:
+less masking work than puyu does).  fp32, and bf16 autocast over fp32 master
+weights.  Each side runs in its own process so its peak resident memory
+(``ru_maxrss``, imports included) is its own.  Prints the CPU's flags, tokens/s
+(after warm-up steps), peak memory and the ratios puyu / theirs.
+
+litgpt is measured when it is importable.  ``pip install --dry-run litgpt``
+resolves with torch 2.13.0 but pins ``huggingface_hub<1.4`` and would
+downgrade the 2.x that transformers 5 uses, so install it beside the venv:
+``pip install --no-deps --target DIR litgpt lightning lightning-utilities
+torchmetrics jsonargparse docstring_parser typeshed_client`` and run with
+``PYTHONPATH=DIR``.
+
+    python bench/pretrain.py [--size micro] [--seq 256] [--batch 8] [--steps 8] [--dtypes float32,bfloat16] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+DATA = Path(os.environ.get("PUYU_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+C4 = DATA / "pretrain" / "llamafactory_text" / "c4_demo.jsonl"
+
+
+def prepare(folder: Path, vocab: int) -> None:
+    """A BPE of ``vocab`` tokens trained on the C4 demo, and the C4 demo tokenized into shards under ``folder``."""
+    from puyu.data.documents import iter_documents
+    from puyu.data.shards import write_source
+    from puyu.tokenizer.training import train_tokenizer
+
+    tokenizer = train_tokenizer(iter_documents(C4), vocab, show_progress=False)
+    write_source(iter_documents(C4), tokenizer, folder, "c4")
+
+
+def model_setup(args):
+    """The puyu model (fp32, fresh init, seed 0), its config, and ``count`` batches of the stream."""
+    from puyu.data.stream import PretrainData
+    from puyu.tokenizer import Tokenizer
+    from puyu.train.scratch import model_config, new_model
+
+    tokenizer = Tokenizer.from_folder(Path(args.folder) / "tokenizer")
+    config = model_config(args.size, "llama", tokenizer.vocab_size, args.seq)
+    torch.manual_seed(0)
+    model = new_model(config, 0.02, True)
+    stream = PretrainData(args.folder, args.seq, seed=0)
+    batches = [stream.micro_batches(s, args.batch, 1)[0][0] for s in range(args.steps + 2)]
+    return model, config, batches
+
+
+def step_ours(model, config, dtype):
+    from puyu.train.objective import LMObjective
+
+    objective = LMObjective(model.train())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+
+    def step(batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            loss = objective(batch.tokens, batch.targets, batch.positions, batch.mask) / batch.trained_tokens
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def step_hf(model, config, dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from puyu.model.keymaps import native_to_hf
+
+    hf = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.to_hf().items() if k not in ("architectures", "model_type")}))
+    hf.load_state_dict(native_to_hf(model.state_dict(), config), strict=False)  # the same initial weights
+    hf.train()
+    optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-3, weight_decay=0.1)
+
+    def step(batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            loss = hf(input_ids=batch.tokens, labels=batch.tokens).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def step_litgpt(model, config, dtype):
+    from litgpt.config import Config
+    from litgpt.model import GPT
+
+    lit = GPT(Config(name="puyu", block_size=config.max_position_embeddings, vocab_size=config.vocab_size,
+                     padded_vocab_size=config.vocab_size,
+                     n_layer=config.num_layers, n_head=config.num_heads, n_query_groups=config.num_kv_heads, n_embd=config.hidden_size,
+                     rotary_percentage=1.0, parallel_residual=False, bias=False, norm_class_name="RMSNorm", norm_eps=config.rms_norm_eps,
+                     mlp_class_name="LLaMAMLP", intermediate_size=config.intermediate_size, rope_base=int(config.rope_theta))).train()
+    lit.lm_head.weight = lit.transformer.wte.weight  # tied, as the puyu and transformers models
+    optimizer = torch.optim.AdamW(lit.parameters(), lr=1e-3, weight_decay=0.1)
+
+    def step(batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            logits = lit(batch.tokens)
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch.tokens[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lit.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+SIDES = {"puyu": step_ours, "transformers": step_hf, "litgpt": step_litgpt}
+
+
+def worker(args) -> None:
+    torch.set_num_threads(args.threads)
+    model, config, batches = model_setup(args)
+    step = SIDES[args.worker](model, config, args.dtype)
+    for batch in batches[:2]:  # warm-up
+        step(batch)
+    start = time.perf_counter()
+    for batch in batches[2:]:
+        step(batch)
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"tok_s": args.steps * args.batch * args.seq / seconds, "peak_mb": peak_mb}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", default="micro", help="puyu named size (default: micro)")
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--worker", choices=list(SIDES), help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    from puyu.hardware import describe_machine
+    from puyu.train.scratch import model_config, parameter_count
+
+    print(describe_machine())
+    sides = ["puyu", "transformers"] + (["litgpt"] if importlib.util.find_spec("litgpt") else [])
+    if "litgpt" not in sides:
+        print("litgpt: not importable (see this file's docstring for installing it beside the venv): skipped")
+    total, body = parameter_count(model_config(args.size, "llama", args.vocab, args.seq))
+    print(f"model {args.size} (llama layout, vocab {args.vocab}): {total / 1e6:.1f}M parameters ({body / 1e6:.1f}M without the "
+          f"embedding); batch {args.batch}x{args.seq}, {args.steps} steps after 2 warm-up, {args.threads} threads")
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare(Path(tmp), args.vocab)
+        header = f"{'dtype':<10}" + "".join(f"{s + ' tok/s':>20}{s[:6] + ' MB':>11}" for s in sides)
+        print(header + "".join(f"{'x ' + s:>15}" for s in sides[1:]) + "  (ratios: puyu tok/s / theirs; puyu MB / theirs)")
+        for dtype in args.dtypes.split(","):
+            results = {}
+            for side in sides:
+                command = [sys.executable, __file__, "--worker", side, "--dtype", dtype, "--folder", tmp, "--steps", str(args.steps),
+                           "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads), "--size", args.size]
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode:
+                    raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
+                results[side] = json.loads(done.stdout.strip().splitlines()[-1])
+            row = f"{dtype:<10}" + "".join(f"{results[s]['tok_s']:>20.0f}{results[s]['peak_mb']:>11.0f}" for s in sides)
+            ours = results["puyu"]
+            row += "".join(f"{ours['tok_s'] / results[s]['tok_s']:>8.2f}/{ours['peak_mb'] / results[s]['peak_mb']:<6.2f}"
+                           for s in sides[1:])
+            print(row)
+
+
+if __name__ == "__main__":
+    main()

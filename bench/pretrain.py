@@ -67,21 +67,27 @@ def model_setup(args):
     return model, config, batches
 
 
-def step_ours(model, config, dtype):
-    from puyu.train.objective import LMObjective
-
-    objective = LMObjective(model.train())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+def optimizer_step(module, dtype: str, loss_of):
+    """The same training step for every side: ``loss_of(batch)`` under bf16 autocast when asked, backward, clip,
+    AdamW (lr 1e-3, weight decay 0.1)."""
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=0.1)
 
     def step(batch):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            loss = objective(batch.tokens, batch.targets, batch.positions, batch.mask) / batch.trained_tokens
+            loss = loss_of(batch)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def step_ours(model, config, dtype):
+    from puyu.train.objective import LMObjective
+
+    objective = LMObjective(model.train())
+    return optimizer_step(model, dtype, lambda b: objective(b.tokens, b.targets, b.positions, b.mask) / b.trained_tokens)
 
 
 def step_hf(model, config, dtype):
@@ -92,17 +98,7 @@ def step_hf(model, config, dtype):
     hf = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.to_hf().items() if k not in ("architectures", "model_type")}))
     hf.load_state_dict(native_to_hf(model.state_dict(), config), strict=False)  # the same initial weights
     hf.train()
-    optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-3, weight_decay=0.1)
-
-    def step(batch):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            loss = hf(input_ids=batch.tokens, labels=batch.tokens).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    return optimizer_step(hf, dtype, lambda b: hf(input_ids=b.tokens, labels=b.tokens).loss)
 
 
 def step_litgpt(model, config, dtype):
@@ -115,18 +111,12 @@ def step_litgpt(model, config, dtype):
                      rotary_percentage=1.0, parallel_residual=False, bias=False, norm_class_name="RMSNorm", norm_eps=config.rms_norm_eps,
                      mlp_class_name="LLaMAMLP", intermediate_size=config.intermediate_size, rope_base=int(config.rope_theta))).train()
     lit.lm_head.weight = lit.transformer.wte.weight  # tied, as the puyu and transformers models
-    optimizer = torch.optim.AdamW(lit.parameters(), lr=1e-3, weight_decay=0.1)
 
-    def step(batch):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            logits = lit(batch.tokens)
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch.tokens[:, 1:].reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(lit.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def loss_of(batch):
+        logits = lit(batch.tokens)
+        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch.tokens[:, 1:].reshape(-1))
 
-    return step
+    return optimizer_step(lit, dtype, loss_of)
 
 
 SIDES = {"puyu": step_ours, "transformers": step_hf, "litgpt": step_litgpt}

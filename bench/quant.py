@@ -10,7 +10,9 @@ float32, so the figures measure the weights, not the bf16 activations of the pac
 
 Each row of the table is one entry of ``CONFIGS``: a name and a function that returns a loaded model (and the
 tokenizer).  Prints one table: perplexity per held-out file and overall, the share of RTN-w4's perplexity gap to
-float that each method recovers, and ARC-Easy/PIQA accuracy with ``--tasks``.
+float that each method recovers, and ARC-Easy/PIQA accuracy with ``--tasks``.  The KV-cache rows score the float
+model through the engine's int8/int4 paged cache (:class:`~puyu.eval.backends.local.LocalBackend` with ``kv_quant``).
+Throughput per serving option (decode tok/s at 1 and 32 streams, KV capacity) is ``bench/engine_step.py``'s table.
 
     python bench/quant.py [--group-size 64] [--calib-samples 16] [--awq-search-samples 4] [--calib-seqlen 512] [--window 1024]
                           [--tasks arc_easy,piqa] [--limit N] [--only float,awq-w4] [--threads 2]
@@ -104,9 +106,11 @@ def smoothquant_w8a8(ctx: Context):
     return model, tokenizer
 
 
-# One entry per row.  KV-cache int8/int4 join here once a scorer reads its keys back through the quantized cache.
+# One entry per row.
 CONFIGS: dict[str, Callable[[Context], tuple]] = {
     "float": lambda ctx: load(ctx.folder),
+    "kv-cache int8": lambda ctx: load(ctx.folder),
+    "kv-cache int4": lambda ctx: load(ctx.folder),
     "rtn-w4": calibrated("rtn", "gptq"),
     "awq-w4": calibrated("awq", "awq"),
     "gptq-w4": calibrated("gptq", "gptq"),
@@ -114,6 +118,11 @@ CONFIGS: dict[str, Callable[[Context], tuple]] = {
     "load-time w4a16 (RTN; int8 head)": load_time_rtn,
     "w8a8 (SmoothQuant)": smoothquant_w8a8,
 }
+
+
+# Rows scored through the engine's quantized paged cache (LocalBackend's kv_quant path: 32-token prefill chunks, so
+# every token after the first chunk attends over keys and values read back from the int8/int4 cache).
+KV_QUANT_OF = {"kv-cache int8": "int8", "kv-cache int4": "int4"}
 
 
 def perplexities(backend, texts: dict[str, list[str]]) -> dict[str, float]:
@@ -193,7 +202,8 @@ def main() -> None:
             model, tokenizer = CONFIGS[name](ctx)
             model = dequantized(model)
             llm = types.SimpleNamespace(model=model, tokenizer=tokenizer, name=name.split(" ")[0], context_length=args.window)
-            backend = LocalBackend(llm, batch_size=8, max_batch_tokens=8 * args.window, max_length=args.window)
+            backend = LocalBackend(llm, batch_size=8, max_batch_tokens=8 * args.window, max_length=args.window,
+                                   kv_quant=KV_QUANT_OF.get(name, "none"))
             start = time.perf_counter()
             with torch.inference_mode():
                 rows[name] = perplexities(backend, texts)

@@ -14,8 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
+from puyu.errors import ConfigError
 from puyu.generation import Completion, SamplingParams, generate, stream
 from puyu.model import DEFAULT_MODEL, load_model, save_pretrained
+from puyu.quant.quantize import quantize_for_inference
 
 Messages = list[dict[str, Any]] | str
 
@@ -37,12 +39,17 @@ class LLM:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         chat_template: override the model's template (``chatml``, ``internlm2``, ``llama3``, Jinja source or a Jinja file).
         adapter: a LoRA adapter folder (PEFT format, e.g. from ``puyu train``) merged into the weights.
+        quant: quantize at load: ``none``, ``w8a16``/``w4a16`` (round-to-nearest) or ``w8a8`` (SmoothQuant); a folder
+            written by ``puyu quantize`` is already quantized and takes ``none``.
     """
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "auto", chat_template: str | None = None,
-                 adapter: str | Path | None = None):
-        self.name = str(model)
-        self.model, self.tokenizer = load_model(model, dtype=dtype, device=device, chat_template=chat_template, adapter=adapter)
+                 adapter: str | Path | None = None, quant: str = "none"):
+        self.name, self.quant = str(model), quant
+        self.model, self.tokenizer = load_model(model, dtype=dtype, device=device, chat_template=chat_template, adapter=adapter,
+                                                quantized=quant != "none")
+        if quant != "none":
+            quantize_for_inference(self.model, self.tokenizer, quant)
 
     @property
     def context_length(self) -> int:
@@ -77,5 +84,12 @@ class LLM:
         return generate(self.model, self.tokenizer, ids, _params(sampling))
 
     def save(self, folder: str | Path) -> Path:
-        """Write the model as a Hugging Face folder (config, safetensors, tokenizer, chat template)."""
+        """Write the model as a Hugging Face folder (config, safetensors, tokenizer, chat template).
+
+        Raises:
+            ConfigError: the model was quantized at load (``quant``); save the float model, or use ``puyu quantize``.
+        """
+        if self.quant != "none":
+            raise ConfigError(f"this LLM was quantized at load (quant={self.quant}) for inference only; load it without "
+                              "quant to save it, or write an int4 folder with puyu quantize")
         return save_pretrained(self.model, self.tokenizer, folder)

@@ -30,6 +30,19 @@ CORPUS = [
 ]
 
 
+class Killed(Exception):
+    """A training run stopped on purpose (:func:`kill_at`), as a crash would stop it."""
+
+
+def kill_at(step: int):
+    """A trainer step hook that raises :class:`Killed` once ``step`` steps are done."""
+    def hook(done: int, metrics: dict) -> None:
+        if done == step:
+            raise Killed(step)
+
+    return hook
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     """A folder with tokenizer.json + tokenizer_config.json (ChatML template) of a 400-token byte-level BPE."""

@@ -128,7 +128,7 @@ def add_tool_args(parser: argparse.ArgumentParser, default_tools: str) -> None:
 
 def register(sub, common) -> None:
     agent = sub.add_parser("agent", parents=[common], help=cmd_agent.__doc__, description=cmd_agent.__doc__)
-    add_model_args(agent)
+    add_model_args(agent, quant=True)
     agent.add_argument("task", help="what the agent should do, e.g. '已知2x+3=10，求x'")
     add_tool_args(agent, "python,calculator,solve")
     agent.add_argument("--protocol", default="function", choices=["function", "react", "internlm2"],

@@ -33,7 +33,7 @@ def register(sub, common) -> None:
 
     chat = sub.add_parser("chat", parents=[common], help=cmd_chat.__doc__,
                           description=cmd_chat.__doc__ + " In the chat: /clear, /system TEXT, /exit; Ctrl-C stops a reply.")
-    add_model_args(chat)
+    add_model_args(chat, quant=True)
     chat.add_argument("-p", "--prompt", default=None, help="ask one question, print the reply and exit")
     chat.add_argument("--system", default=None, help="system prompt")
     add_dataclass_flags(chat, SamplingParams, "sampling")

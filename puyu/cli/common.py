@@ -11,8 +11,9 @@ import time
 log = logging.getLogger("puyu")
 
 
-def add_model_args(parser: argparse.ArgumentParser, optional: bool = True) -> None:
-    """The model positional plus --dtype/--device/--chat-template, shared by every command that loads one."""
+def add_model_args(parser: argparse.ArgumentParser, optional: bool = True, quant: bool = False) -> None:
+    """The model positional plus --dtype/--device/--chat-template/--adapter, shared by every command that loads one
+    (``quant``: also ``--quant`` for commands that chat through :func:`load_llm`)."""
     from puyu.model.registry import DEFAULT_MODEL
 
     if optional:
@@ -24,6 +25,10 @@ def add_model_args(parser: argparse.ArgumentParser, optional: bool = True) -> No
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--chat-template", default=None, help="override the model's template: chatml, internlm2, llama3 or a Jinja file")
     parser.add_argument("--adapter", default=None, help="a LoRA adapter folder (PEFT format, e.g. from puyu train) merged into the model")
+    if quant:
+        parser.add_argument("--quant", default="none", choices=["none", "w8a16", "w4a16", "w8a8"],
+                            help="quantize at load: w8a16/w4a16 round-to-nearest, w8a8 SmoothQuant (a folder from puyu "
+                                 "quantize needs none; default: none)")
 
 
 def load_llm(args: argparse.Namespace):
@@ -32,7 +37,8 @@ def load_llm(args: argparse.Namespace):
 
     start = time.perf_counter()
     with status(f"loading {args.model} (the first load of a GGUF converts it once)"):
-        llm = LLM(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template, adapter=args.adapter)
+        llm = LLM(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template, adapter=args.adapter,
+                  quant=getattr(args, "quant", "none"))
     log.info("loaded %s in %.1f s (%s, %s)", args.model, time.perf_counter() - start, llm.model.dtype, llm.model.device)
     return llm
 

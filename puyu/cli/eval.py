@@ -37,7 +37,7 @@ def _config_from_args(args: argparse.Namespace):
         raise ConfigError("give --tasks a,b (see puyu eval --list) or a config file: puyu eval configs/eval/NAME.yaml")
     entry = {"backend": args.backend, "model": args.model, "dtype": args.dtype, "device": args.device, "batch_size": args.batch_size,
              "max_length": args.max_length, "base_url": args.base_url, "api_key": args.api_key, "tokenizer": args.tokenizer,
-             "chat_template": args.chat_template}
+             "chat_template": args.chat_template, "quant": args.quant, "kv_quant": args.kv_quant}
     return EvalConfig(models=[{k: v for k, v in entry.items() if v is not None}],
                       tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
                       mode=args.mode, shots=args.shots, limit=args.limit, chat=args.apply_chat_template, data_dir=args.data_dir,
@@ -95,6 +95,10 @@ def register(sub, common) -> None:
     p.add_argument("--dtype", default=None, help="local/hf: auto, float32, bfloat16 (default: auto for local, float32 for hf)")
     p.add_argument("--device", default=None, help="local: auto, cpu, cuda (default: auto)")
     p.add_argument("--chat-template", default=None, help="local: override the model's chat template")
+    p.add_argument("--quant", choices=["w8a16", "w4a16", "w8a8"], default=None,
+                   help="local: quantize at load as puyu serve --quant does (a folder from puyu quantize needs none)")
+    p.add_argument("--kv-quant", choices=["int8", "int4"], default=None,
+                   help="local: score and generate through an int8/int4 KV cache, as puyu serve --kv-quant does")
     p.add_argument("--batch-size", type=int, default=None, help="local/hf: sequences per forward pass (default: 16)")
     p.add_argument("--max-length", type=int, default=None, help="context window to use, e.g. 2048 as lm-eval (default: the model's)")
     p.add_argument("--base-url", default=None, help="openai: the server, e.g. http://127.0.0.1:8000/v1")

@@ -191,7 +191,7 @@ def register(sub, common) -> None:
     ask = kb_sub.add_parser("ask", parents=[common], help=cmd_ask.__doc__, description=cmd_ask.__doc__)
     ask.add_argument("name", help="knowledge base name")
     ask.add_argument("question")
-    add_model_args(ask)
+    add_model_args(ask, quant=True)
     _retrieval_flags(ask)
     ask.add_argument("--show-context", action="store_true", help="print the retrieved chunks before the answer")
     ask.add_argument("--min-similarity", type=float, default=0.25, help="cosine below which a chunk is not relevant (default: 0.25)")
@@ -215,6 +215,6 @@ def register(sub, common) -> None:
                     help="also answer, in each MODE (generative, extractive, auto; none given: auto), and score the answers")
     ev.add_argument("--max-new-tokens", type=int, default=ANSWER_PARAMS.max_new_tokens,
                     help=f"generated answer length with --answers (default: {ANSWER_PARAMS.max_new_tokens})")
-    add_model_args(ev)
+    add_model_args(ev, quant=True)
     _retrieval_flags(ev)
     ev.set_defaults(func=cmd_eval)

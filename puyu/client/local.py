@@ -3,7 +3,8 @@
 ``tools`` are rendered through the model's own chat template and calls are parsed back in its family's
 format (:mod:`puyu.tokenizer.tool_formats`).  With ``constrain=True`` a turn that offers tools is generated
 under :func:`~puyu.generation.constraints.tool_call_grammar`, so that a call is always well-formed JSON valid
-against its tool's schema (``tool_choice="required"``: the reply must be a call).
+against its tool's schema (``tool_choice="required"``: the reply must be a call); formats that no grammar
+can force (Mistral's) are parsed from the free reply.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class LocalClient:
         return [self._result(d, fmt, params) for d, fmt, params in zip(done, formats, plist)]
 
     def _turn_params(self, params: SamplingParams, tools: list[dict] | None, tool_choice: str, fmt) -> SamplingParams:
-        if fmt and self.constrain:
+        if fmt and fmt.has_grammar and self.constrain:
             params = replace(params, grammar=tool_call_grammar(tools, fmt.family, tool_choice == "required",
                                                                min(self.max_string, params.max_new_tokens // 2)))
         if fmt and fmt.keeps_special_tokens:

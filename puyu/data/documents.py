@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from puyu.data.jsonl import open_text
+from puyu.data.jsonl import iter_jsonl, open_text
 from puyu.errors import DatasetError
 
 TEXT_FIELDS = ("text", "content")
@@ -43,15 +43,8 @@ def iter_documents(path: str | Path, field: str | None = None, txt: str = "line"
         raise DatasetError(f"txt mode {txt!r} is unknown; use line (one document per line) or file (the file is one document)")
     kind = path.name.removesuffix(".gz").rsplit(".", 1)[-1].lower()
     if kind == "jsonl":
-        with open_text(path) as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-                yield _field(row, field, f"{path}:{number}")
+        for number, row in iter_jsonl(path):
+            yield _field(row, field, f"{path}:{number}")
     elif kind == "json":
         with open_text(path) as f:
             try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Iterator
 
 from puyu.errors import DatasetError
 
@@ -25,11 +25,10 @@ def open_text(path: Path) -> IO[str]:
     return open(path, encoding="utf-8-sig", newline="")
 
 
-def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for each non-blank line (see the module docstring)."""
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line, read as it goes (see the module docstring)."""
     if not path.is_file():
         raise DatasetError(f"no such file: {path}")
-    rows = []
     with open_text(path) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -40,5 +39,9 @@ def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 raise DatasetError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); fix or remove the line") from None
             if not isinstance(row, dict):
                 raise DatasetError(f"{path}:{number}: a row must be a JSON object, got {type(row).__name__}")
-            rows.append((number, row))
-    return rows
+            yield number, row
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """All of :func:`iter_jsonl` at once."""
+    return list(iter_jsonl(path))

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from puyu.engine.kv_quant import KV_QUANT
 from puyu.errors import ConfigError
+from puyu.quant.quantize import INFERENCE_MODES
 from puyu.quant.weight_only import KERNELS as QUANT_KERNELS
 
-QUANT_MODES = ("none", "w8a16", "w4a16", "w8a8")
 SPECULATIVE = ("none", "prompt_lookup")
 
 
@@ -67,8 +67,8 @@ class EngineConfig:
             raise ConfigError("engine: block_size, max_num_seqs, max_num_batched_tokens and max_queue must be positive")
         if self.cache_max_entry_count is not None and self.cache_max_entry_count <= 0:
             raise ConfigError(f"engine: cache_max_entry_count must be > 0, got {self.cache_max_entry_count}")
-        if self.quant not in QUANT_MODES:
-            raise ConfigError(f"engine: quant must be one of {', '.join(QUANT_MODES)}, got {self.quant!r}")
+        if self.quant not in INFERENCE_MODES:
+            raise ConfigError(f"engine: quant must be one of {', '.join(INFERENCE_MODES)}, got {self.quant!r}")
         if self.kv_quant not in KV_QUANT:
             raise ConfigError(f"engine: kv_quant must be one of {', '.join(KV_QUANT)}, got {self.kv_quant!r}")
         if self.quant == "w8a8" and self.quant_kernel == "packed":

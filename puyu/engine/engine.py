@@ -45,6 +45,7 @@ from puyu.errors import ConfigError, ContextLengthError, QueueFullError
 from puyu.generation.output import Completion, SequenceOutput
 from puyu.generation.sampling import SamplingParams
 from puyu.model.transformer import Transformer
+from puyu.quant.quantize import quantize_for_inference
 from puyu.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -61,23 +62,6 @@ def _free_memory(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
-def _quantize(model: Transformer, tokenizer: Tokenizer, config: EngineConfig) -> None:
-    """Rewrite ``model`` for ``config.quant`` in place (q/k/v and gate/up fused first: fewer, wider int kernels)."""
-    from puyu.quant.w8a8 import W8A8Linear
-    from puyu.quant.weight_only import is_quantized, quantize_model
-
-    if is_quantized(model) or any(isinstance(m, W8A8Linear) for m in model.modules()):
-        raise ConfigError(f"the model is already quantized (a quantized folder, or quantized before); drop --quant {config.quant}, "
-                          "or give the float model")
-    model.fuse_projections()
-    if config.quant == "w8a8":
-        from puyu.quant.smoothquant import smoothquant
-
-        smoothquant(model, tokenizer, source=config.quant_calib, kernel=config.quant_kernel)
-    else:
-        quantize_model(model, config.quant, config.quant_group_size, config.quant_kernel)
-
-
 class LLMEngine:
     """See the module docstring; ``config.quant`` quantizes ``model`` in place."""
 
@@ -85,7 +69,7 @@ class LLMEngine:
         self.model, self.tokenizer = model, tokenizer
         self.config = config = config or EngineConfig()
         if config.quant != "none":
-            _quantize(model, tokenizer, config)
+            quantize_for_inference(model, tokenizer, config.quant, config.quant_group_size, config.quant_kernel, config.quant_calib)
         self.max_model_len = model.config.max_position_embeddings
         per_block = PagedKVCache.bytes_per_block(model.config, config.block_size, model.dtype, config.kv_quant)
         share = config.cache_max_entry_count or (0.8 if model.device.type == "cuda" else 0.1)
@@ -296,8 +280,10 @@ class LLMEngine:
         return False
 
     # ---- convenience APIs ------------------------------------------------------------
-    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None) -> list[Completion]:
-        """Run token-id prompts to completion (blocking); one :class:`Completion` each, in order."""
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
+                 prompt_logprobs: int | None = None) -> list[Completion]:
+        """Run token-id prompts to completion (blocking); one :class:`Completion` each, in order (``prompt_logprobs``:
+        also score every prompt token, with that many top alternatives)."""
         plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
         results = [Completion(prompt_tokens=len(p)) for p in prompts]
         done = [threading.Event() for _ in prompts]
@@ -315,7 +301,7 @@ class LLMEngine:
             self._driver = "caller"
         try:
             for i, (prompt, p) in enumerate(zip(prompts, plist)):
-                self.submit(prompt, p, sink_for(i))
+                self.submit(prompt, p, sink_for(i), prompt_logprobs=prompt_logprobs)
             while drive and not all(event.is_set() for event in done):
                 self._drain_inbox()
                 self._safe_step()

@@ -268,6 +268,9 @@ def tool_call_grammar(tools: list[dict[str, Any]], family: str, required: bool =
         max_string: see :func:`call_schema`; the default caps ``puyu serve``'s forced calls too.
     """
     fmt = _format(family)
+    if not fmt.has_grammar:
+        raise ConfigError(f"a {family} tool call cannot be forced by a grammar (its markers are special tokens); "
+                          "use tool_choice 'auto' and the call is parsed from the reply")
     call = " ".join(part for part in [fmt.grammar_open, "call_json", fmt.grammar_close] if part)
     lines = [f"call: {call}", f"call_json: {json_rule(call_schema(tools, family, max_string))}"]
     if required:

@@ -7,6 +7,9 @@ Scaling: ``linear`` (position interpolation), ``dynamic`` (NTK, re-based when a
 position passes the trained context), ``llama3`` (Llama 3.1 frequency bands) and
 ``yarn`` (ramped interpolation plus attention temperature).  Frequencies are
 always computed in fp32 whatever the model dtype.
+
+:func:`llama3_scaling_from_divisors` recovers a ``llama3`` ``rope_scaling`` dict from the
+per-frequency divisors that llama.cpp stores in a GGUF instead (``rope_freqs.weight``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from puyu.errors import ModelLoadError
 from puyu.model.config import ModelConfig
 
 
@@ -32,6 +36,61 @@ def _llama3(inv_freq: torch.Tensor, p: dict) -> torch.Tensor:
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
     return torch.where(medium, smoothed, scaled)
+
+
+def llama3_scaling_from_divisors(divisors: torch.Tensor, base: float, dim: int) -> dict | None:
+    """The ``llama3`` ``rope_scaling`` whose frequencies are ``base`` frequencies divided by ``divisors``.
+
+    llama.cpp's ``convert_hf_to_gguf`` stores Llama 3.1+ scaling as one divisor per frequency (1 for short
+    wavelengths, ``factor`` for long ones, a smooth blend between).  The blend ramps linearly in
+    ``original_max_position_embeddings / wavelength``, and only the two band edges (wavelengths
+    ``original / high_freq_factor`` and ``original / low_freq_factor``) are determined, so the ramp is
+    fitted through the divisors and expressed with an integer ``original_max_position_embeddings`` and
+    ``low_freq_factor`` near 1 (as every Llama 3.x publishes them).  A dict that reproduces the divisors
+    is returned (the published numbers where rounding them still does); None when every divisor is 1.
+
+    Raises:
+        ModelLoadError: no llama3 scaling gives these divisors.
+    """
+    inv = _base_inv_freq(base, dim).double()
+    divisors = divisors.double().flatten()
+    if divisors.shape != inv.shape:
+        raise ModelLoadError(f"the GGUF's rope_freqs has {divisors.numel()} values but RoPE has {inv.numel()} frequencies; "
+                             "the file is inconsistent")
+    factor = float(divisors.max())
+    if factor <= 1 + 1e-6:
+        return None
+    x = inv / (2 * math.pi)  # 1 / wavelength
+    ramp = (1 / divisors - 1 / factor) / (1 - 1 / factor)  # 0: fully scaled, 1: unscaled, between: blended
+    medium = ((ramp > 1e-6) & (ramp < 1 - 1e-6)).nonzero().flatten().tolist()
+    scaled, unscaled = x[ramp <= 1e-6], x[ramp >= 1 - 1e-6]
+    edge_low = float(scaled.max())
+    edge_high = float(unscaled.min()) if unscaled.numel() else 2 * float(x.max())
+    if len(medium) >= 2:
+        first, last = medium[0], medium[-1]
+        slope = float((ramp[last] - ramp[first]) / (x[last] - x[first]))
+        at, value = float(x[first]), float(ramp[first])
+    elif medium:  # steep enough to reach 0 and 1 before the neighbouring frequencies
+        at, value = float(x[medium[0]]), float(ramp[medium[0]])
+        slope = max(value / (at - edge_low), (1 - value) / (edge_high - at) if unscaled.numel() else 0.0)
+    else:  # any ramp between the two groups
+        at, value, slope = edge_low, 0.0, 1 / (edge_high - edge_low)
+    intercept = value - slope * at
+    if slope <= 0 or intercept >= 0:
+        raise ModelLoadError("the GGUF's rope_freqs are not Llama 3 RoPE scaling (they do not fall from high to low "
+                             "frequencies); puyu cannot run this file")
+    # ramp = (original * x - low) / (high - low): the integer context nearest to low = 1, and the band edges it implies
+    original = max(1, round(-slope / intercept))
+    low, high = -intercept * original / slope, (1 - intercept) * original / slope
+    target = (inv / divisors).float()
+    published, exact = (1.0, round(high / low, 3)), (low, high)
+    for low_factor, high_factor in (published, exact):
+        params = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low_factor, "high_freq_factor": high_factor,
+                  "original_max_position_embeddings": original}
+        if torch.allclose(_llama3(_base_inv_freq(base, dim), params), target, rtol=1e-5, atol=0):
+            return params
+    raise ModelLoadError("the GGUF's rope_freqs are not Llama 3 RoPE scaling (no factor/low/high/original context "
+                         "reproduces them); puyu cannot run this file")
 
 
 def _yarn(base: float, dim: int, p: dict, max_pos: int) -> tuple[torch.Tensor, float]:

@@ -16,10 +16,12 @@ from puyu.quant.awq import awq_quantize
 from puyu.quant.calibration import LAYER_LINEARS
 from puyu.quant.formats import IntWeight, QuantSpec, check_group_size, rtn_weight
 from puyu.quant.gptq import gptq_quantize
-from puyu.quant.weight_only import apply_int_weights, is_quantized
+from puyu.quant.w8a8 import W8A8Linear
+from puyu.quant.weight_only import apply_int_weights, is_quantized, quantize_model
 
 METHODS = ("rtn", "awq", "gptq")
 DEFAULT_FORMAT = {"rtn": "gptq", "awq": "awq", "gptq": "gptq"}
+INFERENCE_MODES = ("none", "w8a16", "w4a16", "w8a8")  # --quant at load (quantize_for_inference)
 
 
 def quantize_weights(model: nn.Module, method: str, spec: QuantSpec, tokens: torch.Tensor | None = None, progress: bool = True,
@@ -58,3 +60,26 @@ def apply_weights(model: nn.Module, weights: dict[str, IntWeight], kernel: str =
     for param in model.parameters():
         param.copy_(param.half().to(param.dtype))
     return model
+
+
+def quantize_for_inference(model: nn.Module, tokenizer, mode: str, group_size: int = 32, kernel: str = "auto",
+                           calib: str | None = None) -> None:
+    """``--quant MODE`` at load, in place: w8a16/w4a16 round-to-nearest, or w8a8 SmoothQuant calibrated on ``calib``.
+
+    q/k/v and gate/up are fused first (fewer, wider int kernels), so the model is for inference only afterwards.
+
+    Raises:
+        ConfigError: an unknown mode, or the model is already quantized (a quantized folder, or quantized before).
+    """
+    if mode not in INFERENCE_MODES[1:]:
+        raise ConfigError(f"--quant {mode!r} is unknown; use {', '.join(INFERENCE_MODES[1:])} (or a folder from puyu quantize)")
+    if is_quantized(model) or any(isinstance(m, W8A8Linear) for m in model.modules()):
+        raise ConfigError(f"the model is already quantized (a quantized folder, or quantized before); drop --quant {mode}, "
+                          "or give the float model")
+    model.fuse_projections()
+    if mode == "w8a8":
+        from puyu.quant.smoothquant import smoothquant
+
+        smoothquant(model, tokenizer, source=calib, kernel=kernel)
+    else:
+        quantize_model(model, mode, group_size, kernel)

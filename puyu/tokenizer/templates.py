@@ -3,12 +3,15 @@
 A :class:`ChatTemplate` renders a conversation to text exactly as
 ``transformers``' ``apply_chat_template`` does (same sandboxed Jinja settings,
 ``tojson``, ``raise_exception``, ``strftime_now``), and knows its family
-(``chatml``, ``internlm2``, ``llama3``, ``internlm`` or ``custom``), whose end-of-turn
-marker gives the stop tokens and the end of each trained assistant span.
+(``chatml``, ``internlm2``, ``llama3``, ``mistral``, ``mistral_v11``, ``internlm`` or
+``custom``), whose end-of-turn marker gives the stop tokens and the end of each trained
+assistant span, and whose tool-call format (:mod:`puyu.tokenizer.tool_formats`) parses replies.
 
 Families from the template's text: Llama 3 headers; ChatML markers, with InternLM2's
 tool markers or a leading ``bos_token`` (InternLM2/2.5/3 publish a plain ChatML template
 that starts with ``<s>``; Qwen's and SmolLM2's never emit a BOS) for ``internlm2``;
+Mistral's ``[INST]`` turns, ``mistral_v11`` where calls are written ``[TOOL_CALLS]name[ARGS]``
+(tokenizers v11+), else ``mistral`` (a JSON list after ``[TOOL_CALLS]``; EOS ends a turn);
 InternLM v1's ``<|Bot|>`` turns for ``internlm``.
 
 Built-in templates serve models that carry none (InternLM v1 folders publish none:
@@ -138,16 +141,20 @@ _INTERNLM = """\
 
 BUILTIN_TEMPLATES = {"chatml": _CHATML, "internlm2": _INTERNLM2, "llama3": _LLAMA3}  # the ones that show tools
 CHAT_ONLY_TEMPLATES = {"internlm": _INTERNLM}
-END_OF_TURN = {"chatml": "<|im_end|>", "internlm2": "<|im_end|>", "llama3": "<|eot_id|>", "internlm": "<eoa>", "custom": None}
+END_OF_TURN = {"chatml": "<|im_end|>", "internlm2": "<|im_end|>", "llama3": "<|eot_id|>", "internlm": "<eoa>",
+               "mistral": None, "mistral_v11": None, "custom": None}  # None: EOS ends the turn
 
 
 def detect_family(source: str) -> str:
-    """Template family from its text: ``llama3``, ``internlm2``, ``chatml``, ``internlm`` or ``custom``."""
+    """Template family from its text: ``llama3``, ``internlm2``, ``chatml``, ``mistral``, ``mistral_v11``,
+    ``internlm`` or ``custom``."""
     if "<|start_header_id|>" in source:
         return "llama3"
     if "<|im_start|>" in source:
         internlm = "<|action_start|>" in source or "<|plugin|>" in source or source.lstrip("{%-+ ").startswith("bos_token")
         return "internlm2" if internlm else "chatml"
+    if "[INST]" in source:
+        return "mistral_v11" if "[ARGS]" in source else "mistral"
     if "<|Bot|>" in source:
         return "internlm"
     return "custom"

@@ -4,20 +4,27 @@ The built-in templates (:mod:`puyu.tokenizer.templates`) teach a model to call
 tools in its family's format; this module holds everything else about that
 format, for serving, agents and constrained decoding alike:
 
-======== ==================================================================== ============
-family   a call in the model's output                                          arguments
-======== ==================================================================== ============
-chatml   ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``     arguments
-internlm2 ``<|action_start|><|plugin|>\\n{"name": ..., "parameters": ...}<|action_end|>`` parameters
-llama3   the whole reply is ``{"name": ..., "parameters": {...}}``              parameters
-======== ==================================================================== ============
+=========== =============================================================================== ==========
+family      a call in the model's output                                                    arguments
+=========== =============================================================================== ==========
+chatml      ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``              arguments
+internlm2   ``<|action_start|><|plugin|>\\n{"name": ..., "parameters": ...}<|action_end|>`` parameters
+llama3      the whole reply is ``{"name": ..., "parameters": {...}}``                       parameters
+mistral     ``[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]`` (tokenizers v2-v7:    arguments
+            Mistral 7B v0.3, Nemo, Small 3.1, Large 2407/2411)
+mistral_v11 ``[TOOL_CALLS]name[ARGS]{...}`` per call, or ``name[CALL_ID]id[ARGS]{...}``     the JSON
+            (tokenizers v11+: Mistral Small 3.2, Magistral, Devstral, Ministral 3)
+=========== =============================================================================== ==========
 
 A :class:`ToolFormat` parses calls out of finished text (:meth:`~ToolFormat.parse`;
 a call whose JSON does not parse stays in the content), decodes a call made
 under a grammar (:meth:`~ToolFormat.parse_constrained`), gives the pieces of the
 grammar that forces a call (``grammar_open``/``grammar_close``, used by
-:func:`puyu.generation.constraints.tool_call_grammar`) and says whether its
+:func:`puyu.generation.constraints.tool_call_grammar`; None for the Mistral
+formats, whose markers llguidance can only name by token id) and says whether its
 markers are special tokens that decoding must keep (``keeps_special_tokens``).
+Mistral's templates refuse call ids other than 9 letters and digits, so its calls
+get such ids (the model's own where it wrote one).
 :class:`ToolCallStream` holds back streamed text from the first sign of a call
 so that calls never leak into streamed content.
 """
@@ -49,17 +56,20 @@ class ToolFormat:
     """How one template family writes a tool call.
 
     Attributes:
-        family: ``chatml``, ``internlm2`` or ``llama3``.
+        family: a key of :data:`FORMATS` (``chatml``, ``internlm2``, ``llama3``, ``mistral``, ``mistral_v11``).
         start: the text that opens a call (streaming hold-back; a reply containing it but no call is malformed).
-        opening: where a call's JSON begins (the markers before it).
-        closing: what must follow the JSON for the call to count (the markers after it).
+        opening: where a call's payload begins (the markers before it).
+        closing: what must follow the payload for the call to count (the markers after it).
         argument_key: the key of the arguments object in the call JSON.
         opener: the text right before the JSON of a call made under a grammar.
-        grammar_open: llguidance Lark items before the call JSON ('' for none).
+        grammar_open: llguidance Lark items before the call JSON ('' for none; None: no grammar forces a call).
         grammar_close: llguidance Lark items after the call JSON.
         answer_first: a plain answer may not start with this character (so a model commits to a call or an answer
             at its first character); None where a call starts with a special token.
         keeps_special_tokens: the markers are special tokens, so replies that may hold calls decode with them kept.
+        payload: what follows an opening: ``object`` (one call's JSON), ``list`` (a JSON list of calls) or
+            ``named`` (``name[ARGS]`` then the arguments' JSON).
+        short_ids: calls get 9-character alphanumeric ids, the model's own where it wrote a valid one (Mistral).
     """
 
     family: str
@@ -68,10 +78,17 @@ class ToolFormat:
     closing: re.Pattern
     argument_key: str
     opener: str
-    grammar_open: str
-    grammar_close: str
+    grammar_open: str | None
+    grammar_close: str | None
     answer_first: str | None
     keeps_special_tokens: bool = False
+    payload: str = "object"
+    short_ids: bool = False
+
+    @property
+    def has_grammar(self) -> bool:
+        """A grammar can force a call in this format (see :func:`puyu.generation.constraints.tool_call_grammar`)."""
+        return self.grammar_open is not None
 
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
         """``(content without the calls, calls)``; text without a well-formed call comes back unchanged.
@@ -83,20 +100,48 @@ class ToolFormat:
         for opening in self.opening.finditer(text):
             if opening.start() < at:
                 continue
-            try:
-                data, end = json.JSONDecoder().raw_decode(text, opening.end())
-            except json.JSONDecodeError:
+            found = self._read_payload(text, opening.end())
+            closing = self.closing.match(text, found[1]) if found else None
+            if closing is None:
                 continue
-            closing = self.closing.match(text, end)
-            if closing is None or not isinstance(data, dict) or not isinstance(data.get("name"), str):
-                continue
-            arguments = data.get("arguments", data.get("parameters", {}))
-            calls.append(ToolCall(data["name"], arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)))
+            calls.extend(found[0])
             kept.append(text[at : opening.start()])
             at = closing.end()
         if not calls:
             return text, []
         return "".join([*kept, text[at:]]).strip(), calls
+
+    def _read_payload(self, text: str, pos: int) -> tuple[list[ToolCall], int] | None:
+        """The calls whose payload starts at ``pos`` and where it ends; None unless every call in it is well-formed."""
+        head = None
+        if self.payload == "named":
+            head = _NAMED_CALL.match(text, pos)
+            if head is None:
+                return None
+            pos = head.end()
+        try:
+            data, end = json.JSONDecoder().raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return None
+        if head:
+            items = [{"name": head["name"], "arguments": data, "id": head["id"]}] if isinstance(data, dict) else []
+        elif self.payload == "list":
+            items = data if isinstance(data, list) else []
+        else:
+            items = [data]
+        calls = [self._call(item) for item in items]
+        return (calls, end) if calls and None not in calls else None
+
+    def _call(self, data: Any) -> ToolCall | None:
+        """One call from its JSON object (``name`` and ``arguments``/``parameters``); None when it is not one."""
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            return None
+        arguments = data.get("arguments", data.get("parameters", {}))
+        call = ToolCall(data["name"], arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False))
+        if self.short_ids:
+            given = data.get("id")
+            call.id = given if isinstance(given, str) and _MISTRAL_ID.fullmatch(given) else uuid.uuid4().hex[:9]
+        return call
 
     def parse_constrained(self, text: str) -> tuple[str, dict[str, Any]] | None:
         """``(name, arguments)`` of a call generated under the tool-call grammar, or None for a plain answer.
@@ -129,7 +174,16 @@ FORMATS = {
                             keeps_special_tokens=True),
     "llama3": ToolFormat("llama3", "{", re.compile(r"^\s*"), re.compile(r"\s*$"), "parameters",
                          opener="", grammar_open="", grammar_close="", answer_first="{"),
+    "mistral": ToolFormat("mistral", "[TOOL_CALLS]", re.compile(r"\[TOOL_CALLS\]\s*"), re.compile(r"\s*"), "arguments",
+                          opener="[TOOL_CALLS]", grammar_open=None, grammar_close=None, answer_first=None,
+                          keeps_special_tokens=True, payload="list", short_ids=True),
+    "mistral_v11": ToolFormat("mistral_v11", "[TOOL_CALLS]", re.compile(r"\[TOOL_CALLS\]\s*"), re.compile(r"\s*"), "arguments",
+                              opener="[TOOL_CALLS]", grammar_open=None, grammar_close=None, answer_first=None,
+                              keeps_special_tokens=True, payload="named", short_ids=True),
 }
+# A mistral_v11 call's head: the function name, an optional call id, then the arguments' JSON.
+_NAMED_CALL = re.compile(r"(?P<name>[\w.\-]+)(?:\[CALL_ID\](?P<id>\w*))?\[ARGS\]\s*")
+_MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
 # InternLM2's code-interpreter action (Lagent): ``<|action_start|><|interpreter|>\ncode<|action_end|>``.
 INTERNLM2_INTERPRETER = re.compile(r"<\|action_start\|>\s*<\|interpreter\|>\s*(.*?)\s*(?:<\|action_end\|>|$)", re.DOTALL)
 

@@ -8,10 +8,10 @@ import copy
 import pytest
 
 from puyu.engine import EngineConfig, LLMEngine
-from puyu.engine.config import QUANT_MODES
 from puyu.engine.kv_quant import KV_QUANT
 from puyu.errors import ConfigError
 from puyu.generation import SamplingParams
+from puyu.quant.quantize import INFERENCE_MODES
 from puyu.quant.w8a8 import W8A8Linear
 from puyu.quant.weight_only import Int4Linear, Int8Linear
 from tests.conftest import DATASETS
@@ -33,7 +33,7 @@ COMBINATIONS = [("none", "int8"), ("none", "int4"), ("w8a16", "int8"), ("w4a16",
 
 
 def test_the_combinations_cover_every_option():
-    assert {q for q, _ in COMBINATIONS} == set(QUANT_MODES) and {k for _, k in COMBINATIONS} == set(KV_QUANT)
+    assert {q for q, _ in COMBINATIONS} == set(INFERENCE_MODES) and {k for _, k in COMBINATIONS} == set(KV_QUANT)
 
 
 @pytest.mark.parametrize("quant, kv_quant", COMBINATIONS)

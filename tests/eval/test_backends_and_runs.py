@@ -39,6 +39,22 @@ def test_batching_does_not_change_scores(tiny_llm):
     assert [s for s, _ in one] == pytest.approx([s for s, _ in many], abs=1e-4)
 
 
+def test_kv_quant_scores_read_the_quantized_cache_back(tiny_llm):
+    """Scoring with kv_quant goes through the engine: int8 stays close to the float scores, int4 moves further, and
+    every continuation past the first prefill chunk is scored over keys read back from the quantized cache."""
+    text = "The quick brown fox jumps over the lazy dog. " * 12  # several 32-token prefill chunks
+    requests = REQUESTS + [(text, " And then it slept.")]
+    float_scores = [s for s, _ in LocalBackend(tiny_llm).loglikelihood(requests)]
+    errors = {}
+    for kv in ("int8", "int4"):
+        backend = LocalBackend(tiny_llm, kv_quant=kv)
+        scores = backend.loglikelihood(requests)
+        engine = backend.engine("score")
+        assert engine.cache.kv_quant == kv and engine.blocks.num_free == engine.blocks.num_blocks
+        errors[kv] = max(abs(s - f) for (s, _), f in zip(scores, float_scores))
+    assert 0 < errors["int8"] < 0.05 and errors["int8"] < errors["int4"]
+
+
 def test_continuation_logits_are_the_model_logits_at_each_span(local):
     tokens = torch.randint(0, 400, (3, 10))
     spans = [(2, 5), (0, 10), (9, 10)]
@@ -133,6 +149,21 @@ def test_bad_input_is_reported(tmp_path, capsys):
     assert "unknown keys ['shotz']" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="--limit must be at least 1"):
         EvalConfig(models=[{"model": "x"}], tasks=["arc_easy"], limit=0)
+
+
+def test_eval_quantizes_the_local_model_as_serve_does(tiny_model_dir, tmp_path, capsys):
+    from puyu.cli import main
+
+    argv = ["eval", "--model", str(tiny_model_dir), "--tasks", "arc_easy", "--limit", "3", "--data-dir", str(DATASETS),
+            "--dtype", "float32", "--out", str(tmp_path)]
+    assert main([*argv, "--quant", "w8a16", "--kv-quant", "int8"]) == 0
+    run = next(tmp_path.iterdir())
+    assert "arc_easy" in (run / "summary.md").read_text()
+    saved = (run / "config.yaml").read_text()
+    assert "quant: w8a16" in saved and "kv_quant: int8" in saved
+    capsys.readouterr()
+    assert main([*argv, "--backend", "hf", "--kv-quant", "int8"]) == 2
+    assert "quant/kv_quant apply to backend local" in capsys.readouterr().err
 
 
 def test_list_shows_every_task(capsys):

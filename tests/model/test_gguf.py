@@ -1,14 +1,18 @@
 """GGUF files written here with the ``gguf`` writer load with the source model's logits,
-their vocabulary becomes the same tokenizer, and the conversion is cached."""
+their vocabulary becomes the same tokenizer, and the conversion is cached.  A Llama 3.1-style
+file (RoPE scaling stored as llama.cpp's ``rope_freqs`` divisors) runs with the rotary
+frequencies of the Hugging Face model with ``rope_scaling`` llama3."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import gguf
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from puyu.model import load_model
 from puyu.model.loader import converted_folder
@@ -36,8 +40,29 @@ def llama_cpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(path, hf, tokenizer_dir, qtype) -> dict[str, torch.Tensor]:
-    """Write ``hf`` as a GGUF; return the state dict as the file stores it (after quantization)."""
+def llama_cpp_rope_freqs(config) -> np.ndarray:
+    """``rope_freqs.weight`` as llama.cpp's convert_hf_to_gguf computes it (LlamaModel.generate_extra_tensors)."""
+    scaling = config.rope_parameters  # transformers 5 keeps rope_theta here too
+    dim = config.hidden_size // config.num_attention_heads
+    freqs = 1.0 / (scaling["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old = scaling["original_max_position_embeddings"]
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            factors.append(1)
+        elif wavelen > old / low:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(factors, dtype=torch.float32).numpy()
+
+
+def write_gguf(path, hf, tokenizer_dir, qtype, rope_freqs: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """Write ``hf`` as a GGUF (plus llama.cpp's ``rope_freqs`` divisors if given); return the state dict as the
+    file stores it (after quantization)."""
     c = hf.config
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(c.num_hidden_layers)
@@ -76,6 +101,8 @@ def write_gguf(path, hf, tokenizer_dir, qtype) -> dict[str, torch.Tensor]:
         w.add_tensor(gguf_name(key), data, raw_dtype=kind if kind not in (Q.F32, Q.F16) else None)
         stored[key] = (value if kind == Q.F32
                        else torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(value.numpy(), kind), kind).copy()))
+    if rope_freqs is not None:
+        w.add_tensor("rope_freqs.weight", rope_freqs)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -97,6 +124,37 @@ def test_gguf_gives_the_source_logits(tmp_path, tiny_tokenizer_dir, qtype):
         # Exactly the stored (dequantized) weights: the name map and the q/k un-permutation are right.
         hf.load_state_dict(stored)
         assert (got - hf(ids).logits).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("bands", [(1.0, 4.0, 64), (2.0, 8.0, 128), (1.0, 4.0, 100)], ids=["llama3.1", "other-low", "one-blended"])
+def test_llama3_rope_freqs_give_the_rope_scaling_llama3_logits(tmp_path, tiny_tokenizer_dir, bands):
+    """Positions far past original_max_position_embeddings, where every scaled band matters."""
+    low, high, original = bands
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": low, "high_freq_factor": high,
+               "original_max_position_embeddings": original}
+    hf = make_hf_model(tmp_path / "src", tiny_tokenizer_dir, rope_scaling=scaling)
+    write_gguf(tmp_path / "llama31.gguf", hf, tiny_tokenizer_dir, Q.F32, rope_freqs=llama_cpp_rope_freqs(hf.config))
+    ours, _ = load_model(tmp_path / "llama31.gguf", dtype="float32", device="cpu")
+    assert ours.config.rope_scaling["rope_type"] == "llama3"
+    converted = AutoModelForCausalLM.from_pretrained(converted_folder(tmp_path / "llama31.gguf"), dtype=torch.float32)
+    ids = torch.randint(0, 400, (1, 200))
+    with torch.no_grad():
+        assert (ours(ids) - hf(ids).logits).abs().max().item() <= 1e-4
+        assert (converted(ids).logits - hf(ids).logits).abs().max().item() <= 1e-4  # the cached folder is a plain HF Llama
+        unscaled = make_hf_model(tmp_path / "plain", tiny_tokenizer_dir)
+        unscaled.load_state_dict(hf.state_dict())
+        assert (ours(ids) - unscaled(ids).logits).abs().max().item() > 1e-3  # 10x the tolerance: the scaling matters here
+
+
+def test_llama3_1_rope_freqs_become_the_published_rope_scaling():
+    """Llama 3.1 8B's shapes: the divisors give back its config.json values exactly."""
+    from puyu.model.rope import llama3_scaling_from_divisors
+    from tests.conftest import hf_tiny_config
+
+    published = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                 "original_max_position_embeddings": 8192}
+    config = hf_tiny_config("llama", hidden_size=4096, num_attention_heads=32, rope_scaling={**published, "rope_theta": 500000.0})
+    assert llama3_scaling_from_divisors(torch.from_numpy(llama_cpp_rope_freqs(config)), 500000.0, 128) == published
 
 
 def test_gguf_vocabulary_becomes_the_same_tokenizer_and_template(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):

@@ -13,18 +13,7 @@ from puyu.errors import ConfigError
 from puyu.train.config import load_recipe
 from puyu.train.scratch import model_config, new_model
 from puyu.train.trainer import Trainer, lr_factor
-
-
-class Killed(Exception):
-    pass
-
-
-def kill_at(step: int):
-    def hook(done: int, metrics: dict) -> None:
-        if done == step:
-            raise Killed(step)
-
-    return hook
+from tests.conftest import Killed, kill_at
 
 
 def losses(run_dir) -> list[float]:

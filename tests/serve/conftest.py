@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
+import openai
 import pytest
 
 from tests.conftest import make_hf_model
@@ -44,6 +47,32 @@ def start_server(model_dir: Path, *flags: str, api_key: str | None = API_KEY, lo
             time.sleep(0.3)
     proc.kill()
     raise RuntimeError(f"puyu serve did not come up:\n{log.read_text()}")
+
+
+def metrics(server: SimpleNamespace) -> str:
+    """The server's Prometheus text."""
+    return httpx.get(f"{server.base}/metrics").text
+
+
+def metric(server: SimpleNamespace, name: str) -> float:
+    """One unlabelled metric's value."""
+    return float(re.search(rf"^{name} (\S+)$", metrics(server), re.M).group(1))
+
+
+def streams_together_and_alone(server: SimpleNamespace, api_key: str | None, count: int = 32, alone: int = 4):
+    """``count`` greedy chat streams at once, then the first ``alone`` again one at a time: both lists of texts."""
+    async def run():
+        client = openai.AsyncOpenAI(base_url=server.url, api_key=api_key or "none", max_retries=0, timeout=300)
+        prompts = [[{"role": "user", "content": f"Question number {i}: " + "tell me more " * (i % 5)}] for i in range(count)]
+
+        async def one(messages):
+            stream = await client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=12, stream=True)
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+        together = await asyncio.gather(*(one(m) for m in prompts))
+        return together, [await one(m) for m in prompts[:alone]]
+
+    return asyncio.run(run())
 
 
 def stop_server(server: SimpleNamespace) -> int:

@@ -4,25 +4,15 @@ capacity, and a server per remaining ``--quant``/``--kv-quant`` option."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 
-import httpx
 import openai
 import pytest
 
 from tests.conftest import DATASETS
-from tests.serve.conftest import start_server, stop_server
+from tests.serve.conftest import metric, metrics, start_server, stop_server, streams_together_and_alone
 
 CALIB = str(DATASETS / "pretrain/llamafactory_text/c4_demo.jsonl")
-
-
-def metrics(server) -> str:
-    return httpx.get(f"{server.base}/metrics").text
-
-
-def metric(server, name: str) -> float:
-    return float(re.search(rf"^{name} (\S+)$", metrics(server), re.M).group(1))
 
 
 @pytest.fixture(scope="module")
@@ -39,19 +29,7 @@ def w8a8_int8_server(tiny_server_model, tmp_path_factory):
 
 
 def test_32_concurrent_streams_of_w8a8_over_an_int8_kv_cache_match_sequential_and_free_every_block(w8a8_int8_server):
-    async def run():
-        client = openai.AsyncOpenAI(base_url=w8a8_int8_server.url, api_key="none", max_retries=0, timeout=300)
-        prompts = [[{"role": "user", "content": f"Question number {i}: " + "tell me more " * (i % 5)}] for i in range(32)]
-
-        async def one(messages):
-            stream = await client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=12, stream=True)
-            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-
-        together = await asyncio.gather(*(one(m) for m in prompts))
-        alone = [await one(m) for m in prompts[:4]]
-        return together, alone
-
-    together, alone = asyncio.run(run())
+    together, alone = streams_together_and_alone(w8a8_int8_server, None)
     assert all(together) and together[:4] == alone
     assert metric(w8a8_int8_server, "puyu_kv_usage") == 0 and metric(w8a8_int8_server, "puyu_running") == 0
     assert metric(w8a8_int8_server, "puyu_generation_tokens_total") >= 36 * 12

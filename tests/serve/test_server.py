@@ -4,20 +4,14 @@ logprobs, errors, auth, metrics, 32 concurrent streams, disconnects and shutdown
 from __future__ import annotations
 
 import asyncio
-import re
 
 import httpx
 import openai
 import pytest
 
-from tests.serve.conftest import API_KEY, start_server, stop_server
+from tests.serve.conftest import API_KEY, metric, start_server, stop_server, streams_together_and_alone
 
 USER = [{"role": "user", "content": "Hello there"}]
-
-
-def metric(server, name: str) -> float:
-    text = httpx.get(f"{server.base}/metrics").text
-    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
 
 
 def test_models_and_health(client, server):
@@ -97,19 +91,7 @@ def test_invalid_json_and_auth(server):
 
 
 def test_32_concurrent_streams_match_sequential_and_free_every_block(server):
-    async def run():
-        client = openai.AsyncOpenAI(base_url=server.url, api_key=API_KEY, max_retries=0, timeout=300)
-        prompts = [[{"role": "user", "content": f"Question number {i}: " + "tell me more " * (i % 5)}] for i in range(32)]
-
-        async def one(messages):
-            stream = await client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=12, stream=True)
-            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-
-        together = await asyncio.gather(*(one(m) for m in prompts))
-        alone = [await one(m) for m in prompts[:4]]
-        return together, alone
-
-    together, alone = asyncio.run(run())
+    together, alone = streams_together_and_alone(server, API_KEY)
     assert all(together) and together[:4] == alone
     assert metric(server, "puyu_kv_usage") == 0 and metric(server, "puyu_running") == 0
 

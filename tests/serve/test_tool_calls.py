@@ -73,6 +73,18 @@ class ScriptedModel(torch.nn.Module):
         return forced
 
 
+async def chat_and_stream(app, body: dict) -> tuple[dict, list[dict]]:
+    """POST ``body`` to the in-process app's chat endpoint plainly and streamed: the response and the stream's chunks."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        plain = (await http.post("/v1/chat/completions", json=body)).json()
+        chunks = []
+        async with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    chunks.append(json.loads(line[6:]))
+        return plain, chunks
+
+
 def test_server_returns_and_streams_tool_calls(tiny_server_model):
     from puyu.model import load_model
 
@@ -84,19 +96,8 @@ def test_server_returns_and_streams_tool_calls(tiny_server_model):
     app = create_app(engine, "tiny")
     body = {"model": "tiny", "messages": messages, "tools": TOOLS, "max_tokens": 100}
 
-    async def run():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            plain = (await http.post("/v1/chat/completions", json=body)).json()
-            chunks = []
-            async with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
-                async for line in response.aiter_lines():
-                    if line.startswith("data: ") and line != "data: [DONE]":
-                        chunks.append(json.loads(line[6:]))
-            return plain, chunks
-
     try:
-        plain, chunks = asyncio.run(run())
+        plain, chunks = asyncio.run(chat_and_stream(app, body))
     finally:
         engine.shutdown()
     assert "choices" in plain, plain

@@ -15,7 +15,7 @@ ARGS = {"code": "print('}</tool_call>')", "n": 2}
 
 @pytest.mark.parametrize("family", sorted(BUILTIN_TEMPLATES))
 def test_a_rendered_call_parses_back_in_its_family_format(family):
-    assert set(FORMATS) == set(BUILTIN_TEMPLATES)  # every template that teaches calls has a format
+    assert set(BUILTIN_TEMPLATES) <= set(FORMATS)  # every template that teaches calls has a format
     template = ChatTemplate.builtin(family, {"bos_token": ""})
     messages = [{"role": "user", "content": "run it"},
                 {"role": "assistant", "content": "",
@@ -33,7 +33,8 @@ def test_a_rendered_call_parses_back_in_its_family_format(family):
 
 
 def test_special_token_rule_and_malformed_calls():
-    assert [f.family for f in FORMATS.values() if f.keeps_special_tokens] == ["internlm2"]  # its markers are special tokens
+    # their markers are special tokens
+    assert [f.family for f in FORMATS.values() if f.keeps_special_tokens] == ["internlm2", "mistral", "mistral_v11"]
     assert tool_format("custom") is None
     chatml = tool_format("chatml")
     broken = '<tool_call>\n{"name": "python", "arguments": {"code": </tool_call>'

@@ -369,7 +369,7 @@ PUBLISHED = {
     "qwen2.5": (QWEN2_5, CHAT, TOOLS, "chatml", "<|im_end|>"),
     "qwen3": (QWEN3, CHAT, TOOLS, "chatml", "<|im_end|>"),
     "llama3.2": (LLAMA3_2, CHAT, TOOLS, "llama3", "<|eot_id|>"),
-    "mistral-nemo": (MISTRAL_NEMO, CHAT, TOOLS, "custom", None),
+    "mistral-nemo": (MISTRAL_NEMO, CHAT, TOOLS, "mistral", None),
     "internlm2.5": (INTERNLM2_5, PLAIN_CHAT, None, "internlm2", "<|im_end|>"),
 }
 

@@ -9,18 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from puyu.train.trainer import Trainer
-
-
-class Killed(Exception):
-    pass
-
-
-def kill_at(step: int):
-    def hook(done: int, metrics: dict) -> None:
-        if done == step:
-            raise Killed(step)
-
-    return hook
+from tests.conftest import Killed, kill_at
 
 
 def result_weights(run) -> dict[str, torch.Tensor]:

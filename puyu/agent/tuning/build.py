@@ -43,7 +43,7 @@ MAX_CODE_CHARS = 256  # a local agent's string cap per call at the default 512 n
 GSM8K_TRAIN = "eval/gsm8k/train.jsonl"
 GLAIVE = "sft/chat_messages/glaive_toolcall_en.messages.jsonl"
 GLAIVE_HELD_OUT_FROM = 250  # glaive rows 250-299 are held out for the tool-choice benchmark
-VERSION = 1  # bump when the trajectories change, so cached sets are rebuilt
+VERSION = 2  # bump when the trajectories change, so cached sets are rebuilt
 ANSWER = {"en": "The answer is {value}.", "zh": "答案是 {value}。"}
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+|/\d+)?")  # 72, -3.5, 1e-07, 7/2 (the solver's exact fractions)
 
@@ -106,9 +106,10 @@ def _close(got: Fraction, want: Fraction) -> bool:
 
 
 def output_values(text: str) -> dict[str, Fraction]:
-    """Numbers a tool printed: ``{"x": ..., "y": ...}`` for ``x = 6, y = 4`` or ``x = 7/2 = 3.5`` (the first number after
-    each name, so the solver's exact fraction), and ``value``, the last number printed."""
-    values = {name: Fraction(NUMBER.findall(part)[0]) for name, part in re.findall(r"\b([a-z])\s*=\s*([^,;]+)", text)
+    """Numbers a tool printed: ``{"x": ..., "y": ...}`` for ``x = 6, y = 4``, ``x = 7/2 = 3.5`` or sympy's
+    ``[{x: 8, y: -9}]`` (the first number after each name, so the solver's exact fraction), and ``value``, the last
+    number printed."""
+    values = {name: Fraction(NUMBER.findall(part)[0]) for name, part in re.findall(r"\b([a-z])\s*[=:]\s*([^,;}]+)", text)
               if NUMBER.findall(part)}
     numbers = NUMBER.findall(text)
     return {**values, "value": Fraction(numbers[-1])} if numbers else values

@@ -109,15 +109,16 @@ def _signed(value: int) -> str:
 
 
 def sympy_program(equations: list[str]) -> str:
-    """The Python that solves ``equations`` as the question writes them (``2x+3=10``: sympy parses implicit products).
+    """The Python that solves ``equations`` as the question writes them (``2x+3=10``: sympy parses implicit products
+    and the equals sign); it prints ``[{x: 7/2}]``.
 
-    One fixed program around the equations copied verbatim: a small model learns to copy far more reliably than to
-    rearrange an equation into arithmetic (measured: tuned on rearranged code, the built-in model solved none of
-    24 held-out tasks).
+    One short fixed program around the equations copied verbatim, in single quotes (nothing to escape inside the JSON
+    arguments): a small model learns to copy far more reliably than to rearrange an equation into arithmetic
+    (measured: tuned on rearranged code, the built-in model solved none of 24 held-out tasks), and a shorter fixed
+    part is learnt in fewer steps.
     """
-    return (f"from sympy import Eq, solve, parse_expr as p\neqs = {equations!r}\n"
-            "for s in solve([Eq(*(p(side, transformations='all') for side in e.split('='))) for e in eqs], dict=True):\n"
-            "    print(', '.join(f'{k} = {v}' for k, v in s.items()))")
+    return (f"from sympy import solve, parse_expr\n"
+            f"print(solve([parse_expr(e, transformations='all') for e in {equations!r}], dict=True))")
 
 
 def _linear(rng: random.Random, use_python: bool) -> Made | None:

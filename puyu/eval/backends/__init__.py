@@ -32,15 +32,18 @@ def _batching(entry: dict[str, Any]) -> dict[str, Any]:
 
 def make_backend(entry: dict[str, Any]) -> Backend:
     """A backend from a model entry: ``{backend, model, dtype, device, batch_size, max_batch_tokens, max_length,
-    base_url, api_key, tokenizer, concurrency}`` (``max_length`` caps the context window used, e.g. 2048 as lm-eval)."""
+    base_url, api_key, tokenizer, concurrency, quant, kv_quant}`` (``max_length`` caps the context window used, e.g. 2048
+    as lm-eval; ``quant``/``kv_quant``: local only, as ``puyu serve`` takes them)."""
     kind = entry.get("backend", "local")
     if kind == "local":
         from puyu.api import LLM
         from puyu.eval.backends.local import LocalBackend
 
         llm = LLM(entry["model"], dtype=entry.get("dtype", "auto"), device=entry.get("device", "auto"),
-                  chat_template=entry.get("chat_template"))
-        return LocalBackend(llm, **_batching(entry))
+                  chat_template=entry.get("chat_template"), quant=entry.get("quant", "none"))
+        return LocalBackend(llm, kv_quant=entry.get("kv_quant", "none"), **_batching(entry))
+    if entry.get("quant", "none") != "none" or entry.get("kv_quant", "none") != "none":
+        raise ConfigError(f"quant/kv_quant apply to backend local; backend {kind} quantizes where its model runs")
     if kind == "hf":
         from puyu.eval.backends.local import HFBackend
 

@@ -15,6 +15,13 @@ batching, and few-shot prompts that share their examples share their KV blocks
 through prefix caching, so a 5-shot prefix is computed once).
 :class:`HFBackend` runs a ``transformers`` model as the reference
 (``model(ids).logits`` over the whole batch, as lm-eval does).
+
+With ``kv_quant`` (``int8``/``int4``) :class:`LocalBackend` scores through the
+engine instead, so that what is measured is what ``puyu serve --kv-quant``
+computes: each request is a prompt with ``prompt_logprobs``, prefilled in chunks
+of :data:`KV_SCORE_CHUNK` tokens, and every chunk after the first attends over
+keys and values read back from the quantized cache (the first chunk attends
+over its own float keys, as a fresh prompt does in the server).
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ from abc import abstractmethod
 
 import torch
 
+from puyu.errors import ConfigError
 from puyu.eval.backends.base import Backend, GenRequest, cut_at_stop
 
 log = logging.getLogger(__name__)
+KV_SCORE_CHUNK = 32  # prefill chunk when scoring through a quantized KV cache (small: most keys come from the cache)
 
 
 class BatchedBackend(Backend):
@@ -106,10 +115,42 @@ class BatchedBackend(Backend):
 class LocalBackend(BatchedBackend):
     """Our model core (a :class:`~puyu.api.LLM`) behind the backend contract."""
 
-    def __init__(self, llm, batch_size: int = 16, max_batch_tokens: int = 8192, max_length: int | None = None):
+    def __init__(self, llm, batch_size: int = 16, max_batch_tokens: int = 8192, max_length: int | None = None,
+                 kv_quant: str = "none"):
         super().__init__(batch_size, max_batch_tokens, max_length)
         self.llm, self.tokenizer, self.name = llm, llm.tokenizer, llm.name
-        self._engine = None
+        self.kv_quant = kv_quant
+        self._engines: dict[str, object] = {}
+
+    def engine(self, purpose: str = "generate"):
+        """The serving engine over this model (made on first use): ``generate`` batches generation; ``score`` reads
+        prompts back through the quantized cache in small prefill chunks (see the module docstring)."""
+        from puyu.engine import EngineConfig, LLMEngine
+
+        if purpose not in self._engines:
+            chunk = {"max_num_batched_tokens": KV_SCORE_CHUNK, "prefix_caching": False} if purpose == "score" else \
+                {"max_num_batched_tokens": self.max_batch_tokens}
+            self._engines[purpose] = LLMEngine(self.llm.model, self.tokenizer,
+                                               EngineConfig(max_num_seqs=self.batch_size, kv_quant=self.kv_quant, **chunk))
+        return self._engines[purpose]
+
+    def loglikelihood_tokens(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        if self.kv_quant == "none":
+            return super().loglikelihood_tokens(pairs)
+        from puyu.generation import SamplingParams
+
+        params = SamplingParams(max_new_tokens=0)
+        engine = self.engine("score")
+        prompts = [(context + continuation)[-engine.max_model_len:] for context, continuation in pairs]
+        if any(len(c) >= len(p) for (_, c), p in zip(pairs, prompts)):
+            raise ConfigError(f"a continuation fills the whole {engine.max_model_len}-token context window; "
+                              "lower max_length to score it through the KV cache")
+        done = engine.generate(prompts, params, prompt_logprobs=1)
+        results = []
+        for (_, continuation), completion in zip(pairs, done):
+            scored = completion.prompt_logprobs[-len(continuation):]
+            results.append((sum(p.logprob for p in scored), all(p.top[0][0] == p.token for p in scored)))
+        return results
 
     @property
     def max_length(self) -> int:
@@ -127,14 +168,10 @@ class LocalBackend(BatchedBackend):
 
     def generate_group(self, prompts: list[list[int]], until: list[str], max_new_tokens: int) -> list[str]:
         """All prompts to the engine at once; it keeps ``batch_size`` sequences running."""
-        from puyu.engine import EngineConfig, LLMEngine
         from puyu.generation import SamplingParams
 
-        if self._engine is None:
-            self._engine = LLMEngine(self.llm.model, self.tokenizer,
-                                     EngineConfig(max_num_seqs=self.batch_size, max_num_batched_tokens=self.max_batch_tokens))
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=list(until))
-        return [c.text for c in self._engine.generate(prompts, params)]
+        return [c.text for c in self.engine().generate(prompts, params)]
 
 
 class HFBackend(BatchedBackend):

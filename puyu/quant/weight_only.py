@@ -66,29 +66,20 @@ def _packed_call(kernel, x: torch.Tensor, *args) -> torch.Tensor:
 
 
 class Int8Linear(nn.Module):
-    """``y = x @ (q * scale).T + b`` with int8 ``q`` ``[out, in]`` and per-row ``scale``.
+    """``y = x @ (q * scale).T + b`` with int8 ``q`` ``[out, in]`` and per-row ``scale``."""
 
-    With ``input_scale`` ``s`` ``[in]`` (activation-aware, see :func:`puyu.quant.smoothquant.head_input_scale`) the
-    codes hold ``W * s`` and the layer computes ``(x / s) @ (q * scale).T``: salient input channels get finer steps.
-    """
-
-    def __init__(self, linear: nn.Linear, kernel: str = "auto", input_scale: torch.Tensor | None = None):
+    def __init__(self, linear: nn.Linear, kernel: str = "auto"):
         super().__init__()
         self.kernel = resolve_kernel(kernel, linear.weight.device)
         w = linear.weight.detach().float()
-        if input_scale is not None:
-            w = w * input_scale.float()
         scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-8)
         self.register_buffer("qweight", (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8))
         self.register_buffer("scale", scale.to(PACKED_ACTIVATIONS if self.kernel == "packed" else linear.weight.dtype))
-        self.register_buffer("input_scale", None if input_scale is None else input_scale.float())
         self.bias = linear.bias
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The effective weight ``[out, in]`` (input scale divided back out)."""
         dtype = dtype or self.scale.dtype
-        weight = self.qweight.to(dtype) * self.scale.to(dtype)[:, None]
-        return weight if self.input_scale is None else weight / self.input_scale.to(dtype)
+        return self.qweight.to(dtype) * self.scale.to(dtype)[:, None]
 
     def _packed(self, flat: torch.Tensor) -> torch.Tensor:
         # A vocabulary-sized layer runs as slices of output rows: same values, and at 32 rows about 1.5x
@@ -98,10 +89,7 @@ class Int8Linear(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "packed":
-            y = _packed_call(self._packed, x if self.input_scale is None else x / self.input_scale.to(x.dtype))
-        else:
-            y = F.linear(x, self.dequantize(x.dtype))
+        y = _packed_call(self._packed, x) if self.kernel == "packed" else F.linear(x, self.dequantize(x.dtype))
         return y + self.bias if self.bias is not None else y
 
 

@@ -1,7 +1,8 @@
 """Serving benchmark: puyu vs llama-cpp-python and transformers on the built-in model, same machine, same run.
 
 Part 1, in-process single-stream greedy decode (tok/s) for float32, bfloat16,
-w8a16 and w4a16 on puyu's engine (and w4a16 with the decode step compiled), next to the memory-bandwidth bound (weight
+w8a16 and w4a16 on puyu's engine (and w4a16 with the decode step compiled; where ``auto`` picks puyu's AVX2 int4/int8
+kernels, w8a16 and w4a16 on PyTorch's packed kernels too, what they replaced), next to the memory-bandwidth bound (weight
 bytes read per token / measured copy bandwidth), and llama-cpp-python's
 ``Llama`` on the same GGUF.
 
@@ -87,6 +88,7 @@ def decode_part(tokens: int, llama_python: str | None) -> dict[str, float]:
     from puyu.generation import SamplingParams
     from puyu.model import load_model
     from puyu.model.registry import resolve
+    from puyu.quant.weight_only import resolve_kernel
 
     bw = bandwidth_gbs()
     from puyu.hardware import describe_machine
@@ -95,12 +97,15 @@ def decode_part(tokens: int, llama_python: str | None) -> dict[str, float]:
     print(f"{'setting':18} {'tok/s':>8} {'MB/token':>9} {'bound tok/s':>12} {'of bound':>9}")
     rates = {}
     # The quantized settings load as `puyu serve --quant` does (dtype auto): the server check below compares like with like.
-    for name, dtype, quant, compile in [("float32", "float32", "none", False), ("bfloat16", "bfloat16", "none", False),
-                                        ("w8a16", "auto", "w8a16", False), ("w4a16", "auto", "w4a16", False),
-                                        ("w4a16 + compile", "auto", "w4a16", True)]:
+    settings = [("float32", "float32", "none", "auto", False), ("bfloat16", "bfloat16", "none", "auto", False),
+                ("w8a16", "auto", "w8a16", "auto", False), ("w4a16", "auto", "w4a16", "auto", False),
+                ("w4a16 + compile", "auto", "w4a16", "auto", True)]
+    if resolve_kernel("auto", torch.device("cpu")) != "packed":  # what auto replaced, for the ratio
+        settings[4:4] = [("w8a16 packed", "auto", "w8a16", "packed", False), ("w4a16 packed", "auto", "w4a16", "packed", False)]
+    for name, dtype, quant, kernel, compile in settings:
         model, tokenizer = load_model("smollm2-135m-instruct", dtype=dtype, device="cpu", quantized=quant != "none")
         started = time.perf_counter()
-        engine = LLMEngine(model, tokenizer, EngineConfig(quant=quant, compile=compile))
+        engine = LLMEngine(model, tokenizer, EngineConfig(quant=quant, quant_kernel=kernel, compile=compile))
         if compile:
             print(f"  (compiled in {time.perf_counter() - started:.0f} s)")
         prompt = tokenizer.render([{"role": "user", "content": "Write a long story about a dragon."}], add_generation_prompt=True).ids

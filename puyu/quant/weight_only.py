@@ -13,9 +13,15 @@ Formats (what a calibration method such as AWQ produces too, so it can fill them
   act-order groups become contiguous by permuting the input channels once
   (``perm``: the layer reads ``x[..., perm]``).
 
-Two kernel paths compute the same formula (``kernel`` below; ``auto`` picks):
+Three kernel paths compute the same formula (``kernel`` below; ``auto`` picks):
 
-* ``packed`` (CPU, the default there): PyTorch's packed kernels
+* ``avx2`` (x86 CPUs with AVX2, the default there when a C compiler built it): puyu's own int4/int8 products
+  (:mod:`puyu.quant.cpu_gemv`), which quantize the activations per block of 32 to int8 and multiply bytes, as
+  llama.cpp does; the weights keep the ``dequantize`` layout below.  Every row is computed the same way whatever
+  the batch holds, so batched and speculative decoding stay exact.  Measured on 2 AVX2 cores (Zen 3): 1.5-2x
+  faster per decode layer than ``packed``, the int8 LM head 3x, and a 512-token prefill chunk as fast as (or
+  faster than) the float32 matmul there.
+* ``packed`` (other CPUs): PyTorch's packed kernels
   (``_weight_int8pack_mm``, ``_weight_int4pack_mm_for_cpu``), which read 1 or
   0.5 bytes per weight instead of 2-4 — decode is bound by memory bandwidth, so
   that is the speed-up.  They are vectorized (AVX2 and AVX-512) only for bf16
@@ -38,10 +44,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from puyu.errors import ConfigError, ModelLoadError
+from puyu.quant import cpu_gemv
 from puyu.quant.formats import IntWeight, contiguous_groups
 
 log = logging.getLogger(__name__)
-KERNELS = ("auto", "packed", "dequantize")
+KERNELS = ("auto", "avx2", "packed", "dequantize")
 PACKED_GROUP_SIZES = (256, 128, 64, 32)  # what _weight_int4pack_mm_for_cpu accepts; it also needs out_features % 16 == 0
 PACKED_ACTIVATIONS = torch.bfloat16  # the only dtype the packed CPU kernels vectorize (see the module docstring)
 INT8_ROWS_PER_CALL = 12288
@@ -49,14 +56,28 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_
 
 
 def resolve_kernel(kernel: str, device: torch.device) -> str:
-    """``auto`` → ``packed`` on the CPU, ``dequantize`` elsewhere; a packed kernel off the CPU is refused."""
+    """``auto`` → ``avx2`` on a CPU where it builds, else ``packed`` on the CPU, ``dequantize`` elsewhere; a CPU kernel
+    off the CPU, or ``avx2`` where it cannot run, is refused."""
     if kernel not in KERNELS:
         raise ConfigError(f"quant kernel {kernel!r} is unknown; use {', '.join(KERNELS)}")
     if kernel == "auto":
-        return "packed" if device.type == "cpu" else "dequantize"
-    if kernel == "packed" and device.type != "cpu":
-        raise ConfigError(f"the packed int4/int8 kernels run on the CPU only, the model is on {device.type}; use quant_kernel=dequantize")
+        return ("avx2" if cpu_gemv.available() else "packed") if device.type == "cpu" else "dequantize"
+    if kernel in ("packed", "avx2") and device.type != "cpu":
+        raise ConfigError(f"the {kernel} int4/int8 kernels run on the CPU only, the model is on {device.type}; use quant_kernel=dequantize")
+    if kernel == "avx2" and not cpu_gemv.available():
+        raise ConfigError("quant_kernel=avx2 needs an x86 CPU with AVX2 and a C compiler (cc or gcc) to build it once; the log "
+                          "says which is missing; use quant_kernel=auto")
     return kernel
+
+
+def _fits_avx2(kernel: str, asked: str, in_features: int, group_size: int | None = None) -> str:
+    """``kernel``, or ``packed`` when the avx2 kernel was picked by ``auto`` but the shapes are not multiples of 32."""
+    if kernel != "avx2" or (in_features % 32 == 0 and (group_size is None or group_size % 32 == 0)):
+        return kernel
+    if asked == "avx2":
+        raise ConfigError(f"the avx2 kernel needs inputs and groups in multiples of 32, this layer has {in_features} inputs"
+                          f"{f' in groups of {group_size}' if group_size else ''}; use quant_kernel=auto")
+    return "packed"
 
 
 def _packed_call(kernel, x: torch.Tensor, *args) -> torch.Tensor:
@@ -70,11 +91,12 @@ class Int8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear, kernel: str = "auto"):
         super().__init__()
-        self.kernel = resolve_kernel(kernel, linear.weight.device)
+        self.kernel = _fits_avx2(resolve_kernel(kernel, linear.weight.device), kernel, linear.in_features)
         w = linear.weight.detach().float()
         scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-8)
         self.register_buffer("qweight", (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scale", scale.to(PACKED_ACTIVATIONS if self.kernel == "packed" else linear.weight.dtype))
+        scale_dtype = {"packed": PACKED_ACTIVATIONS, "avx2": torch.float32}.get(self.kernel, linear.weight.dtype)
+        self.register_buffer("scale", scale.to(scale_dtype))
         self.bias = linear.bias
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -89,7 +111,12 @@ class Int8Linear(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _packed_call(self._packed, x) if self.kernel == "packed" else F.linear(x, self.dequantize(x.dtype))
+        if self.kernel == "avx2":
+            y = cpu_gemv.int8_matmul(x, self.qweight, self.scale)
+        elif self.kernel == "packed":
+            y = _packed_call(self._packed, x)
+        else:
+            y = F.linear(x, self.dequantize(x.dtype))
         return y + self.bias if self.bias is not None else y
 
 
@@ -129,8 +156,8 @@ class Int4Linear(nn.Module):
     def _fill(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int, bias, kernel: str,
               dtype: torch.dtype, device: torch.device, perm: torch.Tensor | None = None) -> None:
         """Store codes ``q`` ``[out, in]`` (0..15) with ``scale``/``zero`` ``[in / group, out]`` in the kernel's layout."""
-        self.kernel = resolve_kernel(kernel, device)
         out_features, self.in_features = q.shape
+        self.kernel = _fits_avx2(resolve_kernel(kernel, device), kernel, self.in_features, group_size)
         if self.kernel == "packed":
             sub = next((g for g in PACKED_GROUP_SIZES if group_size % g == 0), None)
             if sub is None or out_features % 16:
@@ -144,9 +171,12 @@ class Int4Linear(nn.Module):
         self.group_size = group_size
         self.register_buffer("perm", None if perm is None else perm.to(device))
         q = q.to(device)
-        table_dtype = PACKED_ACTIVATIONS if self.kernel == "packed" else dtype
-        # [in / group, out, 2]: the layout of PyTorch's int4 kernels.
-        self.register_buffer("scales_and_zeros", torch.stack([scale, zero], -1).contiguous().to(device, table_dtype))
+        if self.kernel == "avx2":  # [out, in / group, 2] float32 (scale, low = zero - 8 * scale): w = q * scale + low
+            table = torch.stack([scale, zero - 8 * scale], -1).transpose(0, 1).float()
+        else:  # [in / group, out, 2] (scale, zero): the layout of PyTorch's int4 kernels
+            table = torch.stack([scale, zero], -1)
+        table_dtype = {"packed": PACKED_ACTIVATIONS, "avx2": torch.float32}.get(self.kernel, dtype)
+        self.register_buffer("scales_and_zeros", table.contiguous().to(device, table_dtype))
         if self.kernel == "packed":
             self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1))
         else:  # two values a byte: even input channels in the low nibble
@@ -157,15 +187,20 @@ class Int4Linear(nn.Module):
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The weight ``[out, in]`` (``dequantize`` path only: the packed layout is PyTorch's own), inputs in ``perm`` order."""
         dtype = dtype or self.scales_and_zeros.dtype
-        scale, zero = self.scales_and_zeros.to(dtype).unbind(-1)  # [in / group, out]
         out = self.qweight.shape[0]
         q = torch.stack([self.qweight & 15, self.qweight >> 4], -1).to(dtype).reshape(out, -1, self.group_size)
+        if self.kernel == "avx2":
+            scale, low = self.scales_and_zeros.to(dtype).unbind(-1)  # [out, in / group]
+            return (q * scale[..., None] + low[..., None]).reshape(out, self.in_features)
+        scale, zero = self.scales_and_zeros.to(dtype).unbind(-1)  # [in / group, out]
         return ((q - 8) * scale.t()[..., None] + zero.t()[..., None]).reshape(out, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.perm is not None:
             x = x.index_select(-1, self.perm)
-        if self.kernel == "packed":
+        if self.kernel == "avx2":
+            y = cpu_gemv.int4_matmul(x, self.qweight, self.scales_and_zeros, self.group_size)
+        elif self.kernel == "packed":
             y = _packed_call(torch.ops.aten._weight_int4pack_mm_for_cpu, x, self.qweight, self.group_size, self.scales_and_zeros)
         else:
             y = F.linear(x, self.dequantize(x.dtype))
@@ -174,6 +209,9 @@ class Int4Linear(nn.Module):
 
 def describe_kernel(kernel: str, mode: str) -> str:
     """The kernel path in words, for the one log line at start."""
+    if kernel == "avx2":
+        bits = "int4" if mode == "w4a16" else "int8"
+        return f"puyu's AVX2 {bits} x int8-activation products (cpu_gemv.c)"
     if kernel == "packed":
         name = "_weight_int4pack_mm_for_cpu" if mode == "w4a16" else "_weight_int8pack_mm"
         return (f"PyTorch's packed {name} with bf16 activations "

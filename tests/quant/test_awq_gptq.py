@@ -122,7 +122,7 @@ def test_a_saved_folder_reloads_with_the_same_logits_in_puyu_and_transformers(qu
         reloaded, _ = load_model(folder, dtype="float32", device="cpu", quant_kernel="dequantize")
         assert (reloaded(ids) - expected).abs().max() <= 1e-3
         assert (transformers_logits(folder, ids) - expected).abs().max() <= 1e-3
-        packed, _ = load_model(folder, device="cpu")  # auto: float32 model, packed int4 kernel with bf16 activations
+        packed, _ = load_model(folder, device="cpu")  # auto: float32 model, the CPU's int4 kernel (avx2 or packed)
         assert packed.dtype == torch.float32
         assert F.cosine_similarity(packed(ids), expected, dim=-1).min() > 0.999
 

@@ -9,17 +9,21 @@ import pytest
 import torch
 from torch import nn
 
+from puyu.quant import cpu_gemv
 from puyu.quant.weight_only import Int4Linear, Int8Linear, quantize_model
 from tests.conftest import DATASETS
 
+CPU_KERNELS = ["avx2", "packed", "dequantize"] if cpu_gemv.available() else ["packed", "dequantize"]  # every path selectable here
 
-@pytest.mark.parametrize("kernel", ["packed", "dequantize"])  # every path selectable on a CPU
+
+@pytest.mark.parametrize("kernel", CPU_KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_each_kernel_path_computes_the_quantized_weights_in_the_models_dtype(dtype, kernel):
     torch.manual_seed(0)
     linear = nn.Linear(128, 96, bias=True).to(dtype)
     x = torch.randn(2, 5, 128, dtype=dtype)
-    # The packed kernels take bf16 activations whatever the model's dtype: bf16 rounding of x and y.
+    # The packed kernels take bf16 activations whatever the model's dtype: bf16 rounding of x and y; the avx2 kernels
+    # quantize them to int8 per block of 32.
     tolerance = 1e-4 if dtype == torch.float32 and kernel == "dequantize" else 0.1
     int8 = Int8Linear(linear, kernel)
     w8 = (linear.weight.float() / int8.scale.float()[:, None]).round().clamp(-127, 127) * int8.scale.float()[:, None]
@@ -44,22 +48,23 @@ def test_each_kernel_path_computes_the_quantized_weights_in_the_models_dtype(dty
 def test_packed_and_dequantize_paths_agree_on_a_model(tiny_llm):
     ids = torch.tensor([tiny_llm.tokenizer.encode("the quick brown fox jumps over the lazy dog")])
     logits = {}
-    for kernel in ("packed", "dequantize"):
+    for kernel in CPU_KERNELS:
         model = copy.deepcopy(tiny_llm.model)
         quantize_model(model, "w4a16", group_size=32, kernel=kernel)
         with torch.no_grad():
             logits[kernel] = model(ids)[0]
-    assert logits["packed"].dtype == torch.float32
-    # A random tiny model's logits are nearly flat: bf16 activations may swap a near-tie, rarely.
-    assert (logits["packed"].argmax(-1) == logits["dequantize"].argmax(-1)).float().mean() >= 0.9
-    assert nn.functional.cosine_similarity(logits["packed"], logits["dequantize"], dim=-1).min() > 0.999
+    for kernel in set(CPU_KERNELS) - {"dequantize"}:
+        assert logits[kernel].dtype == torch.float32
+        # A random tiny model's logits are nearly flat: bf16 or int8 activations may swap a near-tie, rarely.
+        assert (logits[kernel].argmax(-1) == logits["dequantize"].argmax(-1)).float().mean() >= 0.9
+        assert nn.functional.cosine_similarity(logits[kernel], logits["dequantize"], dim=-1).min() > 0.999
 
 
 def test_a_packed_kernel_off_the_cpu_or_an_unknown_kernel_is_refused():
     from puyu.errors import ConfigError
     from puyu.quant.weight_only import resolve_kernel
 
-    assert resolve_kernel("auto", torch.device("cpu")) == "packed"
+    assert resolve_kernel("auto", torch.device("cpu")) == ("avx2" if cpu_gemv.available() else "packed")
     assert resolve_kernel("auto", torch.device("cuda")) == "dequantize"
     with pytest.raises(ConfigError, match="CPU only"):
         resolve_kernel("packed", torch.device("cuda"))
@@ -69,7 +74,7 @@ def test_a_packed_kernel_off_the_cpu_or_an_unknown_kernel_is_refused():
 
 def test_a_vocabulary_sized_int8_layer_runs_in_slices_with_the_same_values():
     torch.manual_seed(0)
-    int8 = Int8Linear(nn.Linear(64, 30000, bias=False).to(torch.bfloat16))  # 3 slices of rows
+    int8 = Int8Linear(nn.Linear(64, 30000, bias=False).to(torch.bfloat16), kernel="packed")  # 3 slices of rows
     x = torch.randn(7, 64, dtype=torch.bfloat16)
     assert torch.equal(int8(x), torch.ops.aten._weight_int8pack_mm(x, int8.qweight, int8.scale))
 

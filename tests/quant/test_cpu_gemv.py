@@ -1,0 +1,113 @@
+"""The AVX2 int4/int8 kernels: parity with the dequantized weights at every row count and group shape, the same
+tokens eager and compiled, and a clean fallback when they cannot be built."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from puyu.quant import cpu_gemv
+from puyu.quant.weight_only import Int4Linear, Int8Linear, resolve_kernel
+
+needs_avx2 = pytest.mark.skipif(not cpu_gemv.available(), reason="no AVX2 or no C compiler on this machine")
+
+
+def _relative_error(y: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((y - reference).norm() / reference.norm()).item()
+
+
+@needs_avx2
+@pytest.mark.parametrize("in_features, group_size", [(192, 32), (192, 64), (192, 96), (256, 128)])  # 96: odd blocks per group
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9, 70])  # row tiles of 4 and their rests
+def test_avx2_products_match_the_dequantized_weights(in_features, group_size, rows):
+    torch.manual_seed(rows)
+    linear = nn.Linear(in_features, 80, bias=True)
+    x = torch.randn(rows, in_features)
+    for layer in (Int4Linear(linear, group_size, kernel="avx2"), Int8Linear(linear, kernel="avx2")):
+        assert layer.kernel == "avx2"
+        reference = nn.functional.linear(x, layer.dequantize(torch.float32), linear.bias)
+        y = layer(x)
+        assert y.shape == reference.shape and y.dtype == torch.float32
+        # int16 activations per block of 32: about 15 bits of each, closer than bf16's 8
+        assert _relative_error(y, reference) < 1e-3, type(layer).__name__
+        # each row is computed alone: the same values whatever else the batch holds (exact batched decoding)
+        assert torch.equal(layer(x[:1]), y[:1]) and torch.equal(layer(x[-3:]), y[-3:])
+
+
+@needs_avx2
+def test_avx2_keeps_the_models_dtype_and_leading_shape():
+    linear = nn.Linear(64, 48).to(torch.bfloat16)
+    x = torch.randn(2, 3, 64, dtype=torch.bfloat16)
+    for layer in (Int4Linear(linear, 32, kernel="avx2"), Int8Linear(linear, kernel="avx2")):
+        y = layer(x)
+        assert y.dtype == torch.bfloat16 and y.shape == (2, 3, 48)
+        reference = nn.functional.linear(x.float(), layer.dequantize(torch.float32), linear.bias.float())
+        assert _relative_error(y.float(), reference) < 0.02  # bf16 x and y
+
+
+@needs_avx2
+def test_shapes_off_the_32_grid_fall_back_or_are_refused():
+    from puyu.errors import ConfigError
+
+    assert Int8Linear(nn.Linear(40, 16), kernel="auto").kernel == "packed"  # auto picks what fits
+    with pytest.raises(ConfigError, match="multiples of 32"):
+        Int8Linear(nn.Linear(40, 16), kernel="avx2")
+    with pytest.raises(ConfigError, match="multiples of 32"):
+        Int4Linear(nn.Linear(48, 16), 16, kernel="avx2")
+
+
+@needs_avx2
+def test_compiled_avx2_decode_gives_the_eager_tokens(tiny_llm):
+    """The kernels are custom ops under torch.compile: the same inputs give the same bits, and a compiled quantized
+    engine decodes the eager engine's tokens."""
+    from puyu.engine import EngineConfig, LLMEngine
+    from puyu.generation import SamplingParams
+
+    torch.manual_seed(0)
+    linear, x = nn.Linear(64, 96), torch.randn(1, 7, 64)
+    for layer in (Int4Linear(linear, 32, kernel="avx2"), Int8Linear(linear, kernel="avx2")):
+        assert torch.equal(torch.compile(layer, dynamic=False)(x), layer(x))
+    words = "the quick brown fox jumps over a lazy dog while you are fine today".split()
+    batch = [tiny_llm.tokenizer.encode(" ".join(words[i : i + 3 + i % 4])) for i in range(6)]
+    greedy = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
+    tokens = []
+    for compile in (False, True):
+        config = EngineConfig(quant="w4a16", quant_group_size=32, quant_kernel="avx2", compile=compile)
+        engine = LLMEngine(copy.deepcopy(tiny_llm.model), tiny_llm.tokenizer, config)
+        try:
+            tokens.append([r.token_ids for r in engine.generate(batch, greedy)])
+        finally:
+            engine.shutdown()
+    assert tokens[0] == tokens[1]
+
+
+def test_without_a_compiler_auto_falls_back_to_the_packed_kernels(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setattr(cpu_gemv.shutil, "which", lambda name: None)
+    cpu_gemv._library.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="puyu.quant.cpu_gemv"):
+            assert not cpu_gemv.available()
+        assert resolve_kernel("auto", torch.device("cpu")) == "packed"
+        assert "PyTorch's packed kernels" in caplog.text
+    finally:
+        cpu_gemv._library.cache_clear()
+
+
+@needs_avx2
+def test_a_damaged_cached_library_is_built_again(tmp_path):
+    """A new process (dlopen keeps a loaded library by name, so only a new process reads the file again)."""
+    env = {**os.environ, "PUYU_HOME": str(tmp_path)}
+    check = [sys.executable, "-c", "from puyu.quant import cpu_gemv; print(cpu_gemv.available())"]
+    assert subprocess.run(check, env=env, capture_output=True, text=True, check=True).stdout.strip() == "True"
+    [built] = (tmp_path / "kernels").glob("cpu_gemv-*.so")
+    built.write_bytes(b"not a library")
+    assert subprocess.run(check, env=env, capture_output=True, text=True, check=True).stdout.strip() == "True"
+    assert built.read_bytes()[:4] == b"\x7fELF"

@@ -92,7 +92,11 @@ def test_the_generator_is_seeded_bilingual_and_never_asks_the_evaluation_prompts
     assert [task_key(t) for t in tasks] == [task_key(t) for t in generate_tasks(400, seed=3)]
     assert [task_key(t) for t in tasks] != [task_key(t) for t in generate_tasks(400, seed=4)]
     assert {t.language for t in tasks} == {"en", "zh"} and {t.kind for t in tasks} == {"linear", "system", "percent", "convert"}
-    assert {t.tool for t in tasks} == {"python", "solve"}
+    assert {t.tool for t in tasks} == {"python", "solve", "calculator"}
+    assert {t.kind for t in tasks if t.tool == "solve"} == {"linear", "system"}
+    assert {t.kind for t in tasks if t.tool == "calculator"} == {"percent", "convert"}
+    weighted = generate_tasks(60, seed=3, kinds=("linear", "convert", "convert"))
+    assert [t.kind for t in weighted].count("convert") == 40
     assert all(re.search(r"[\u4e00-\u9fff]", t.question) for t in tasks if t.language == "zh")
     assert not any(re.search(r"[\u4e00-\u9fff]", t.question) for t in tasks if t.language == "en")
     assert all("Python" not in t.question or t.tool == "python" for t in tasks)

@@ -43,7 +43,10 @@ MAX_CODE_CHARS = 256  # a local agent's string cap per call at the default 512 n
 GSM8K_TRAIN = "eval/gsm8k/train.jsonl"
 GLAIVE = "sft/chat_messages/glaive_toolcall_en.messages.jsonl"
 GLAIVE_HELD_OUT_FROM = 250  # glaive rows 250-299 are held out for the tool-choice benchmark
-VERSION = 2  # bump when the trajectories change, so cached sets are rebuilt
+# Percentages and conversions come twice as often as equations: measured after tuning on an even mix, the held-out
+# solve rates were 84% (linear), 96% (systems), 54% (percentages), 44% (conversions: unit factors misremembered).
+TASK_KINDS = ("linear", "system", "percent", "convert", "percent", "convert")
+VERSION = 3  # bump when the trajectories change, so cached sets are rebuilt
 ANSWER = {"en": "The answer is {value}.", "zh": "答案是 {value}。"}
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+|/\d+)?")  # 72, -3.5, 1e-07, 7/2 (the solver's exact fractions)
 
@@ -60,9 +63,9 @@ class Mix:
         python_only: share of python-solved rows that offer only the ``python`` tool (``--tools python``).
     """
 
-    gsm8k: int = 80
-    tasks: int = 220
-    glaive: int = 40
+    gsm8k: int = 60
+    tasks: int = 300
+    glaive: int = 50
     seed: int = 0
     python_only: float = 0.5
 
@@ -138,7 +141,11 @@ def _answered(row: dict[str, Any], answer: str) -> dict[str, Any]:
 
 
 def _offered(tool: str, rng: random.Random, python_only: float) -> list[str]:
-    return ["python"] if tool == "python" and rng.random() < python_only else AGENT_TOOLS
+    """The tools a row offers: ``python`` alone for a share of python rows; some calculator/solve rows offer no
+    ``python``, so the model learns to pick among other tools too (as an agent with ``--tools calculator,solve`` asks)."""
+    if tool == "python":
+        return ["python"] if rng.random() < python_only else AGENT_TOOLS
+    return [name for name in AGENT_TOOLS if name != "python"] if rng.random() < 0.4 else AGENT_TOOLS
 
 
 def gsm8k_trajectory(recorder: Recorder, row: dict, offered: list[str]) -> tuple[dict | None, str | None]:
@@ -205,7 +212,7 @@ def build_rows(mix: Mix, data_dir: Path, progress: bool = True) -> tuple[list[di
             if report.kept.get("gsm8k", 0) >= mix.gsm8k:
                 break
             add("gsm8k", *gsm8k_trajectory(recorder, gsm8k[index], _offered("python", rng, mix.python_only)))
-        for task in generate_tasks(mix.tasks, mix.seed):
+        for task in generate_tasks(mix.tasks, mix.seed, kinds=TASK_KINDS):
             add(task.kind, *task_trajectory(recorder, task, _offered(task.tool, rng, mix.python_only)))
     with_tools = [row for row in glaive[:GLAIVE_HELD_OUT_FROM] if row.get("tools")]  # chats without tools teach no tool use
     if mix.glaive > len(with_tools):

@@ -1,7 +1,7 @@
 """A seeded generator of equation and arithmetic tasks in English and Chinese, each with its tool calls.
 
 :func:`generate_tasks(n, seed, phrasings) <generate_tasks>` returns :class:`Task` objects: the user's
-question, the tool that solves it (``python`` or ``solve``), the call's arguments, the exact expected
+question, the tool that solves it (``python``, ``solve`` or ``calculator``), the call's arguments, the exact expected
 values (fractions, computed here and never by the tools) and an answer template.  Kinds: linear
 equations (``已知2x+5=17，求x``), 2x2 systems, percentages and unit conversions.  The same
 ``(n, seed, phrasings)`` always gives the same tasks.  ``phrasings="train"`` uses the wordings the
@@ -27,29 +27,50 @@ HELD_OUT_PROMPTS = ("已知2x+3=10，求x", "Use Python to solve 2x+3=10 for x."
                     "求解方程 x - 8 = 2", "What is 7% of 300?", "What value of y satisfies 3y = 27?", "Solve for z: z/4 = 6.")
 HELD_OUT_EQUATIONS = {(2, 3, 10)}  # a*x + b = c of the bootcamp demo
 
-# {kind: {phrasings: {language: [templates]}}}; fields are filled with str.format.
+# {kind: {phrasings: {language: [templates]}}}; fields are filled with str.format.  Percentages come in two
+# wordings: "discount" (the price after a reduction) and "percent" (a plain share); a task picks by its numbers.
+# Many train wordings per kind: a small model learns the task, not one sentence (measured: with 2-4 wordings the
+# tuned model solved 4 of 25 held-out Chinese percentage questions, taking plain shares for discounts).
 TEMPLATES = {
     "linear": {
-        "train": {"en": ["Solve {eq} for {v}.", "Find {v} if {eq}.", "Use Python to find {v}: {eq}", "What is {v} when {eq}?"],
-                  "zh": ["已知{eq}，求{v}", "解方程 {eq}", "求 {eq} 中 {v} 的值", "用 Python 求解：{eq}，{v} 等于多少？"]},
+        "train": {"en": ["Solve {eq} for {v}.", "Find {v} if {eq}.", "Use Python to find {v}: {eq}", "What is {v} when {eq}?",
+                         "Please solve {eq}.", "{eq}. What is {v}?", "I need the value of {v} in {eq}.",
+                         "Work out {v} given that {eq}.", "Use Python to solve {eq} for {v}."],
+                  "zh": ["已知{eq}，求{v}", "解方程 {eq}", "求 {eq} 中 {v} 的值", "用 Python 求解：{eq}，{v} 等于多少？",
+                         "{eq}，求 {v} 的值。", "请帮我解 {eq}", "由 {eq} 求出 {v}", "方程 {eq} 中，{v} 等于几？",
+                         "用 Python 解方程 {eq}"]},
         "heldout": {"en": ["Given {eq}, what is {v}?", "Determine {v} from the equation {eq}."],
                     "zh": ["若 {eq}，则 {v} 是多少？", "方程 {eq} 的解是什么？"]},
     },
     "system": {
-        "train": {"en": ["Solve the system {eq1} and {eq2}.", "Find x and y: {eq1}, {eq2}"],
-                  "zh": ["解方程组：{eq1}，{eq2}", "已知 {eq1} 且 {eq2}，求 x 和 y"]},
+        "train": {"en": ["Solve the system {eq1} and {eq2}.", "Find x and y: {eq1}, {eq2}", "Solve these equations: {eq1}; {eq2}",
+                         "Find the values of x and y such that {eq1} and {eq2}.", "Use Python to solve {eq1}, {eq2}."],
+                  "zh": ["解方程组：{eq1}，{eq2}", "已知 {eq1} 且 {eq2}，求 x 和 y", "求解：{eq1}，{eq2}",
+                         "x 和 y 满足 {eq1} 与 {eq2}，求 x、y", "用 Python 解方程组 {eq1}，{eq2}"]},
         "heldout": {"en": ["If {eq1} and {eq2}, what are x and y?"], "zh": ["求方程组 {eq1}；{eq2} 的解"]},
     },
     "percent": {
-        "train": {"en": ["What is {p}% of {n}?", "Compute {p} percent of {n}.",
-                         "A price of {n} is reduced by {p}%. What is the new price?"],
-                  "zh": ["{n} 的 {p}% 是多少？", "计算 {n} 的百分之{p}", "原价 {n} 元，打折减少 {p}%，现价是多少元？"]},
-        "heldout": {"en": ["How much is {p}% of {n}?", "After a {p}% discount, what does an item priced {n} cost?"],
-                    "zh": ["求 {n} 乘以 {p}% 的结果", "一件 {n} 元的商品降价 {p}% 后卖多少元？"]},
+        "train": {"en": ["What is {p}% of {n}?", "Compute {p} percent of {n}.", "Find {p}% of {n}.", "What's {p} percent of {n}?",
+                         "{p}% of {n} equals what?", "Take {p}% of {n}. What do you get?"],
+                  "zh": ["{n} 的 {p}% 是多少？", "计算 {n} 的百分之{p}", "{n} 的百分之{p}是多少？", "求 {n} 的 {p}%",
+                         "{n} × {p}% 等于多少？", "{p}% 的 {n} 是多少？"]},
+        "heldout": {"en": ["How much is {p}% of {n}?"], "zh": ["求 {n} 乘以 {p}% 的结果"]},
+    },
+    "discount": {
+        "train": {"en": ["A price of {n} is reduced by {p}%. What is the new price?",
+                         "An item costs {n}. It is {p}% off. What is the sale price?",
+                         "A {n} dollar jacket is on sale at {p}% off; how much does it cost now?",
+                         "The price {n} drops by {p}%. What is it now?"],
+                  "zh": ["原价 {n} 元，打折减少 {p}%，现价是多少元？", "商品标价 {n} 元，优惠 {p}%，实付多少元？",
+                         "{n} 元的东西便宜了 {p}%，现在多少钱？", "价格 {n} 元，下降 {p}% 后是多少元？"]},
+        "heldout": {"en": ["After a {p}% discount, what does an item priced {n} cost?"],
+                    "zh": ["一件 {n} 元的商品降价 {p}% 后卖多少元？"]},
     },
     "convert": {
-        "train": {"en": ["Convert {q} {src} to {dst}.", "How many {dst} are in {q} {src}?"],
-                  "zh": ["把 {q} {src_zh}换算成{dst_zh}", "{q} {src_zh}等于多少{dst_zh}？"]},
+        "train": {"en": ["Convert {q} {src} to {dst}.", "How many {dst} are in {q} {src}?", "What is {q} {src} in {dst}?",
+                         "Express {q} {src} in {dst}.", "Change {q} {src} into {dst}."],
+                  "zh": ["把 {q} {src_zh}换算成{dst_zh}", "{q} {src_zh}等于多少{dst_zh}？", "{q} {src_zh}合多少{dst_zh}？",
+                         "请把 {q} {src_zh}转换为{dst_zh}", "{q} {src_zh}换成{dst_zh}是多少？"]},
         "heldout": {"en": ["{q} {src} is how many {dst}?"], "zh": ["{q} {src_zh}是多少{dst_zh}？"]},
     },
 }
@@ -151,25 +172,29 @@ def _percent(rng: random.Random, use_python: bool) -> Made:
     p, n = rng.choice([5, 10, 12, 15, 20, 25, 30, 35, 40, 50, 60, 75, 80, 8, 3, 45]), rng.choice(range(20, 2001, 5))
     discount = rng.random() < 0.35
     value = Fraction(n) * (100 - p) / 100 if discount else Fraction(n) * p / 100
-    code = f"print({n} * (100 - {p}) / 100)" if discount else f"print({p} / 100 * {n})"
-    return {"p": p, "n": n, "discount": discount}, "python", {"code": code}, {"value": value}, "value"
+    expression = f"{n} * (100 - {p}) / 100" if discount else f"{p} / 100 * {n}"
+    fields = {"p": p, "n": n, "discount": discount}
+    if use_python:
+        return fields, "python", {"code": f"print({expression})"}, {"value": value}, "value"
+    return fields, "calculator", {"expression": expression}, {"value": value}, "value"
 
 
 def _convert(rng: random.Random, use_python: bool) -> Made:
     src, src_zh, dst, dst_zh, factor, exact = rng.choice(UNITS)
     q = rng.choice([rng.randint(2, 120), rng.randint(1, 40) + rng.choice([0.5, 0.25])])
-    value = round(Fraction(str(q)) * exact, 4)  # what the code prints
     fields = {"q": q, "src": src, "src_zh": src_zh, "dst": dst, "dst_zh": dst_zh}
-    return fields, "python", {"code": f"print(round({q} * {factor}, 4))"}, {"value": value}, "convert"
+    value = Fraction(str(q)) * exact
+    if use_python:  # the code rounds what it prints
+        return fields, "python", {"code": f"print(round({q} * {factor}, 4))"}, {"value": round(value, 4)}, "convert"
+    return fields, "calculator", {"expression": f"{q} * {factor}"}, {"value": value}, "convert"
 
 
 KINDS = {"linear": _linear, "system": _system, "percent": _percent, "convert": _convert}
 
 
 def _phrase(kind: str, fields: dict, tool: str, phrasings: str, language: str, rng: random.Random) -> str:
-    templates = [t for t in TEMPLATES[kind][phrasings][language] if tool == "python" or "Python" not in t]
-    if kind == "percent":  # the discount wording is the last train template and the last held-out one
-        templates = templates[-1:] if fields["discount"] else templates[:-1]
+    wording = "discount" if kind == "percent" and fields["discount"] else kind
+    templates = [t for t in TEMPLATES[wording][phrasings][language] if tool == "python" or "Python" not in t]
     return rng.choice(templates).format(**fields)
 
 
@@ -181,8 +206,9 @@ def generate_tasks(n: int, seed: int = 0, phrasings: str = "train", kinds: tuple
         n: how many tasks.
         seed: the random seed (the same seed gives the same tasks).
         phrasings: ``train`` or ``heldout`` wordings.
-        kinds: which kinds of task.
-        python_share: share of equations solved with ``python``; the others call ``solve``.
+        kinds: which kinds of task, in turn (a kind listed twice comes twice as often).
+        python_share: share of tasks solved with ``python``; the others call ``solve`` (equations) or ``calculator``
+            (percentages, conversions).
     """
     if phrasings not in PHRASINGS:
         raise ConfigError(f"phrasings must be one of {', '.join(PHRASINGS)}, got {phrasings!r}")

@@ -80,7 +80,7 @@ def raw_encode_rate(kb) -> tuple[int, float]:
     """Chunks/s of a plain sentence-transformers encode of the store's chunk texts (the same texts the build embedded)."""
     from sentence_transformers import SentenceTransformer
 
-    from puyu.rag.embedder import default_embedder_path
+    from puyu.model.embedder import default_embedder_path
     from puyu.rag.splitter import Chunk
 
     texts = [Chunk(text, meta["source"], json.loads(meta.get("headings", "[]"))).indexed_text()

@@ -23,15 +23,21 @@ def run_engine_server(args: argparse.Namespace, web: bool = False) -> int:
     from puyu.cli.flags import dataclass_from_args
     from puyu.engine import EngineConfig, LLMEngine
     from puyu.model import load_model
+    from puyu.model.embedder import load_embedder
     from puyu.serve.app import create_app
 
     config = dataclass_from_args(EngineConfig, args)
+    embedder = None
+    if getattr(args, "embedder", None):
+        with status(f"loading the embedder {args.embedder}"):
+            embedder = load_embedder(args.embedder, args.embed_device)
     with status(f"loading {args.model}"):
         model, tokenizer = load_model(args.model, args.dtype, args.device, chat_template=args.chat_template, adapter=args.adapter,
                                       quantized=config.quant != "none")
         engine = LLMEngine(model, tokenizer, config)
     name = args.served_model_name or Path(str(args.model).rstrip("/")).name.removesuffix(".gguf")
-    app = create_app(engine, name, api_key=args.api_key, cors_origins=args.cors_origins, drain_timeout=args.drain_timeout)
+    app = create_app(engine, name, api_key=args.api_key, cors_origins=args.cors_origins, drain_timeout=args.drain_timeout,
+                     embedder=embedder)
     if web:
         from puyu.web.app import UIConfig, local_url, mount_ui
 
@@ -55,6 +61,8 @@ def run_engine_server(args: argparse.Namespace, web: bool = False) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     print(f"serving {name!r} on http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
+    if embedder:
+        print(f"embeddings of {app.state.server.embedder_id!r} ({embedder.dimension}-d) on /v1/embeddings", flush=True)
     if web:
         print(f"web UI on http://{args.host}:{args.port}/", flush=True)
     # The engine computes in this (main) thread, whose PyTorch workers stay warm; HTTP runs beside it.
@@ -88,4 +96,10 @@ def register(sub, common) -> None:
     serve = sub.add_parser("serve", parents=[common], help=cmd_serve.__doc__, description=cmd_serve.__doc__)
     add_server_args(serve, 23333)
     serve.add_argument("--web", action="store_true", help="also serve the browser UI (chat, agent, knowledge base) at /")
+    serve.add_argument("--embedder", default=None, metavar="NAME|FOLDER",
+                       help="also serve this sentence-transformers embedder on /v1/embeddings, under its own model id: "
+                            "all-MiniLM-L6-v2 (the knowledge base's default) or a local folder (id: the folder's name), "
+                            "giving the vectors `puyu kb` stores; requests naming the served model keep its mean-pooled "
+                            "hidden states (default: none)")
+    serve.add_argument("--embed-device", default="auto", help="where the embedder runs (default: auto)")
     serve.set_defaults(func=cmd_serve)

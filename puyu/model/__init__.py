@@ -1,4 +1,8 @@
-"""The model core: config, the Llama-family transformer, key maps and loaders."""
+"""The model core: config, the Llama-family transformer, key maps and loaders.
+
+:mod:`puyu.model.embedder` (imported only when used) loads sentence-transformers embedders for the knowledge base and
+``puyu serve --embedder``.
+"""
 
 from puyu.model.config import ModelConfig
 from puyu.model.hf_io import save_pretrained

@@ -36,7 +36,7 @@ from puyu.client import ChatClient
 from puyu.errors import ConfigError, ContextLengthError
 from puyu.generation import SamplingParams
 from puyu.generation.loop_guard import find_loop, trim_loop
-from puyu.rag.embedder import Embedder
+from puyu.model.embedder import Embedder
 from puyu.rag.extractive import extract_answer, format_extract
 from puyu.rag.retrieval import Hit
 

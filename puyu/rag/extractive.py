@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from puyu.rag.embedder import Embedder
+from puyu.model.embedder import Embedder
 from puyu.rag.retrieval import Hit, embedding_weight
 from puyu.rag.splitter import sentence_spans
 from puyu.rag.store import keyword_tokens

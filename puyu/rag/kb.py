@@ -28,8 +28,8 @@ from puyu.client import ChatClient
 from puyu.errors import ConfigError
 from puyu.generation import SamplingParams
 from puyu.home import home_subdir
+from puyu.model.embedder import Embedder, load_embedder
 from puyu.rag.answer import DEFAULT_MODE, DEFAULT_TEMPLATE, Answer, AnswerStream, answer_stream
-from puyu.rag.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder
 from puyu.rag.retrieval import Hit, Retriever, embedding_weight
 from puyu.rag.splitter import Splitter
 from puyu.rag.store import ChunkStore, read_settings, write_settings
@@ -84,8 +84,7 @@ class KnowledgeBase:
         if self._embedder is None:
             spec = self._embedder_spec
             if not isinstance(spec, Embedder):
-                stored = self.settings["embedder"]
-                spec = load_embedder(spec or (None if stored == DEFAULT_EMBEDDER else stored), self._device)
+                spec = load_embedder(spec or self.settings["embedder"], self._device)
             self._check(spec.name)
             self._embedder = spec
         return self._embedder

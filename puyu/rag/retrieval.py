@@ -6,7 +6,7 @@ its scores.  Modes: ``dense`` (Chroma HNSW, cosine), ``bm25`` (bm25s over
 :func:`~puyu.rag.store.keyword_tokens`) and ``hybrid`` (both lists, ``fetch_k``
 deep, fused by reciprocal rank fusion: score = Σ 1 / (60 + rank), Cormack et
 al. 2009), each list weighted by what its retriever can do on the query: BM25
-by 1, dense by the embedder's :meth:`~puyu.rag.embedder.Embedder.coverage` of
+by 1, dense by the embedder's :meth:`~puyu.model.embedder.Embedder.coverage` of
 the query, so a Chinese query with an English-only embedder (whose tokenizer
 maps Chinese to ``[UNK]``) is answered by BM25 instead of by noise.  Options, applied in this order to the fused candidates: ``paths``
 (globs on the source path, applied inside both searches), ``reranker`` (a local
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from puyu.errors import ConfigError
-from puyu.rag.embedder import Embedder
+from puyu.model.embedder import Embedder
 from puyu.rag.splitter import Passage
 from puyu.rag.store import ChunkStore, keyword_tokens
 

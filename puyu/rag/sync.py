@@ -12,7 +12,7 @@ first, then their chunks are embedded in large batches across files
 little) and written to Chroma batch by batch; a file is marked done only once
 all its chunks are stored.  The progress bar counts chunks (chunks/s).  The
 report gives the embedder's token coverage of what was written
-(:meth:`~puyu.rag.embedder.Embedder.coverage`): well below 1 means the
+(:meth:`~puyu.model.embedder.Embedder.coverage`): well below 1 means the
 documents are in a language its tokenizer does not know.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from puyu.rag.embedder import Embedder
+from puyu.model.embedder import Embedder
 from puyu.rag.loaders import LoaderError, discover, load_file
 from puyu.rag.splitter import Chunk, Splitter
 from puyu.rag.store import ChunkStore, chunk_id, chunk_metadata

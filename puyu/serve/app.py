@@ -3,7 +3,9 @@
 Routes live in one module each, as ``APIRouter`` handlers over the shared
 :class:`~puyu.serve.state.ServerState`: :mod:`puyu.serve.info` (health,
 Prometheus metrics, models), :mod:`puyu.serve.chat` (chat completions with tool
-calls) and :mod:`puyu.serve.completions` (text completions, echo and logprobs).
+calls), :mod:`puyu.serve.completions` (text completions, echo and logprobs) and
+:mod:`puyu.serve.embeddings` (the served model's pooled hidden states, or the
+sentence embedder given as ``embedder``, served under its own model id).
 Errors are answered in OpenAI's shape (:mod:`puyu.serve.errors`); requests
 reach the engine through :mod:`puyu.serve.bridge`, and a request whose client
 goes away is aborted.
@@ -17,6 +19,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 
 from puyu.engine import LLMEngine
+from puyu.errors import ConfigError
+from puyu.model.embedder import Embedder
 from puyu.serve import chat, completions, embeddings, info
 from puyu.serve.errors import OpenAIError, add_error_handlers, error_response
 from puyu.serve.metrics import ServerMetrics
@@ -24,8 +28,9 @@ from puyu.serve.state import ServerState
 
 
 def create_app(engine: LLMEngine, served_name: str, api_key: str | None = None, cors_origins: list[str] | None = None,
-               drain_timeout: float = 5.0) -> FastAPI:
-    """The app serving ``engine`` as model ``served_name``; ``api_key`` guards ``/v1``; shutdown drains for ``drain_timeout`` s."""
+               drain_timeout: float = 5.0, embedder: Embedder | None = None) -> FastAPI:
+    """The app serving ``engine`` as model ``served_name`` (and ``embedder`` on ``/v1/embeddings``); ``api_key`` guards
+    ``/v1``; shutdown drains for ``drain_timeout`` s."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -33,7 +38,10 @@ def create_app(engine: LLMEngine, served_name: str, api_key: str | None = None, 
         await asyncio.to_thread(engine.shutdown, drain_timeout)
 
     app = FastAPI(title="puyu", lifespan=lifespan)
-    app.state.server = ServerState(engine, served_name, ServerMetrics(engine))
+    app.state.server = ServerState(engine, served_name, ServerMetrics(engine), embedder)
+    if app.state.server.names_embedder(served_name):
+        raise ConfigError(f"the served model and the embedder are both named {served_name!r}; "
+                          "give the model another name with --served-model-name")
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

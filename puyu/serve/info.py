@@ -1,4 +1,4 @@
-"""``GET /health``, ``GET /metrics`` (Prometheus) and ``GET /v1/models``."""
+"""``GET /health``, ``GET /metrics`` (Prometheus) and ``GET /v1/models`` (the served model, then the embedder if any)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ async def prometheus(server: ServerState = Depends(server_state)):
 
 @router.get("/v1/models")
 async def models(server: ServerState = Depends(server_state)):
-    card = {"id": server.name, "object": "model", "created": server.created, "owned_by": "puyu",
-            "max_model_len": server.engine.max_model_len}
-    return {"object": "list", "data": [card]}
+    cards = [{"id": server.name, "object": "model", "created": server.created, "owned_by": "puyu",
+              "max_model_len": server.engine.max_model_len}]
+    if server.embedder:
+        cards.append({"id": server.embedder_id, "object": "model", "created": server.created, "owned_by": "puyu",
+                      "max_model_len": server.embedder.max_tokens, "dimensions": server.embedder.dimension})
+    return {"object": "list", "data": cards}

@@ -1,4 +1,4 @@
-"""What every route handler needs: the served engine and name, metrics, and small shared helpers.
+"""What every route handler needs: the served engine and name, metrics, the optional embedder, and small shared helpers.
 
 ``create_app`` stores one :class:`ServerState` on ``app.state.server``;
 handlers receive it through the :func:`server_state` dependency, so each route
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import Request
 
 from puyu.engine import LLMEngine
+from puyu.model.embedder import Embedder
 from puyu.serve.bridge import Job, Running
 from puyu.serve.errors import OpenAIError
 from puyu.serve.metrics import ServerMetrics
@@ -20,12 +22,22 @@ from puyu.serve.metrics import ServerMetrics
 
 @dataclass
 class ServerState:
-    """The engine behind the app, the model id clients use, and the server's metrics."""
+    """The engine behind the app, the model id clients use, the server's metrics, and a sentence embedder if any."""
 
     engine: LLMEngine
     name: str
     metrics: ServerMetrics
+    embedder: Embedder | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def embedder_id(self) -> str | None:
+        """The embedder's model id: ``all-MiniLM-L6-v2`` for the default, else its folder's name."""
+        return None if self.embedder is None else Path(self.embedder.name).name
+
+    def names_embedder(self, name: str) -> bool:
+        """Whether ``name`` is the embedder's id or its full name (a folder's path, as a knowledge base records it)."""
+        return self.embedder is not None and name in (self.embedder_id, self.embedder.name)
 
     @property
     def tokenizer(self):
@@ -36,8 +48,10 @@ class ServerState:
         return Running(self.engine, self.metrics, jobs)
 
     def check_model(self, name: str) -> None:
+        """Refuse (404) a request for any model but the served LLM."""
         if name != self.name:
-            raise OpenAIError(404, f"the model {name!r} does not exist; this server serves {self.name!r}",
+            also = f", and the embedder {self.embedder_id!r} on /v1/embeddings only" if self.embedder else ""
+            raise OpenAIError(404, f"the model {name!r} does not exist; this server serves {self.name!r}{also}",
                               code="model_not_found", param="model")
 
     def token_text(self, token: int) -> str:

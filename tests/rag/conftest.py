@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def embedder():
-    from puyu.rag.embedder import Embedder
+    from puyu.model.embedder import Embedder
 
     return Embedder(device="cpu")
 

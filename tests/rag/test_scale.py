@@ -13,8 +13,8 @@ import re
 
 import numpy as np
 
+from puyu.model.embedder import Embedder
 from puyu.rag import KnowledgeBase
-from puyu.rag.embedder import Embedder
 
 WORDS = re.compile(r"\w+")
 FILES, PARAGRAPHS = 400, 250  # 100,000 chunks: a paragraph has 12-14 words, so one paragraph per chunk at chunk size 20

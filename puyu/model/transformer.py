@@ -12,6 +12,8 @@ Contract of :meth:`Transformer.forward`::
     out = model(tokens [B, T], positions [B, T] | None, cache=KVCache | None,
                 mask=[B, 1, T, S] bool | None, logits_to_keep=0, output="logits")
     # output="logits" -> [B, T', vocab];  output="hidden" -> [B, T', hidden] (after the final norm)
+    out = model(inputs_embeds=[B, T, hidden], ...)  # input vectors instead of token ids (image features
+                                                    # scattered into the text embeddings, see puyu.model.vlm)
 
 Without a cache the attention is causal over ``tokens``, or follows ``mask``
 (e.g. block-diagonal masks for packed training samples).  With a cache, the
@@ -249,22 +251,25 @@ class Transformer(nn.Module):
 
     def forward(
         self,
-        tokens: torch.Tensor,
+        tokens: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         output: str = "logits",
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if output not in ("logits", "hidden"):
             raise ValueError(f"output must be 'logits' or 'hidden', not {output!r}")
-        b, t = tokens.shape
+        if (tokens is None) == (inputs_embeds is None):
+            raise ValueError("give either tokens or inputs_embeds")
+        h = self.model.embed_tokens(tokens) if inputs_embeds is None else inputs_embeds
+        b, t = h.shape[:2]
         if positions is None:
             start = cache.length if cache is not None else 0
-            positions = torch.arange(start, start + t, device=tokens.device).expand(b, t)
+            positions = torch.arange(start, start + t, device=h.device).expand(b, t)
         if cache is not None:
-            cache.begin(t, tokens.device)
-        h = self.model.embed_tokens(tokens)
+            cache.begin(t, h.device)
         cos, sin = self.rope(positions, h.dtype)
         for i, layer in enumerate(self.model.layers):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():

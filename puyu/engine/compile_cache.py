@@ -37,6 +37,7 @@ from puyu.engine.config import EngineConfig
 from puyu.hardware import cpu_features
 from puyu.home import home_subdir
 from puyu.model.transformer import Transformer
+from puyu.quant.weight_only import resolve_kernel
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -50,10 +51,15 @@ def compile_key(model: Transformer, config: EngineConfig) -> dict:
         "model": asdict(model.config),
         "dtype": str(model.dtype),
         "device": model.device.type,
-        "quant": [config.quant, config.quant_group_size, config.quant_kernel, config.kv_quant],
+        "quant": [config.quant, config.quant_group_size, _kernel(model, config), config.kv_quant],
         "torch": torch.__version__,
         "cpu": [torch.backends.cpu.get_cpu_capability(), *cpu_features().names()],
     }
+
+
+def _kernel(model: Transformer, config: EngineConfig) -> str:
+    """The weight-only kernel path ``auto`` stands for here (it changes the graph: puyu's AVX2 ops or PyTorch's)."""
+    return resolve_kernel(config.quant_kernel, model.device) if config.quant in ("w8a16", "w4a16") else config.quant_kernel
 
 
 def _digest(path: Path) -> str:

@@ -25,8 +25,13 @@ static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* x [M, K] -> int16 blocks xq [M, K] (each block of 32 reordered even inputs first when `split`, matching the int4
- * nibble order), block scales xd [M, K/32], and float group sums xg [M, K/G] (G = 0: none). */
+/* Where input i of a 64-input chunk goes in int4 order: word j of the chunk's 32 bytes holds inputs 4j..4j+3 in its
+ * four nibbles, and nibble k of all 16 words is one vector, so input 4j+k sits at 16k+j. */
+static inline int chunk_position(int i) { return (i % 4) * 16 + i / 4; }
+
+/* x [M, K] -> int16 blocks xq [M, K] with their scales xd [M, K/32] and float group sums xg [M, K/G] (G = 0: none).
+ * `split` orders the activations as the int4 kernel reads its nibbles: pairs of blocks by chunk_position, a last
+ * odd block even inputs first. */
 static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t G, int split, int16_t *xq, float *xd, float *xg) {
     const int64_t nb = K / QK;
     for (int64_t m = 0; m < M; m++) {
@@ -36,9 +41,10 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t G, int s
             float amax = 0.0f;
             for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(v[j]));
             const float d = amax / 32767.0f, id = amax > 0.0f ? 32767.0f / amax : 0.0f;
-            int16_t *out = xq + m * K + b * QK;
+            const int paired = b + 1 < nb || b % 2 == 1;  /* part of a 64-input chunk */
+            int16_t *out = xq + m * K + (split && paired ? b - b % 2 : b) * QK;
             for (int j = 0; j < QK; j++) {
-                const int at = split ? (j & 1) * 16 + j / 2 : j;
+                const int at = !split ? j : paired ? chunk_position((int)(b % 2) * QK + j) : (j & 1) * 16 + j / 2;
                 out[at] = (int16_t)lrintf(v[j] * id);
             }
             xd[m * nb + b] = d;
@@ -61,42 +67,45 @@ static inline __attribute__((always_inline)) __m256 block_dot(__m256i w0, __m256
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d), acc);
 }
 
-/* The 4-bit codes of one block (16 bytes: even input in the low nibble) as its even and odd inputs, int16 each. */
-static inline __attribute__((always_inline)) void int4_unpack(const uint8_t *w, __m256i *even, __m256i *odd) {
-    const __m128i raw = _mm_loadu_si128((const __m128i *)w), low = _mm_set1_epi8(0x0F);
-    *even = _mm256_cvtepu8_epi16(_mm_and_si128(raw, low));
-    *odd = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), low));
-}
-
-/* One output row n of the int4 product for R (1..4) activation rows: each block of 32 weights is unpacked once and
- * used for every row; two accumulators per row (even and odd blocks) hide the FMA latency.  BPG is the blocks per
- * group as a constant (1, 2, 4, 8; 0 = any, read from G), so finding a block's group is a shift. */
+/* One output row n of the int4 product for R (1..4) activation rows.  Weights are read 64 at a time: 32 bytes as 16
+ * words whose four nibbles, shifted and masked in place, are four vectors of 16 int16 (no byte widening across
+ * lanes), each multiplied with its 16 activations by one madd; the two blocks of the chunk land in the low and high
+ * four lanes of the sum, scaled together.  Each chunk is used for every row.  BPG is the blocks per group as a
+ * constant (1, 2, 4; 0 = any, read from G), so finding a block's group is a shift. */
 static inline __attribute__((always_inline)) void int4_rows(const uint8_t *w, const float *t, const int16_t *xq,
                                                            const float *xd, const float *xg, int64_t K, int64_t G,
                                                            float *y, int64_t N, const int R, const int BPG) {
     const int64_t nb = K / QK, ng = K / G, bpg = BPG ? BPG : G / QK;
-    __m256 even[4], odd[4];
-    for (int r = 0; r < R; r++) even[r] = odd[r] = _mm256_setzero_ps();
+    const __m256i nibble = _mm256_set1_epi16(0x000F);
+    __m256 acc[4];
+    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
     int64_t b = 0;
     for (; b + 1 < nb; b += 2) {
+        const __m256i words = _mm256_loadu_si256((const __m256i *)(w + b * 16));
+        const __m256i v0 = _mm256_and_si256(words, nibble), v1 = _mm256_and_si256(_mm256_srli_epi16(words, 4), nibble),
+                      v2 = _mm256_and_si256(_mm256_srli_epi16(words, 8), nibble), v3 = _mm256_srli_epi16(words, 12);
         const float s0 = t[2 * (b / bpg)], s1 = t[2 * ((b + 1) / bpg)];
-        __m256i e0, o0, e1, o1;
-        int4_unpack(w + b * 16, &e0, &o0);
-        int4_unpack(w + b * 16 + 16, &e1, &o1);
         for (int r = 0; r < R; r++) {
-            even[r] = block_dot(e0, o0, xq + r * K + b * QK, s0 * xd[r * nb + b], even[r]);
-            odd[r] = block_dot(e1, o1, xq + r * K + b * QK + QK, s1 * xd[r * nb + b + 1], odd[r]);
+            const int16_t *x = xq + r * K + b * QK;
+            const __m256i p = _mm256_add_epi32(
+                _mm256_add_epi32(_mm256_madd_epi16(v0, _mm256_loadu_si256((const __m256i *)x)),
+                                 _mm256_madd_epi16(v1, _mm256_loadu_si256((const __m256i *)(x + 16)))),
+                _mm256_add_epi32(_mm256_madd_epi16(v2, _mm256_loadu_si256((const __m256i *)(x + 32))),
+                                 _mm256_madd_epi16(v3, _mm256_loadu_si256((const __m256i *)(x + 48)))));
+            const __m256 scale = _mm256_set_m128(_mm_set1_ps(s1 * xd[r * nb + b + 1]), _mm_set1_ps(s0 * xd[r * nb + b]));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[r]);
         }
     }
-    if (b < nb) {  /* an odd number of blocks */
-        __m256i e0, o0;
-        int4_unpack(w + b * 16, &e0, &o0);
-        for (int r = 0; r < R; r++) even[r] = block_dot(e0, o0, xq + r * K + b * QK, t[2 * (b / bpg)] * xd[r * nb + b], even[r]);
+    if (b < nb) {  /* a last block of 32 when K / 32 is odd */
+        const __m128i raw = _mm_loadu_si128((const __m128i *)(w + b * 16)), low = _mm_set1_epi8(0x0F);
+        const __m256i even = _mm256_cvtepu8_epi16(_mm_and_si128(raw, low));
+        const __m256i odd = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), low));
+        for (int r = 0; r < R; r++) acc[r] = block_dot(even, odd, xq + r * K + b * QK, t[2 * (b / bpg)] * xd[r * nb + b], acc[r]);
     }
     for (int r = 0; r < R; r++) {
         float low = 0.0f;  /* sum over groups of low * sum(x) */
         for (int64_t g = 0; g < ng; g++) low += t[2 * g + 1] * xg[r * ng + g];
-        y[r * N] = hsum8(_mm256_add_ps(even[r], odd[r])) + low;
+        y[r * N] = hsum8(acc[r]) + low;
     }
 }
 

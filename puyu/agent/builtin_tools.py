@@ -20,6 +20,7 @@ import math
 import mimetypes
 import operator
 import re
+import unicodedata
 from pathlib import Path
 from typing import Iterable
 
@@ -78,6 +79,16 @@ def python_tool(sandbox: PythonSandbox) -> Tool:
     return Tool(python)
 
 
+# What NFKC leaves: multiplication/division signs, the minus sign and the Chinese enumeration comma.
+MATH_SIGNS = str.maketrans({"×": "*", "·": "*", "÷": "/", "−": "-", "–": "-", "、": ","})
+
+
+def ascii_math(text: str) -> str:
+    """``text`` with full-width and typographic mathematics in ASCII (``２x＋３＝１０；x×y`` -> ``2x+3=10;x*y``): users and
+    models copy equations from Chinese text, where digits, ``=``, ``;`` and ``,`` are often full-width."""
+    return unicodedata.normalize("NFKC", text).translate(MATH_SIGNS)
+
+
 def _evaluate(node: ast.AST) -> float | int:
     if isinstance(node, ast.Expression):
         return _evaluate(node.body)
@@ -106,7 +117,7 @@ def calculator(expression: str) -> str:
         expression: numbers with + - * / // % ** ^ and functions such as sqrt, log, sin; constants pi and e.
     """
     try:
-        tree = ast.parse(expression.replace("^", "**"), mode="eval")
+        tree = ast.parse(ascii_math(expression).replace("^", "**"), mode="eval")
     except SyntaxError as e:
         raise ValueError(f"not an arithmetic expression: {e.msg}") from None
     value = _evaluate(tree)
@@ -141,6 +152,7 @@ def solve(equations: str, variables: str = "") -> str:
         equations: one or more equations separated by commas or semicolons (x^2 = 4; 2x+3=10 also works).
         variables: the unknowns to solve for, comma-separated (default: all symbols).
     """
+    equations, variables = ascii_math(equations), ascii_math(variables)
     import sympy
     from sympy.parsing.sympy_parser import convert_xor, implicit_multiplication_application, parse_expr, standard_transformations
 
@@ -149,7 +161,7 @@ def solve(equations: str, variables: str = "") -> str:
     def parse(text: str):
         return parse_expr(_sympy_text(text.strip()), transformations=transforms)
 
-    parts = [p for p in re.split(r"[;,]", equations) if p.strip()]
+    parts = [p for p in re.split(r"[;,\n]", equations) if p.strip()]
     if not parts:
         raise ValueError("give at least one equation, e.g. 2*x + 3 = 10")
     system = []
@@ -160,7 +172,10 @@ def solve(equations: str, variables: str = "") -> str:
         system.append(sympy.Eq(parse(sides[0]), parse(sides[1])) if len(sides) == 2 else parse(sides[0]))
     if len(system) == 1 and not isinstance(system[0], sympy.Equality) and not variables.strip():
         return str(sympy.simplify(system[0]))
-    unknowns = [sympy.Symbol(v.strip()) for v in variables.split(",") if v.strip()] if variables.strip() else None
+    names = [v.strip() for v in re.split(r"[;,\s]+", variables) if v.strip()]
+    if not all(re.fullmatch(r"[A-Za-z]\w{0,1}", n) for n in names):
+        raise ValueError(f"variables takes the unknowns' names, e.g. 'x, y'; got {variables!r}")
+    unknowns = [sympy.Symbol(n) for n in names] or None
     solutions = sympy.solve(system, unknowns, dict=True) if unknowns else sympy.solve(system, dict=True)
     if not solutions:
         return "no solution"

@@ -91,6 +91,19 @@ def test_solver_solves_the_bootcamp_equation_and_refuses_code():
         assert solve.run({"equations": code}).error.startswith("ValueError"), code
 
 
+@pytest.mark.parametrize("equations", ["x + y = 3；x - y = 1", "x + y = 3，x - y = 1", "x + y = 3、x - y = 1", "x + y = 3\nx - y = 1",
+                                       "ｘ＋ｙ＝３；ｘ−ｙ＝１"])
+def test_solver_reads_equations_copied_from_chinese_text(equations):
+    assert solve.run({"equations": equations}).output == "x = 2, y = 1"
+
+
+def test_solver_and_calculator_read_typographic_signs_and_refuse_bad_variables():
+    assert calculator.run({"expression": "1280 × 35 ÷ 100"}).output == "448"
+    assert solve.run({"equations": "x + y = 3; x - y = 1", "variables": "x；y"}).output == "x = 2, y = 1"
+    error = solve.run({"equations": "2x - 5y = -32", "variables": "2x - 5y = -32"}).error
+    assert error.startswith("ValueError") and "'x, y'" in error
+
+
 def test_file_reader_stays_in_its_folder(tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.txt").write_text("hello")

@@ -12,7 +12,7 @@ import pytest
 from puyu.agent import Agent, builtin_tools
 from puyu.agent.models import Reply
 from puyu.agent.tuning import HELD_OUT_PROMPTS, Mix, build_agent_data, build_rows, generate_tasks, gsm8k_program
-from puyu.agent.tuning.build import GLAIVE, GSM8K_TRAIN, Recorder, gsm8k_trajectory, output_values, task_trajectory
+from puyu.agent.tuning.build import GLAIVE, GSM8K_TRAIN, Recorder, gsm8k_trajectory, output_values, shown_values, task_trajectory
 from puyu.agent.tuning.gsm8k import NotAProgram, gold_answer
 from puyu.agent.tuning.tasks import TEMPLATES, task_key
 from puyu.data.dataset import DataConfig, TrainData
@@ -122,6 +122,14 @@ def test_every_generated_task_is_solved_by_its_tool_for_real(recorder):
         final = trajectory["messages"][-1]["content"]
         assert trajectory["messages"][2]["role"] == "tool" and "Error" not in trajectory["messages"][2]["content"]
         assert "{" not in final and re.search(r"\d", final)
+        if task.kind in ("linear", "system"):  # the answer copies each value as the tool printed it
+            shown = shown_values(trajectory["messages"][2]["content"])
+            assert all(f"{name} = {shown[name]}" in final for name in task.expected), (final, shown)
+
+
+def test_answers_copy_the_number_the_tool_printed():
+    assert shown_values("x = 7/2 = 3.5") == {"x": "3.5"}
+    assert shown_values("[{x: 35/4, y: -1}]") == {"x": "35/4", "y": "-1"}
 
 
 def _without_ids(messages: list[dict]) -> list[dict]:

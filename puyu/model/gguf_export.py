@@ -8,7 +8,9 @@ permuted for its RoPE layout (Llama only; Qwen2 is stored as is), 1-D tensors
 metadata: byte-level BPE (``gpt2``) with tokens, token types, merges, the
 pre-split type and the chat template.  Tensor types: ``f32``, ``f16`` and
 ``q8_0`` (quantized with the ``gguf`` package, llama.cpp's own reference).
-InternLM2 (fused q/k/v in llama.cpp) is not written.
+RoPE scaling: linear and YaRN as metadata, Llama 3.x's ``llama3`` as the
+``rope_freqs.weight`` divisors llama.cpp reads.  InternLM2 (fused q/k/v in
+llama.cpp) is not written.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import numpy as np
 import torch
 
 from puyu.errors import ConfigError
+from puyu.model.gguf_io import ROPE_FREQS
 from puyu.model.keymaps import GGUF_PERMUTED_ARCHS, native_to_gguf, permute_rope_rows
+from puyu.model.rope import llama3_divisors
 from puyu.model.transformer import Transformer
 from puyu.tokenizer import Tokenizer
 
@@ -113,7 +117,7 @@ def export_gguf(model: Transformer, tokenizer: Tokenizer, path: str | Path, outt
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
     writer.add_rope_freq_base(c.rope_theta)
     writer.add_vocab_size(c.vocab_size)
-    if c.rope_scaling:
+    if c.rope_scaling and c.rope_scaling["rope_type"] != "llama3":
         kind = c.rope_scaling["rope_type"]
         if kind not in ("linear", "yarn"):
             raise ConfigError(f"{kind} RoPE scaling cannot be written to GGUF by puyu; export a Hugging Face folder instead")
@@ -146,6 +150,8 @@ def export_gguf(model: Transformer, tokenizer: Tokenizer, path: str | Path, outt
             value = permute_rope_rows(value, c.num_kv_heads)
         array, raw = _tensor_data(value, outtype)
         writer.add_tensor(native_to_gguf(key), array, raw_dtype=raw)
+    if c.rope_scaling and c.rope_scaling["rope_type"] == "llama3":
+        writer.add_tensor(ROPE_FREQS, llama3_divisors(c.rope_scaling, c.rope_theta, c.head_dim).numpy())
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -38,6 +38,13 @@ def _llama3(inv_freq: torch.Tensor, p: dict) -> torch.Tensor:
     return torch.where(medium, smoothed, scaled)
 
 
+def llama3_divisors(scaling: dict, base: float, dim: int) -> torch.Tensor:
+    """The per-frequency divisors (``rope_freqs.weight`` of a GGUF) of a ``llama3`` ``rope_scaling``: base
+    frequencies over scaled ones (1 for short wavelengths, ``factor`` for long ones, blended between)."""
+    inv = _base_inv_freq(base, dim).double()
+    return (inv / _llama3(inv, scaling)).float()
+
+
 def llama3_scaling_from_divisors(divisors: torch.Tensor, base: float, dim: int) -> dict | None:
     """The ``llama3`` ``rope_scaling`` whose frequencies are ``base`` frequencies divided by ``divisors``.
 

@@ -46,3 +46,26 @@ def test_export_with_adapter_matches_the_merged_model(tiny_model_dir, tiny_llm, 
     back, _ = load_model(tmp_path / "out.gguf", dtype="float32", device="cpu")
     with torch.no_grad():
         assert torch.allclose(back(TOKENS), expected, atol=1e-4)  # q/k rows permuted and un-permuted consistently
+
+
+def test_llama3_rope_scaling_is_written_as_the_rope_freqs_llama_cpp_computes(tmp_path, tiny_tokenizer_dir, monkeypatch):
+    """Llama 3.x models keep their RoPE scaling in GGUF as per-frequency divisors: the exported ones equal those of
+    llama.cpp's convert_hf_to_gguf, and the file loads back with the same scaling and logits."""
+    import gguf
+
+    from tests.conftest import make_hf_model
+    from tests.model.test_gguf import llama_cpp_rope_freqs
+
+    monkeypatch.setenv("PUYU_HOME", str(tmp_path / "home"))
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+    hf = make_hf_model(tmp_path / "llama31", tiny_tokenizer_dir, rope_scaling=dict(scaling), max_position_embeddings=512)
+    out = tmp_path / "llama31.gguf"
+    assert main(["export", str(tmp_path / "llama31"), str(out), "--outtype", "f32"]) == 0
+    freqs = next(t for t in gguf.GGUFReader(out).tensors if t.name == "rope_freqs.weight")
+    assert torch.allclose(torch.tensor(freqs.data), torch.from_numpy(llama_cpp_rope_freqs(hf.config)).float(), rtol=1e-5)
+    back, _ = load_model(out, dtype="float32", device="cpu")
+    assert back.config.rope_scaling == scaling
+    long = torch.arange(300)[None] % 400
+    with torch.no_grad():
+        assert torch.allclose(back(long), hf(long).logits, atol=1e-4)

@@ -25,7 +25,7 @@ chat: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check puyu tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python bench/decode.py

@@ -6,7 +6,11 @@
 'The capital of France is Paris.'
 >>> llm.generate(["Once upon a time"], max_new_tokens=8)
 
-Sampling keywords are the fields of :class:`~puyu.generation.SamplingParams`.
+Sampling keywords are the fields of :class:`~puyu.generation.SamplingParams`.  A vision-language folder takes images
+as message parts:
+
+>>> llm = LLM("path/to/SmolVLM-256M-Instruct")
+>>> llm.chat([{"role": "user", "content": [{"type": "image", "path": "cat.jpg"}, {"type": "text", "text": "What is this?"}]}])
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Iterator
 from puyu.errors import ConfigError
 from puyu.generation import Completion, SamplingParams, generate, stream
 from puyu.model import DEFAULT_MODEL, load_model, save_pretrained
+from puyu.model.vlm.prompt import PromptImages, prompt_with_images
 from puyu.quant.quantize import quantize_for_inference
 
 Messages = list[dict[str, Any]] | str
@@ -55,13 +60,23 @@ class LLM:
     def context_length(self) -> int:
         return self.model.config.max_position_embeddings
 
+    @property
+    def takes_images(self) -> bool:
+        """Whether messages may carry image parts (a vision-language model)."""
+        return self.model.image_input is not None
+
     def prompt_ids(self, messages: Messages, tools: list[dict] | None = None) -> list[int]:
         """Token ids of a conversation ready for the assistant's reply."""
-        return self.tokenizer.render(_messages(messages), tools, add_generation_prompt=True).ids
+        return self.prompt(messages, tools)[0]
+
+    def prompt(self, messages: Messages, tools: list[dict] | None = None) -> tuple[list[int], PromptImages | None]:
+        """Token ids of a conversation ready for the assistant's reply, and its images (``None`` without)."""
+        return prompt_with_images(self.model, self.tokenizer, _messages(messages), tools)
 
     def stream_chat(self, messages: Messages, tools: list[dict] | None = None, **sampling: Any) -> Iterator[str]:
         """Yield the reply's text piece by piece."""
-        for delta in stream(self.model, self.tokenizer, [self.prompt_ids(messages, tools)], _params(sampling)):
+        ids, images = self.prompt(messages, tools)
+        for delta in stream(self.model, self.tokenizer, [ids], _params(sampling), [images]):
             if delta.text:
                 yield delta.text
 
@@ -71,7 +86,8 @@ class LLM:
 
     def complete_chat(self, messages: Messages, tools: list[dict] | None = None, **sampling: Any) -> Completion:
         """Like :meth:`chat`, with token ids and the finish reason."""
-        return generate(self.model, self.tokenizer, [self.prompt_ids(messages, tools)], _params(sampling))[0]
+        ids, images = self.prompt(messages, tools)
+        return generate(self.model, self.tokenizer, [ids], _params(sampling), [images])[0]
 
     def generate(self, prompts: str | list[str], **sampling: Any) -> list[str]:
         """Continue raw text prompts (no chat template), as one batch."""
@@ -89,6 +105,9 @@ class LLM:
         Raises:
             ConfigError: the model was quantized at load (``quant``); save the float model, or use ``puyu quantize``.
         """
+        if self.takes_images:
+            raise ConfigError("saving a vision-language model is not supported (only its language model would be written); "
+                              "use its original folder")
         if self.quant != "none":
             raise ConfigError(f"this LLM was quantized at load (quant={self.quant}) for inference only; load it without "
                               "quant to save it, or write an int4 folder with puyu quantize")

@@ -7,7 +7,8 @@ commands work too) and only the replies are printed, one per line block.
 ``-p TEXT`` asks one question and exits.
 
 Commands: ``/clear`` forgets the conversation, ``/system TEXT`` sets the system
-prompt (``/system`` alone shows it), ``/exit`` quits, ``/help`` lists them.
+prompt (``/system`` alone shows it), ``/image PATH`` shows an image with the next
+message (vision-language models), ``/exit`` quits, ``/help`` lists them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import TextIO
 from puyu.chat.session import ChatSession
 from puyu.errors import PuyuError
 
-HELP = "commands: /clear  forget the conversation | /system TEXT  set the system prompt | /exit  quit | /help"
+HELP = ("commands: /clear  forget the conversation | /system TEXT  set the system prompt | /image PATH  show an image with "
+        "the next message | /exit  quit | /help")
 
 
 class TerminalChat:
@@ -45,6 +47,12 @@ class TerminalChat:
                 self._note("system prompt set")
             else:
                 self._note(f"system prompt: {self.session.system or '(none)'}")
+        elif name == "/image":
+            try:
+                self.session.attach(arg.strip())
+                self._note(f"{arg.strip()} goes with your next message")
+            except PuyuError as exc:
+                self._note(f"error: {exc}")
         elif name == "/help":
             self._note(HELP)
         else:

@@ -37,13 +37,14 @@ def run_engine_server(args: argparse.Namespace, web: bool = False) -> int:
         engine = LLMEngine(model, tokenizer, config)
     name = args.served_model_name or Path(str(args.model).rstrip("/")).name.removesuffix(".gguf")
     app = create_app(engine, name, api_key=args.api_key, cors_origins=args.cors_origins, drain_timeout=args.drain_timeout,
-                     embedder=embedder)
+                     embedder=embedder, image_dir=getattr(args, "image_dir", None))
     if web:
         from puyu.web.app import UIConfig, local_url, mount_ui
 
         mount_ui(app, UIConfig(api_base=f"{local_url(args.host, args.port)}/v1", api_key=args.api_key, model=name,
                                tokenizer=tokenizer, context_length=engine.max_model_len, key=args.api_key,
-                               files=getattr(args, "files", None), allow=tuple(getattr(args, "allow", ()))))
+                               files=getattr(args, "files", None), allow=tuple(getattr(args, "allow", ())),
+                               images=model.image_input is not None))
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                            timeout_graceful_shutdown=int(args.drain_timeout) or None))
 
@@ -102,4 +103,6 @@ def register(sub, common) -> None:
                             "giving the vectors `puyu kb` stores; requests naming the served model keep its mean-pooled "
                             "hidden states (default: none)")
     serve.add_argument("--embed-device", default="auto", help="where the embedder runs (default: auto)")
+    serve.add_argument("--image-dir", default=None, metavar="FOLDER", help="vision-language models: image_url parts may name "
+                       "local files under FOLDER (default: data: URLs only; remote URLs are never fetched)")
     serve.set_defaults(func=cmd_serve)

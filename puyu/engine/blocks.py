@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections import OrderedDict
 
 
-def block_hashes(tokens: list[int], block_size: int) -> list[int]:
-    """Chain hashes of the full blocks of ``tokens``."""
+def block_hashes(tokens: list, block_size: int) -> list[int]:
+    """Chain hashes of the full blocks of ``tokens`` (ids, or any hashable key per position: images are keyed by pixels)."""
     hashes, parent = [], 0
     for start in range(0, len(tokens) - block_size + 1, block_size):
         parent = hash((parent, tuple(tokens[start : start + block_size])))
@@ -52,7 +52,7 @@ class BlockManager:
         self.ref[block] += 1
         self.free.pop(block, None)
 
-    def match_prefix(self, tokens: list[int]) -> list[int]:
+    def match_prefix(self, tokens: list) -> list[int]:
         """Take the cached blocks that hold a prefix of ``tokens`` (full blocks only)."""
         if not self.prefix_caching:
             return []

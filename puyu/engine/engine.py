@@ -45,6 +45,7 @@ from puyu.errors import ConfigError, ContextLengthError, QueueFullError
 from puyu.generation.output import Completion, SequenceOutput
 from puyu.generation.sampling import SamplingParams
 from puyu.model.transformer import Transformer
+from puyu.model.vlm.prompt import PromptImages
 from puyu.quant.quantize import quantize_for_inference
 from puyu.tokenizer import Tokenizer
 
@@ -122,8 +123,8 @@ class LLMEngine:
 
     # ---- submitting ------------------------------------------------------------------
     def submit(self, prompt: list[int], params: SamplingParams, sink, request_id: str | None = None,
-               logprobs: int | None = None, prompt_logprobs: int | None = None) -> str:
-        """Queue a request; ``sink(event)`` is called from the engine thread. Thread-safe.
+               logprobs: int | None = None, prompt_logprobs: int | None = None, images: PromptImages | None = None) -> str:
+        """Queue a request (``images``: the prompt's images); ``sink(event)`` is called from the engine thread. Thread-safe.
 
         Raises:
             ContextLengthError: the prompt does not fit the context window or the KV cache.
@@ -147,7 +148,7 @@ class LLMEngine:
         request_id = request_id or f"req-{next(self._ids)}"
         output = SequenceOutput(request_id, prompt, params, self.tokenizer, self.model.config.vocab_size, self.model.device, self.stop_ids)
         max_new = min(params.max_new_tokens, self.max_model_len - len(prompt))
-        seq = Sequence(request_id, list(prompt), output, max_new, sink, logprobs, prompt_logprobs)
+        seq = Sequence(request_id, list(prompt), output, max_new, sink, logprobs, prompt_logprobs, images=images)
         self._inbox.put(("add", seq))
         if self._driver is None:
             self.start()
@@ -281,9 +282,9 @@ class LLMEngine:
 
     # ---- convenience APIs ------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
-                 prompt_logprobs: int | None = None) -> list[Completion]:
+                 prompt_logprobs: int | None = None, images: list[PromptImages | None] | None = None) -> list[Completion]:
         """Run token-id prompts to completion (blocking); one :class:`Completion` each, in order (``prompt_logprobs``:
-        also score every prompt token, with that many top alternatives)."""
+        also score every prompt token, with that many top alternatives; ``images[i]``: prompt ``i``'s images)."""
         plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
         results = [Completion(prompt_tokens=len(p)) for p in prompts]
         done = [threading.Event() for _ in prompts]
@@ -301,7 +302,7 @@ class LLMEngine:
             self._driver = "caller"
         try:
             for i, (prompt, p) in enumerate(zip(prompts, plist)):
-                self.submit(prompt, p, sink_for(i), prompt_logprobs=prompt_logprobs)
+                self.submit(prompt, p, sink_for(i), prompt_logprobs=prompt_logprobs, images=images[i] if images else None)
             while drive and not all(event.is_set() for event in done):
                 self._drain_inbox()
                 self._safe_step()
@@ -313,12 +314,13 @@ class LLMEngine:
         return results
 
     async def stream(self, prompt: list[int], params: SamplingParams, request_id: str | None = None,
-                     logprobs: int | None = None, prompt_logprobs: int | None = None) -> AsyncIterator[StepEvent]:
+                     logprobs: int | None = None, prompt_logprobs: int | None = None,
+                     images: PromptImages | None = None) -> AsyncIterator[StepEvent]:
         """Yield the request's events as they happen; leaving the loop early aborts the request."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[StepEvent] = asyncio.Queue()
         request_id = self.submit(prompt, params, lambda e: loop.call_soon_threadsafe(events.put_nowait, e),
-                                 request_id, logprobs, prompt_logprobs)
+                                 request_id, logprobs, prompt_logprobs, images)
         finished = False
         try:
             while not finished:

@@ -15,6 +15,7 @@ and so do steps that verify speculative drafts (:mod:`puyu.engine.speculative`):
 a drafted sequence's pending token and draft tokens each attend alone over
 exactly their own context, as one-at-a-time eager decoding computes them, and
 the draft is kept up to the first token the model would not have chosen.
+Image prompts prefill (eagerly) the vectors of their image tokens in place of the placeholders' embeddings.
 Two graphs cover all decode steps: one sequence, or several (always with a
 padding mask, so that a batch of equal lengths needs no third).  Compiled
 without "duck sizing", which would otherwise tie the batch size to any model
@@ -74,9 +75,11 @@ class ModelRunner:
         # Decodes first: the attention then slices them off the row instead of indexing.  A drafted sequence's
         # tokens follow, each attended alone over its own context: computed exactly as one-at-a-time decoding.
         scheduled = sorted(scheduled, key=lambda item: 0 if item[1] == 1 and item[0].num_computed else 1 if item[0].draft else 2)
-        single_rows = []
+        single_rows, image_chunks = [], []
         for seq, n in scheduled:
             start, past = width, seq.num_computed
+            if seq.images is not None and past < len(seq.prompt):
+                image_chunks.append((seq.images, past, past + n, start))
             tokens += seq.step_tokens(n)
             positions.append(torch.arange(past, past + n))
             slots.append(self._slots(seq, past, past + n))
@@ -109,7 +112,12 @@ class ModelRunner:
         step = torch.tensor([tokens], device=self.device)
         pos = torch.cat(positions)[None].to(self.device)
         keep = torch.tensor(rows, dtype=torch.long, device=self.device)
-        if self.compiled is not None and not prefills and not prompt_rows and not single_rows:
+        if image_chunks:
+            embeds = self.model.model.embed_tokens(step)
+            for images, begin, end, offset in image_chunks:
+                images.scatter(embeds[0], begin, end, offset)
+            logits = self.model(None, pos, cache=batch, logits_to_keep=keep, inputs_embeds=embeds)[0].float()
+        elif self.compiled is not None and not prefills and not prompt_rows and not single_rows:
             with shape_config.patch(use_duck_shape=False):
                 logits = self.compiled(step, pos, cache=batch, logits_to_keep=keep)[0].float()
         else:

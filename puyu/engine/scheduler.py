@@ -105,7 +105,7 @@ class Scheduler:
             seq = self.waiting[0]
             if not seq.block_table and seq.prompt_logprobs is None:
                 # Keep at least one token to compute: its logits give the next token.
-                cached = self.blocks.match_prefix(seq.tokens[: len(seq.tokens) - 1])
+                cached = self.blocks.match_prefix(seq.cache_keys(len(seq.tokens) - 1))
                 seq.block_table, seq.num_computed = cached, len(cached) * self.blocks.block_size
                 seq.registered_blocks = len(cached)
             n = min(seq.remaining, budget)
@@ -139,7 +139,7 @@ class Scheduler:
         seq.num_computed += n
         full = seq.num_computed // self.blocks.block_size
         if full > seq.registered_blocks:
-            hashes = block_hashes(seq.tokens[: full * self.blocks.block_size], self.blocks.block_size)
+            hashes = block_hashes(seq.cache_keys(full * self.blocks.block_size), self.blocks.block_size)
             for i in range(seq.registered_blocks, full):
                 self.blocks.register(seq.block_table[i], hashes[i])
             seq.registered_blocks = full

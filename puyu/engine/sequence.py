@@ -5,7 +5,9 @@ of them have keys/values in the cache (``num_computed``), its block table, its
 :class:`~puyu.generation.output.SequenceOutput` (sampling state, text, stops)
 and timing.  After a preemption its blocks are gone and ``num_computed`` is 0:
 the prompt and the tokens generated so far are recomputed as one prefill, and
-the text already streamed stays valid.
+the text already streamed stays valid.  A prompt with images carries their
+:class:`~puyu.model.vlm.prompt.PromptImages`: the runner prefills their vectors, and
+the prefix cache keys the image positions by the pixels (:meth:`Sequence.cache_keys`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from puyu.generation.output import SequenceOutput, StepEvent, TokenLogprob
+
+if TYPE_CHECKING:
+    from puyu.model.vlm.prompt import PromptImages
 
 
 class Status(enum.Enum):
@@ -44,6 +49,7 @@ class Sequence:
     aborted: bool = False
     draft: list[int] = field(default_factory=list)  # speculative tokens computed with the pending one this step
     draft_pause: int = 0  # steps left without drafting (see puyu.engine.speculative)
+    images: PromptImages | None = None
 
     def __post_init__(self) -> None:
         self.tokens = list(self.prompt)
@@ -56,6 +62,10 @@ class Sequence:
     def remaining(self) -> int:
         """Tokens whose keys/values still have to be computed (not counting a draft)."""
         return len(self.tokens) - self.num_computed
+
+    def cache_keys(self, n: int) -> list:
+        """What the prefix cache keys the first ``n`` tokens by: the ids, with image positions keyed by their pixels."""
+        return self.tokens[:n] if self.images is None else self.images.cache_keys(self.tokens[:n])
 
     def step_tokens(self, n: int) -> list[int]:
         """The ``n`` tokens this step computes: pending ones, then the draft."""

@@ -3,7 +3,8 @@
 :func:`stream` runs a batch of tokenized prompts (left-padded, one static KV
 cache) and yields a :class:`Delta` whenever a sequence has new final text or
 finishes; :func:`generate` collects them into :class:`Completion` objects.
-Stopping: the template's stop tokens (plus ``stop_token_ids``), stop strings
+A prompt with images (:class:`~puyu.model.vlm.prompt.PromptImages`) prefills their vectors in place of its
+placeholder tokens.  Stopping: the template's stop tokens (plus ``stop_token_ids``), stop strings
 (cut from the text; text that might start a stop string is held back while
 streaming), ``max_new_tokens``, and the context window.
 
@@ -14,7 +15,7 @@ sampling code.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -24,6 +25,9 @@ from puyu.generation.sampling import SamplingParams, sample_next
 from puyu.model.transformer import Transformer
 from puyu.tokenizer import Tokenizer
 
+if TYPE_CHECKING:
+    from puyu.model.vlm.prompt import PromptImages
+
 
 @torch.inference_mode()
 def stream(
@@ -31,8 +35,10 @@ def stream(
     tokenizer: Tokenizer,
     prompts: list[list[int]],
     params: SamplingParams | list[SamplingParams] | None = None,
+    images: list[PromptImages | None] | None = None,
 ) -> Iterator[Delta]:
-    """Generate for each tokenized prompt; yields :class:`Delta` events (see the module docstring).
+    """Generate for each tokenized prompt (``images[i]``: the images of prompt ``i``); yields :class:`Delta` events
+    (see the module docstring).
 
     Raises:
         ContextLengthError: a prompt leaves no room in the context window.
@@ -62,7 +68,14 @@ def stream(
     if not bool(real.all()):
         cache.set_padding(real)
     positions = (real.long().cumsum(1) - 1).clamp(min=0)
-    logits = model(tokens, positions, cache=cache, logits_to_keep=1)[:, -1]
+    if images and any(images):
+        embeds = model.model.embed_tokens(tokens)
+        for i, (p, prompt_images) in enumerate(zip(prompts, images)):
+            if prompt_images is not None:
+                prompt_images.scatter(embeds[i], 0, len(p), longest - len(p))
+        logits = model(None, positions, cache=cache, logits_to_keep=1, inputs_embeds=embeds)[:, -1]
+    else:
+        logits = model(tokens, positions, cache=cache, logits_to_keep=1)[:, -1]
     next_pos = positions[:, -1:] + 1
     for step in range(max_new):
         chosen = sample_next(logits, [s.state for s in seqs])
@@ -82,9 +95,10 @@ def generate(
     tokenizer: Tokenizer,
     prompts: list[list[int]],
     params: SamplingParams | list[SamplingParams] | None = None,
+    images: list[PromptImages | None] | None = None,
 ) -> list[Completion]:
     """Run :func:`stream` to the end; one :class:`Completion` per prompt, in order."""
     results = [Completion(prompt_tokens=len(p)) for p in prompts]
-    for delta in stream(model, tokenizer, prompts, params):
+    for delta in stream(model, tokenizer, prompts, params, images):
         results[delta.index].add_delta(delta)
     return results

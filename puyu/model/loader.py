@@ -3,7 +3,9 @@
 ``load_model("smollm2-135m-instruct")`` -> ``(Transformer, Tokenizer)``.  A
 GGUF is dequantized on first use and stored as a Hugging Face folder under
 ``$PUYU_HOME/models/<name>-<key>/`` (key: path, size and mtime of the file), so
-later loads are a safetensors memory map.  ``dtype``/``device`` ``"auto"``
+later loads are a safetensors memory map.  A vision-language folder (LLaVA, InternVL, SmolVLM/Idefics3) loads as its
+language model with ``model.image_input`` set (:class:`~puyu.model.vlm.prompt.ImageInput`: the processor and the
+vision encoder), so every command that runs a text model runs it, and image parts reach it.  ``dtype``/``device`` ``"auto"``
 are decided by :mod:`puyu.hardware` (CUDA when present; bf16 only where the
 device computes it natively, fp32 otherwise).  A quantized folder (AWQ or GPTQ,
 from ``puyu quantize`` or another tool) loads through the same path with int4
@@ -24,9 +26,10 @@ from puyu.hardware import resolve_device, resolve_dtype
 from puyu.home import home_subdir
 from puyu.model.adapters import load_adapter
 from puyu.model.gguf_io import read_gguf
-from puyu.model.hf_io import build_model, load_folder, read_quant_spec, save_pretrained
+from puyu.model.hf_io import build_model, load_folder, read_hf_config, read_quant_spec, save_pretrained
 from puyu.model.registry import resolve
 from puyu.model.transformer import Transformer
+from puyu.model.vlm.config import is_vision_language
 from puyu.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -85,9 +88,22 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype | None = "auto
             raise ModelLoadError(f"{path} is quantized: a LoRA adapter cannot be merged into int4 weights; "
                                  "merge it into the float model, then quantize that")
         dt = resolve_dtype(dtype, dev, quantized=True)
-    model, tokenizer = load_folder(path, dt, dev, quant_kernel)
+    if path.is_dir() and (path / "config.json").is_file() and is_vision_language(read_hf_config(path)):
+        model, tokenizer = _load_vision_language(path, dt, dev)
+    else:
+        model, tokenizer = load_folder(path, dt, dev, quant_kernel)
     if adapter:
         load_adapter(model, adapter)
     if chat_template:
         tokenizer.set_chat_template(chat_template)
+    return model, tokenizer
+
+
+def _load_vision_language(path: Path, dtype: torch.dtype, device: torch.device) -> tuple[Transformer, Tokenizer]:
+    from puyu.model.vlm.loading import load_vlm
+    from puyu.model.vlm.prompt import ImageInput
+
+    vlm, tokenizer, processor = load_vlm(path, dtype, device)
+    model = vlm.language_model
+    model.image_input = ImageInput(vlm, processor)
     return model, tokenizer

@@ -212,6 +212,8 @@ class Backbone(nn.Module):
 class Transformer(nn.Module):
     """The decoder with its LM head; see the module docstring for ``forward``."""
 
+    image_input = None  # a vision-language model's language model carries its puyu.model.vlm.prompt.ImageInput here
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config

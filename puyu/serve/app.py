@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 
@@ -28,9 +29,9 @@ from puyu.serve.state import ServerState
 
 
 def create_app(engine: LLMEngine, served_name: str, api_key: str | None = None, cors_origins: list[str] | None = None,
-               drain_timeout: float = 5.0, embedder: Embedder | None = None) -> FastAPI:
+               drain_timeout: float = 5.0, embedder: Embedder | None = None, image_dir: str | Path | None = None) -> FastAPI:
     """The app serving ``engine`` as model ``served_name`` (and ``embedder`` on ``/v1/embeddings``); ``api_key`` guards
-    ``/v1``; shutdown drains for ``drain_timeout`` s."""
+    ``/v1``; shutdown drains for ``drain_timeout`` s; local image paths are read under ``image_dir`` only."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -38,7 +39,7 @@ def create_app(engine: LLMEngine, served_name: str, api_key: str | None = None, 
         await asyncio.to_thread(engine.shutdown, drain_timeout)
 
     app = FastAPI(title="puyu", lifespan=lifespan)
-    app.state.server = ServerState(engine, served_name, ServerMetrics(engine), embedder)
+    app.state.server = ServerState(engine, served_name, ServerMetrics(engine), embedder, Path(image_dir) if image_dir else None)
     if app.state.server.names_embedder(served_name):
         raise ConfigError(f"the served model and the embedder are both named {served_name!r}; "
                           "give the model another name with --served-model-name")

@@ -20,18 +20,20 @@ from puyu.engine import LLMEngine, StepEvent
 from puyu.errors import PuyuError
 from puyu.generation import SamplingParams
 from puyu.generation.output import Completion
+from puyu.model.vlm.prompt import PromptImages
 from puyu.serve.errors import OpenAIError
 from puyu.serve.metrics import ServerMetrics
 
 
 @dataclass
 class Job:
-    """One choice to generate: prompt ids, sampling, and how many logprobs to report (None = none)."""
+    """One choice to generate: prompt ids, sampling, how many logprobs to report (None = none), the prompt's images."""
 
     prompt: list[int]
     params: SamplingParams
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    images: PromptImages | None = None
 
 
 class Running:
@@ -45,7 +47,8 @@ class Running:
         try:
             for i, job in enumerate(jobs):
                 sink = lambda event, i=i: loop.call_soon_threadsafe(self.queue.put_nowait, (i, event))  # noqa: E731
-                self.ids.append(engine.submit(job.prompt, job.params, sink, logprobs=job.logprobs, prompt_logprobs=job.prompt_logprobs))
+                self.ids.append(engine.submit(job.prompt, job.params, sink, logprobs=job.logprobs, prompt_logprobs=job.prompt_logprobs,
+                                              images=job.images))
         except PuyuError:
             self._abort(range(len(self.ids)))
             raise

@@ -5,7 +5,8 @@ same render that training uses — and tool calls are parsed back in the
 template family's format (:mod:`puyu.tokenizer.tool_formats`) into
 ``message.tool_calls`` (streamed as ``delta.tool_calls``).  Streaming is
 server-sent events ending with ``data: [DONE]``; ``stream_options.include_usage``
-adds a usage chunk.
+adds a usage chunk.  A vision-language model takes ``image_url`` parts: ``data:`` URLs, and local paths only
+under the folder ``puyu serve --image-dir`` names; remote URLs are refused (the server fetches nothing).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from puyu.generation.constraints import check_grammar
 from puyu.generation.output import Completion, TokenLogprob
+from puyu.model.vlm.prompt import prompt_with_images
 from puyu.serve.bridge import Job, Running, sse, sse_error, usage
 from puyu.serve.protocol import ChatCompletionRequest
 from puyu.serve.state import ServerState, server_state
@@ -44,12 +46,14 @@ async def chat_completions(body: ChatCompletionRequest, server: ServerState = De
     grammar = body.grammar(tools, family)
     if grammar is not None:
         check_grammar(grammar, tokenizer, server.engine.model.config.vocab_size)
-    prompt = tokenizer.render([m.to_puyu() for m in body.messages], tools, add_generation_prompt=True).ids
+    messages = [m.to_puyu() for m in body.messages]
+    server.check_images(messages)
+    prompt, images = prompt_with_images(server.engine.model, tokenizer, messages, tools)
     limit = body.max_completion_tokens or body.max_tokens or (server.engine.max_model_len - len(prompt))
     fmt = tool_format(family) if tools else None
     keep_specials = fmt is not None and fmt.keeps_special_tokens
     top = (body.top_logprobs or 0) if body.logprobs else None
-    jobs = [Job(prompt, body.sampling(max(limit, 1), i, not keep_specials, grammar), top) for i in range(body.n)]
+    jobs = [Job(prompt, body.sampling(max(limit, 1), i, not keep_specials, grammar), top, images=images) for i in range(body.n)]
     running = server.run(jobs)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": server.name}

@@ -70,12 +70,12 @@ class ChatMessage(BaseModel):
         """The message as puyu's templates take it."""
         content = self.content
         if isinstance(content, list):
-            parts = []
-            for part in content:
-                if part.get("type") != "text":
-                    raise ConfigError(f"message content of type {part.get('type')!r} is not supported; send text parts only")
-                parts.append(part.get("text", ""))
-            content = "".join(parts)
+            kinds = {part.get("type") for part in content}
+            if kinds - {"text", "image_url"}:
+                raise ConfigError(f"message content of type {sorted(kinds - {'text', 'image_url'})[0]!r} is not supported; "
+                                  "send text and image_url parts")
+            if kinds == {"text"}:
+                content = "".join(part.get("text", "") for part in content)
         message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
         if self.tool_calls:
             message["tool_calls"] = self.tool_calls

@@ -28,7 +28,23 @@ class ServerState:
     name: str
     metrics: ServerMetrics
     embedder: Embedder | None = None
+    image_dir: Path | None = None  # local image paths are read only under this folder
     created: int = field(default_factory=lambda: int(time.time()))
+
+    def check_images(self, messages: list[dict]) -> None:
+        """Refuse (400) image parts that name a local file outside :attr:`image_dir` (data: URLs are always fine)."""
+        for message in messages:
+            for part in message["content"] if isinstance(message.get("content"), list) else []:
+                url = part.get("image_url")
+                url = url.get("url") if isinstance(url, dict) else url
+                if part.get("type") != "image_url" or not isinstance(url, str) or url.startswith(("data:", "http://", "https://")):
+                    continue
+                path = Path(url.removeprefix("file://")).expanduser()
+                if self.image_dir is None:
+                    raise OpenAIError(400, "this server reads no local image files; send the image as a data: URL "
+                                           "(or start it with --image-dir FOLDER)", param="messages")
+                if not path.resolve().is_relative_to(self.image_dir.resolve()):
+                    raise OpenAIError(400, f"{url} is outside the image folder this server reads ({self.image_dir})", param="messages")
 
     @property
     def embedder_id(self) -> str | None:

@@ -69,7 +69,7 @@ class Tokenizer:
     @classmethod
     def from_folder(cls, folder: str | Path) -> "Tokenizer":
         """Load ``tokenizer.json`` (or a SentencePiece ``tokenizer.model``, see :mod:`puyu.tokenizer.sentencepiece`)
-        + ``tokenizer_config.json`` (+ ``chat_template.jinja``) from a model folder."""
+        + ``tokenizer_config.json`` (+ ``chat_template.jinja``, or a processor's ``chat_template.json``) from a model folder."""
         folder = Path(folder)
         path = folder / "tokenizer.json"
         if not path.exists() and not (folder / "tokenizer.model").exists():
@@ -86,6 +86,8 @@ class Tokenizer:
             template = next((t["template"] for t in template if t.get("name") == "default"), template[0]["template"])
         if (folder / "chat_template.jinja").exists():
             template = (folder / "chat_template.jinja").read_text()
+        elif template is None and (folder / "chat_template.json").exists():  # a processor's (vision-language folders)
+            template = _json_file(folder / "chat_template.json").get("chat_template")
         stops: list[int] = []
         gen = folder / "generation_config.json"
         if gen.exists():
@@ -219,3 +221,13 @@ def _check_messages(messages: list[dict]) -> None:
             raise TemplateError(f"message {i} needs a role in {ROLES}, got {m!r:.80}")
         if m.get("content") is None and not m.get("tool_calls"):
             raise TemplateError(f"message {i} ({m['role']}) has no content")
+
+
+def _json_file(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object")
+    return data

@@ -12,7 +12,7 @@ vendored ``marked`` + ``DOMPurify`` (``static/vendor/``), so the UI works offlin
 Contract: :func:`mount_ui(app, config) <mount_ui>` adds
 
 - ``GET /`` (the page) and ``/static/*`` (its scripts, styles, vendored libraries);
-- ``GET /ui/config``: the model name, the agent's tools, whether a key is needed;
+- ``GET /ui/config``: the model name, the agent's tools, whether a key is needed, whether the model takes images;
 - ``/ui/agent`` (:mod:`puyu.web.agent_routes`) and ``/ui/kb/*`` (:mod:`puyu.web.kb_routes`).
 
 The agent and knowledge-base routes never call the model in the request
@@ -56,6 +56,7 @@ class UIConfig:
         agent_model: ``agent_model(params: SamplingParams) -> ChatModel`` replaces the API model (tests pass a scripted one).
         generator: a :class:`~puyu.client.ChatClient` that replaces the API for knowledge-base answers
             (tests pass a scripted one).
+        images: the model takes images (a vision-language model): the chat tab offers image uploads.
     """
 
     api_base: str
@@ -68,6 +69,7 @@ class UIConfig:
     allow: tuple[str, ...] = ()
     agent_model: Callable[[Any], Any] | None = None
     generator: Any = None
+    images: bool = False
 
     def model_name(self) -> str:
         """The model to ask at ``api_base``, looked up once when not given."""
@@ -119,7 +121,7 @@ def mount_ui(app: FastAPI, config: UIConfig) -> FastAPI:
     @app.get("/ui/config")
     async def ui_config():
         return {"model": config.model, "tools": config.tools(), "needs_key": bool(config.key),
-                "context_length": config.context_length}
+                "context_length": config.context_length, "images": config.images}
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     add_agent_routes(app, config)

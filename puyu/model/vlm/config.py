@@ -157,6 +157,12 @@ class VLMConfig:
             raise ModelLoadError(f"config.json is missing the key {exc.args[0]!r} of a {family} model") from None
 
 
+def is_vision_language(hf: dict[str, Any]) -> bool:
+    """Whether a ``config.json`` dict describes a vision-language model (one puyu runs or not: the loader then says which)."""
+    names = hf.get("architectures") or []
+    return any(n in FAMILIES or n in REMOTE_CODE for n in names) or hf.get("model_type") in FAMILIES.values() or "vision_config" in hf
+
+
 def _parse(hf: dict[str, Any], family: str) -> VLMConfig:
     text_type, vision_type = _SUB_TYPES[family]
     text_hf, vision_hf = _with_defaults(hf["text_config"], text_type), _with_defaults(hf["vision_config"], vision_type)

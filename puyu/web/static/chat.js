@@ -1,6 +1,7 @@
 // The chat tab: streams /v1/chat/completions (the OpenAI API of this server or, through the proxy, a remote one).
 // The conversation and the settings live in localStorage, saved as the reply streams, so a reload keeps them;
-// a reply cut by a reload is marked "interrupted", one cut by Stop "stopped".
+// a reply cut by a reload is marked "interrupted", one cut by Stop "stopped".  With a vision-language model, images
+// picked with "Image…" go with the next message as OpenAI image_url parts (data: URLs, kept with the conversation).
 
 import { copyText, getJSON, isAbort, make, postStream, renderMarkdown, showError, stoppable } from "./common.js";
 
@@ -11,6 +12,8 @@ let state = load();
 let modelName = null;
 let pendingFrame = 0;
 let running = false;
+let pending = [];  // data: URLs of the images for the next message
+const MAX_IMAGE_BYTES = 8 << 20;
 
 function load() {
   const empty = { messages: [], system: "", temperature: 0.7, top_p: 1, max_tokens: 512 };
@@ -24,19 +27,59 @@ function load() {
 }
 
 function save() {
-  localStorage.setItem(STORE, JSON.stringify(state));
+  try {
+    localStorage.setItem(STORE, JSON.stringify(state));
+  } catch (_) {  // the browser's storage quota (a few MB): images are what fills it
+    showError("This conversation's images are too large to keep across a reload; Clear starts a new one.");
+  }
+}
+
+function content(message) {  // an OpenAI message content: text, or image_url parts then the text
+  if (!message.images?.length) return message.content;
+  return message.images.map((url) => ({ type: "image_url", image_url: { url } })).concat({ type: "text", text: message.content });
+}
+
+function thumbnails(urls) {
+  return make("div", { class: "images" }, ...urls.map((url) => make("img", { class: "thumb", src: url, alt: "image" })));
+}
+
+function showPending() {
+  $("attachments").replaceChildren(...pending.map((url, i) => {
+    const remove = make("button", { type: "button", title: "remove" }, "×");
+    remove.addEventListener("click", () => { pending.splice(i, 1); showPending(); });
+    return make("figure", {}, make("img", { class: "thumb", src: url, alt: "image to send" }), remove);
+  }));
+}
+
+function readImage(file) {
+  return new Promise((resolve, reject) => {
+    if (file.size > MAX_IMAGE_BYTES) reject(new Error(`${file.name} is over ${MAX_IMAGE_BYTES >> 20} MB; pick a smaller image`));
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(new Error(`cannot read ${file.name}`));
+    reader.readAsDataURL(file);
+  });
+}
+
+async function attach(files) {
+  for (const file of files) {
+    try { pending.push(await readImage(file)); } catch (error) { showError(error.message); }
+  }
+  $("attach").value = "";
+  showPending();
 }
 
 function apiMessages() {
   const turns = state.messages.filter((m) => (m.role === "user" || m.role === "assistant") && m.content && !m.failed);
   const system = state.system.trim() ? [{ role: "system", content: state.system }] : [];
-  return system.concat(turns.map(({ role, content }) => ({ role, content })));
+  return system.concat(turns.map((m) => ({ role: m.role, content: content(m) })));
 }
 
 function messageView(message, index) {
   const body = make("div", { class: "body" });
   if (message.role === "assistant") renderMarkdown(body, message.content);
   else body.textContent = message.content;
+  if (message.images?.length) body.prepend(thumbnails(message.images));
   const view = make("div", { class: `msg ${message.role}`, "data-role": message.role, "data-status": message.status || "done",
                              "data-index": index }, body);
   if (message.failed) view.append(make("div", { class: "actions" }, make("span", { class: "note" }, "not sent to the model again")));
@@ -122,7 +165,11 @@ async function submit() {
   const text = $("prompt").value;
   if (!text.trim() || running) return;
   $("prompt").value = "";
-  state.messages.push({ role: "user", content: text });
+  const message = { role: "user", content: text };
+  if (pending.length) message.images = pending;
+  pending = [];
+  showPending();
+  state.messages.push(message);
   await reply();
 }
 
@@ -147,8 +194,11 @@ function bindSetting(id, key, parse) {
   });
 }
 
-export function initChat(defaultModel) {
+export function initChat(defaultModel, takesImages = false) {
   modelName = defaultModel || null;
+  $("attach-button").classList.toggle("hidden", !takesImages);
+  $("attach-button").addEventListener("click", () => $("attach").click());
+  $("attach").addEventListener("change", () => attach([...$("attach").files]));
   $("model-name").textContent = modelName || "";
   model().catch((error) => showError(`Cannot list the server's models: ${error.message}`));
   bindSetting("system", "system", String);

@@ -26,7 +26,7 @@ async function start() {
     showError(`Cannot read the server's settings: ${error.message}`);
   }
   if (config.needs_key) document.getElementById("key-box").classList.remove("hidden");
-  initChat(config.model);
+  initChat(config.model, config.images);
   initAgent(config.tools);
   initKb();
   document.body.dataset.ready = "true";

@@ -47,7 +47,7 @@ def build(folder: Path):
     from transformers import (
         Idefics3Config,
         Idefics3ForConditionalGeneration,
-        Idefics3ImageProcessor,
+        Idefics3ImageProcessorPil,
         Idefics3Processor,
         PreTrainedTokenizerFast,
     )
@@ -59,7 +59,7 @@ def build(folder: Path):
     torch.manual_seed(0)
     model = Idefics3ForConditionalGeneration(config).eval()
     model.save_pretrained(folder)
-    images = Idefics3ImageProcessor(size={"longest_edge": 2048}, max_image_size={"longest_edge": 512})
+    images = Idefics3ImageProcessorPil(size={"longest_edge": 2048}, max_image_size={"longest_edge": 512})
     processor = Idefics3Processor(images, tok, image_seq_len=64)
     processor.save_pretrained(folder)
     return model, processor

@@ -32,6 +32,7 @@ from puyu.eval.backends import model_folder  # noqa: E402
 from puyu.generation import SamplingParams, generate  # noqa: E402
 from puyu.hardware import describe_machine  # noqa: E402
 from puyu.model import load_model  # noqa: E402
+from puyu.model.vlm.prompt import ImageInput  # noqa: E402
 from tests.model.vlm.conftest import SPECIAL, photo  # noqa: E402  (the image tokens and photo-like test images)
 
 VISION = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=512, patch_size=16)
@@ -92,8 +93,8 @@ def main() -> None:
         for width, height in SIZES:
             picture = photo(width, height, seed=width)
 
-            def ours(text=PROMPT):
-                ids, images = image_input.prepare(text, [picture], tokenizer)
+            def ours(text=PROMPT):  # a fresh ImageInput: no image vectors kept from an earlier run
+                ids, images = ImageInput(image_input.vlm, image_input.processor).prepare(text, [picture], tokenizer)
                 return generate(model, tokenizer, [ids], one, [images]), ids, images
 
             def transformers_run():

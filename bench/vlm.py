@@ -104,7 +104,8 @@ def main() -> None:
 
             _, ids, images = ours()
             ours_s, theirs_s = best(ours, args.repeats), best(transformers_run, args.repeats)
-            engine = LLMEngine(model, tokenizer, EngineConfig(num_blocks=256))
+            engine = LLMEngine(model, tokenizer, EngineConfig(num_blocks=256))  # one ImageInput for both, as a server has
+            ids, images = image_input.prepare(PROMPT, [picture], tokenizer)
             engine.generate([ids], one, images=[images])
             ids2, images2 = image_input.prepare(SECOND, [picture], tokenizer)
             hits = engine.stats()["prefix_cache_hit_blocks"]

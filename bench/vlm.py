@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.decode import best_time  # noqa: E402
 from puyu.engine import EngineConfig, LLMEngine  # noqa: E402
 from puyu.eval.backends import model_folder  # noqa: E402
 from puyu.generation import SamplingParams, generate  # noqa: E402
@@ -66,15 +66,6 @@ def build(folder: Path):
     return model, processor
 
 
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -103,13 +94,13 @@ def main() -> None:
                     theirs.generate(**inputs, max_new_tokens=1, do_sample=False)
 
             _, ids, images = ours()
-            ours_s, theirs_s = best(ours, args.repeats), best(transformers_run, args.repeats)
+            ours_s, theirs_s = best_time(ours, args.repeats), best_time(transformers_run, args.repeats)
             engine = LLMEngine(model, tokenizer, EngineConfig(num_blocks=256))  # one ImageInput for both, as a server has
             ids, images = image_input.prepare(PROMPT, [picture], tokenizer)
             engine.generate([ids], one, images=[images])
             ids2, images2 = image_input.prepare(SECOND, [picture], tokenizer)
             hits = engine.stats()["prefix_cache_hit_blocks"]
-            second = best(lambda: engine.generate([ids2], one, images=[images2]), 1)
+            second = best_time(lambda: engine.generate([ids2], one, images=[images2]), 1)
             reused = engine.stats()["prefix_cache_hit_blocks"] - hits
             print(f"{width}x{height:<5} {images.pixels.shape[0]:>5} {len(ids):>6} {ours_s:>7.2f} {theirs_s:>14.2f} "
                   f"{theirs_s / ours_s:>6.2f} {second:>14.2f} {reused:>13}")

@@ -74,3 +74,13 @@ def test_real_process_exit_code_and_debug_traceback(tmp_path):
     assert quiet.returncode == 2 and "Traceback" not in quiet.stderr and "no such file" in quiet.stderr
     loud = subprocess.run(env_cmd + ["--debug"], capture_output=True, text=True, timeout=120)
     assert loud.returncode != 0 and "Traceback" in loud.stderr and "ModelLoadError" in loud.stderr
+
+
+def test_a_commands_positionals_may_follow_its_options(capsys):
+    from puyu.cli import build_parser, parse
+
+    args = parse(build_parser(), ["agent", "some-model", "--adapter", "agent", "Solve 2x+3=10", "--tools", "python"])
+    assert (args.model, args.adapter, args.task, args.tools) == ("some-model", "agent", "Solve 2x+3=10", "python")
+    with pytest.raises(SystemExit):
+        parse(build_parser(), ["agent", "some-model", "--adapter", "agent", "task", "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err

@@ -36,7 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for stage in STAGES:
         importlib.import_module(stage).register(sub, common)
+    for command in sub.choices.values():
+        command.set_defaults(command_parser=command)  # for parse(): a leftover is parsed again by the command's parser
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, letting a command's positionals follow its options (``puyu agent MODEL --adapter
+    agent "TASK"``): argparse alone takes ``TASK`` for a stray argument when an optional positional comes first, so a
+    leftover is parsed again with ``parse_intermixed_args`` by the command's own parser."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        tail = argv[argv.index(args.command) + 1 :]
+        try:
+            return args.command_parser.parse_intermixed_args(tail, namespace=argparse.Namespace(command=args.command))
+        except TypeError:  # a command with sub-commands cannot be parsed intermixed: argparse's own error below
+            pass
+        parser.parse_args(argv)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(build_parser(), argv)
         return args.func(args)
     except (PuyuError, OSError) as exc:
         if debug:

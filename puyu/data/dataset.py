@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from puyu.data.formats import FORMATS, Sample, read_samples
-from puyu.data.packing import Batch, Row, TokenizeReport, collate, pack, single_rows, tokenize_samples
+from puyu.data.packing import Batch, ImageTokens, Row, TokenizeReport, collate, pack, single_rows, tokenize_samples
 from puyu.errors import ConfigError
 from puyu.home import data_dir
 from puyu.tokenizer import Tokenizer
@@ -46,6 +46,7 @@ class DataConfig:
         system: a system prompt added to chats that have none.
         limit: use the first ``limit`` samples of each file (0 = all).
         data_dir: folder for relative data paths that do not exist from the working directory (default: $PUYU_DATA_DIR).
+        image_dir: folder for the relative ``image`` paths of LLaVA-format rows (default: each data file's folder).
     """
 
     train: list[str] = field(default_factory=list)
@@ -59,6 +60,7 @@ class DataConfig:
     system: str | None = None
     limit: int = 0
     data_dir: str | None = None
+    image_dir: str | None = None
 
     def __post_init__(self) -> None:
         self.train = [self.train] if isinstance(self.train, str) else list(self.train)
@@ -85,7 +87,7 @@ class DataConfig:
 def _load(config: DataConfig, files: list[str]) -> list[Sample]:
     samples: list[Sample] = []
     for name in files:
-        found = read_samples(config.resolve(name), config.format, config.replace)
+        found = read_samples(config.resolve(name), config.format, config.replace, config.image_dir)
         samples += found[: config.limit] if config.limit else found
     if config.system:
         for s in samples:
@@ -95,15 +97,18 @@ def _load(config: DataConfig, files: list[str]) -> list[Sample]:
 
 
 class TrainData:
-    """Packed training rows (and validation rows) in a step-addressable order."""
+    """Packed training rows (and validation rows) in a step-addressable order; ``images`` makes the pixels of rows
+    with images (a vision-language model's :class:`~puyu.data.packing.ImageTokens`)."""
 
-    def __init__(self, rows: list[Row], val_rows: list[Row], pad_id: int, seed: int, report: TokenizeReport):
+    def __init__(self, rows: list[Row], val_rows: list[Row], pad_id: int, seed: int, report: TokenizeReport,
+                 images: ImageTokens | None = None):
         if not rows:
             raise ConfigError("the training data gave no rows (every sample was dropped or the files are empty)")
         self.rows, self.val_rows, self.pad_id, self.seed, self.report = rows, val_rows, pad_id, seed, report
+        self.images = images
 
     @classmethod
-    def build(cls, config: DataConfig, tokenizer: Tokenizer, seed: int) -> "TrainData":
+    def build(cls, config: DataConfig, tokenizer: Tokenizer, seed: int, images: ImageTokens | None = None) -> "TrainData":
         samples = _load(config, config.train)
         val_samples = _load(config, config.val) if config.val else []
         if config.val_fraction and not val_samples:
@@ -112,13 +117,13 @@ class TrainData:
             val_samples = [samples[i] for i in sorted(order[:cut])]
             samples = [samples[i] for i in sorted(order[cut:])]
         arrange = (lambda ex: pack(ex, config.max_length)) if config.pack else single_rows
-        examples, report = tokenize_samples(samples, tokenizer, config.max_length, config.train_on_prompt)
-        val_examples, _ = tokenize_samples(val_samples, tokenizer, config.max_length, config.train_on_prompt)
+        examples, report = tokenize_samples(samples, tokenizer, config.max_length, config.train_on_prompt, images)
+        val_examples, _ = tokenize_samples(val_samples, tokenizer, config.max_length, config.train_on_prompt, images)
         pad = tokenizer.token_id(tokenizer.pad_token) or tokenizer.eos_id or 0
         rows = arrange(examples)
         log.info("data: %d samples -> %d rows of <= %d tokens; %d validation samples",
                  len(examples), len(rows), config.max_length, len(val_examples))
-        return cls(rows, arrange(val_examples), pad, seed, report)
+        return cls(rows, arrange(val_examples), pad, seed, report, images)
 
     @property
     def fingerprint(self) -> str:
@@ -126,6 +131,7 @@ class TrainData:
         digest = hashlib.sha256()
         for r in self.rows:
             digest.update(torch.tensor(r.ids + r.targets).numpy().tobytes())
+            digest.update(repr([str(i) for i in r.images]).encode())
         return digest.hexdigest()[:16]
 
     def steps_per_epoch(self, global_batch: int) -> int:
@@ -146,8 +152,8 @@ class TrainData:
         batches = []
         for m in range(accum):
             chunk = rows[m * micro * world : (m + 1) * micro * world]
-            batches.append(collate(chunk[rank * micro : (rank + 1) * micro], self.pad_id))
+            batches.append(collate(chunk[rank * micro : (rank + 1) * micro], self.pad_id, self.images))
         return batches, total
 
     def val_batches(self, micro: int) -> list[Batch]:
-        return [collate(self.val_rows[i : i + micro], self.pad_id) for i in range(0, len(self.val_rows), micro)]
+        return [collate(self.val_rows[i : i + micro], self.pad_id, self.images) for i in range(0, len(self.val_rows), micro)]

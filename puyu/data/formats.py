@@ -13,6 +13,13 @@ blank lines).  Row formats, detected per row when ``fmt="auto"``:
 - ``xtuner``: ``conversation`` of ``{system?, input, output}`` turns (XTuner's single-turn/multi-turn format);
 - ``text``: ``text`` (raw text for continued pre-training).
 
+A chat row may carry images, as LLaVA's data does: ``image`` (a path or a list
+of paths, relative ones taken from ``image_dir`` or else the data file's folder)
+and an ``<image>`` marker in the text where each goes (``"<image>\nWhat is
+this?"``; with no marker, the images open the first user turn).  The messages
+then hold image parts (``{"type": "image", "path": ...}``) where the markers
+were, as ``openai`` rows may hold them directly.
+
 ``replace`` fills ``{{key}}`` placeholders in every string (the self-cognition
 set uses ``{{name}}``/``{{author}}``).  A malformed row raises
 :class:`~puyu.errors.DatasetError` naming the file, the line and the field.
@@ -29,6 +36,7 @@ from puyu.data.jsonl import open_text, read_jsonl
 from puyu.errors import DatasetError
 
 FORMATS = ("auto", "alpaca", "openai", "sharegpt", "xtuner", "text")
+IMAGE_MARKER = "<image>"  # where a LLaVA-format row's image goes in the text
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
                    "function_call": "assistant", "observation": "tool", "tool": "tool"}
 
@@ -41,6 +49,11 @@ class Sample:
     messages: list[dict[str, Any]] = field(default_factory=list)
     tools: list[dict[str, Any]] | None = None
     text: str | None = None
+
+    @property
+    def has_images(self) -> bool:
+        return any(isinstance(m.get("content"), list) and any(isinstance(p, dict) and p.get("type") in ("image", "image_url")
+                                                               for p in m["content"]) for m in self.messages)
 
 
 class _Row:
@@ -175,6 +188,48 @@ def _xtuner(row: _Row) -> list[dict]:
     return messages
 
 
+def _with_images(row: _Row, messages: list[dict], image_dir: Path | None) -> list[dict]:
+    """``messages`` with the row's ``image`` paths as image parts where the ``<image>`` markers are (see the module
+    docstring)."""
+    value = row.data.get("image", row.data.get("images"))
+    if value in (None, "", []):
+        return messages
+    paths = [value] if isinstance(value, str) else value
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+        raise row.fail("image", "must be a path or a list of paths")
+    found = []
+    for p in paths:
+        path = Path(p).expanduser()
+        path = path if path.is_absolute() else (image_dir or row.path.parent) / path
+        if not path.is_file():
+            raise row.fail("image", f"names {path}, which does not exist (relative paths are taken from data.image_dir, "
+                                    "else the data file's folder)")
+        found.append(path)
+    markers = sum(m["content"].count(IMAGE_MARKER) for m in messages if isinstance(m.get("content"), str))
+    if markers == 0:
+        first = next(i for i, m in enumerate(messages) if m["role"] == "user")
+        messages[first] = {**messages[first], "content": IMAGE_MARKER * len(found) + "\n" + messages[first]["content"]}
+    elif markers != len(found):
+        raise row.fail("image", f"lists {len(found)} images but the text has {markers} {IMAGE_MARKER} markers; "
+                                "put one marker where each image goes")
+    images = iter(found)
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if not isinstance(content, str) or IMAGE_MARKER not in content:
+            out.append(m)
+            continue
+        parts: list[dict] = []
+        for i, piece in enumerate(content.split(IMAGE_MARKER)):
+            piece = piece.removeprefix("\n") if i else piece  # "<image>\n": the model's layout puts its own newline
+            if i:
+                parts.append({"type": "image", "path": str(next(images))})
+            if piece:
+                parts.append({"type": "text", "text": piece})
+        out.append({**m, "content": parts})
+    return out
+
+
 _CONVERTERS = {"alpaca": _alpaca, "openai": _openai, "sharegpt": _sharegpt, "xtuner": _xtuner}
 
 
@@ -190,8 +245,9 @@ def _fill(value: Any, replace: dict[str, str]) -> Any:
     return value
 
 
-def read_samples(path: str | Path, fmt: str = "auto", replace: dict[str, str] | None = None) -> list[Sample]:
-    """All samples of a data file (see the module docstring).
+def read_samples(path: str | Path, fmt: str = "auto", replace: dict[str, str] | None = None,
+                 image_dir: str | Path | None = None) -> list[Sample]:
+    """All samples of a data file (see the module docstring; ``image_dir``: where relative image paths are).
 
     Raises:
         DatasetError: a missing file, bad JSON, or a row whose fields do not fit its format.
@@ -217,7 +273,7 @@ def read_samples(path: str | Path, fmt: str = "auto", replace: dict[str, str] | 
         if kind == "text":
             samples.append(Sample(origin=origin, text=row.get("text", str)))
             continue
-        messages = _CONVERTERS[kind](row)
+        messages = _with_images(row, _CONVERTERS[kind](row), Path(image_dir).expanduser() if image_dir else None)
         if not any(m["role"] == "assistant" for m in messages):
             raise row.fail("messages", "has no assistant reply to train on")
         samples.append(Sample(origin=origin, messages=messages, tools=_tools(row)))

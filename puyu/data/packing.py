@@ -12,6 +12,12 @@ Contract:
 - A chat longer than ``max_length`` is cut at the end; if that leaves no
   trained token, the sample is dropped.  Both are counted in
   :class:`TokenizeReport` and logged as warnings - never silently.
+- Chats with images (image parts in their messages) need a :class:`ImageTokens`
+  (a vision-language model's; :class:`~puyu.model.vlm.prompt.ImageInput` is one):
+  each image's placeholder becomes the tokens that stand for it (loss never on
+  them), the example keeps the image sources, and :func:`collate` makes their
+  pixel tiles in the order of their tokens.  A chat whose truncation would cut
+  an image is dropped (the model needs every token of an image).
 - :func:`pack` fills rows of ``max_length`` first-fit (longest first);
   :func:`collate` pads rows into a :class:`Batch` whose ``positions`` restart
   at 0 for every packed sample and whose ``mask`` ``[B, 1, T, T]`` is causal and
@@ -22,23 +28,41 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 
 from puyu.data.formats import Sample
+from puyu.errors import DatasetError
 from puyu.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 IGNORE = -100
 
 
+class ImageTokens(Protocol):
+    """What tokenizing and batching chats with images need from a vision-language model."""
+
+    placeholder: str  # the text that marks an image in a rendered chat
+
+    def template_messages(self, tokenizer: Tokenizer, messages: list[dict], tools: list[dict] | None) -> tuple[list[dict], list[Any]]:
+        """The messages as the chat template renders them, the placeholder where each image goes, and the images in order."""
+
+    def expansion(self, source: Any) -> str:
+        """The prompt text that stands for one image (its tiles' tokens)."""
+
+    def pixels(self, sources: list[Any]) -> torch.Tensor:
+        """``[tiles, 3, S, S]``: every tile of the images, in order."""
+
+
 @dataclass
 class Example:
-    """One tokenized sample: ``ids`` and next-token ``targets`` (``-100`` = no loss), same length."""
+    """One tokenized sample: ``ids`` and next-token ``targets`` (``-100`` = no loss), same length, and its images."""
 
     ids: list[int]
     targets: list[int]
     origin: str = ""
+    images: list[Any] = field(default_factory=list)
 
     @property
     def trained_tokens(self) -> int:
@@ -61,6 +85,7 @@ class Row:
     targets: list[int]
     positions: list[int]
     segments: list[int]
+    images: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -73,6 +98,7 @@ class Batch:
         positions: ``[B, T]`` RoPE positions, restarting at 0 for each packed example.
         mask: ``[B, 1, T, T]`` bool (True = may attend) when rows hold several examples, else None (causal).
         real_tokens: tokens that are not padding.
+        pixels: ``[tiles, 3, S, S]`` the tiles of the rows' images in the order of their tokens, or None.
     """
 
     tokens: torch.Tensor
@@ -80,6 +106,7 @@ class Batch:
     positions: torch.Tensor
     mask: torch.Tensor | None
     real_tokens: int = 0
+    pixels: torch.Tensor | None = None
 
     @property
     def trained_tokens(self) -> int:
@@ -87,15 +114,41 @@ class Batch:
 
     def to(self, device: torch.device) -> "Batch":
         mask = self.mask.to(device) if self.mask is not None else None
-        return Batch(self.tokens.to(device), self.targets.to(device), self.positions.to(device), mask, self.real_tokens)
+        pixels = self.pixels.to(device) if self.pixels is not None else None
+        return Batch(self.tokens.to(device), self.targets.to(device), self.positions.to(device), mask, self.real_tokens, pixels)
 
 
 def _shift(ids: list[int], labels: list[int]) -> list[int]:
     return labels[1:] + [IGNORE] if ids else []
 
 
-def tokenize_samples(samples: list[Sample], tokenizer: Tokenizer, max_length: int,
-                     train_on_prompt: bool = False) -> tuple[list[Example], TokenizeReport]:
+def _expand_images(sample: Sample, tokenizer: Tokenizer, images: ImageTokens | None,
+                   train_on_prompt: bool) -> tuple[list[int], list[int], list[Any], int]:
+    """Ids and labels of a chat with image parts, each image's placeholder token replaced by its image's tokens, the
+    images, and the position after the last image token."""
+    if images is None:
+        raise DatasetError(f"{sample.origin}: the chat has images but the model reads text only; "
+                           "train a vision-language model (LLaVA, InternVL, SmolVLM/Idefics3 folders) on it")
+    shown, sources = images.template_messages(tokenizer, sample.messages, sample.tools)
+    chat = tokenizer.render(shown, sample.tools)
+    slot = tokenizer.encode(images.placeholder, add_special_tokens=False)
+    if len(slot) != 1:
+        raise DatasetError(f"the image placeholder {images.placeholder!r} is not one token of this tokenizer")
+    ids, labels, found, end = [], [], iter(sources), 0
+    for token, trained in zip(chat.ids, chat.loss_mask):
+        if token == slot[0]:
+            expanded = tokenizer.encode(images.expansion(next(found)), add_special_tokens=False)
+            ids += expanded
+            labels += [IGNORE] * len(expanded)
+            end = len(ids)
+        else:
+            ids.append(token)
+            labels.append(token if trained or train_on_prompt else IGNORE)
+    return ids, labels, sources, end
+
+
+def tokenize_samples(samples: list[Sample], tokenizer: Tokenizer, max_length: int, train_on_prompt: bool = False,
+                     images: ImageTokens | None = None) -> tuple[list[Example], TokenizeReport]:
     """Tokenize samples (see the module docstring); returns the examples and the truncation report."""
     examples: list[Example] = []
     report = TokenizeReport()
@@ -108,22 +161,27 @@ def tokenize_samples(samples: list[Sample], tokenizer: Tokenizer, max_length: in
                 if len(chunk) > 1:
                     examples.append(Example(chunk, _shift(chunk, chunk), sample.origin))
             continue
-        chat = tokenizer.render(sample.messages, sample.tools)
-        labels = list(chat.ids) if train_on_prompt else [i if m else IGNORE for i, m in zip(chat.ids, chat.loss_mask)]
-        ids = list(chat.ids)
+        sources: list[Any] = []
+        images_end = 0
+        if sample.has_images:
+            ids, labels, sources, images_end = _expand_images(sample, tokenizer, images, train_on_prompt)
+        else:
+            chat = tokenizer.render(sample.messages, sample.tools)
+            labels = list(chat.ids) if train_on_prompt else [i if m else IGNORE for i, m in zip(chat.ids, chat.loss_mask)]
+            ids = list(chat.ids)
         if len(ids) > max_length:
             ids, labels = ids[:max_length], labels[:max_length]
-            if all(t == IGNORE for t in labels[1:]):
+            if images_end > max_length or all(t == IGNORE for t in labels[1:]):
                 report.dropped.append(sample.origin)
                 continue
             report.truncated.append(sample.origin)
-        examples.append(Example(ids, _shift(ids, labels), sample.origin))
+        examples.append(Example(ids, _shift(ids, labels), sample.origin, sources))
     if report.truncated:
         log.warning("%d samples were longer than max_length=%d and lost the end of their reply (first: %s); "
                     "raise data.max_length to keep it",
                     len(report.truncated), max_length, report.truncated[0])
     if report.dropped:
-        log.warning("%d samples were dropped: their assistant reply starts after max_length=%d (first: %s); "
+        log.warning("%d samples were dropped: their assistant reply (or an image) ends after max_length=%d (first: %s); "
                     "raise data.max_length to train on them",
                     len(report.dropped), max_length, report.dropped[0])
     return examples, report
@@ -154,6 +212,7 @@ def single_rows(examples: list[Example]) -> list[Row]:
 def _row(members: list[Example]) -> Row:
     row = Row([], [], [], [])
     for segment, e in enumerate(members):
+        row.images += e.images
         row.ids += e.ids
         row.targets += e.targets
         row.positions += list(range(len(e.ids)))
@@ -161,8 +220,9 @@ def _row(members: list[Example]) -> Row:
     return row
 
 
-def collate(rows: list[Row], pad_id: int) -> Batch:
-    """Right-pad ``rows`` into a :class:`Batch`; a block-diagonal mask when any row is packed."""
+def collate(rows: list[Row], pad_id: int, images: ImageTokens | None = None) -> Batch:
+    """Right-pad ``rows`` into a :class:`Batch`; a block-diagonal mask when any row is packed; the pixel tiles of the
+    rows' images (made by ``images``) when they have any."""
     width = max(len(r.ids) for r in rows)
     tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
     targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
@@ -180,4 +240,6 @@ def collate(rows: list[Row], pad_id: int) -> Batch:
         causal = torch.ones(width, width, dtype=torch.bool).tril()
         mask = (segments[:, :, None] == segments[:, None, :]) & causal
         mask = mask[:, None]
-    return Batch(tokens, targets, positions, mask, sum(len(r.ids) for r in rows))
+    sources = [source for r in rows for source in r.images]
+    pixels = images.pixels(sources) if sources and images is not None else None
+    return Batch(tokens, targets, positions, mask, sum(len(r.ids) for r in rows), pixels)

@@ -163,6 +163,19 @@ class PretrainConfig:
 
 
 @dataclass
+class VisionConfig:
+    """The ``vision`` section: what trains besides the language model when the model is a vision-language one.
+
+    Attributes:
+        connector: train the projector from the vision tower to the language model (LLaVA's stage-2 fine-tuning does).
+        tower: train the vision tower's weights too (off by default, as in LLaVA and XTuner's VLM recipes).
+    """
+
+    connector: bool = True
+    tower: bool = False
+
+
+@dataclass
 class Recipe:
     """A training run: fine-tuning a model, or pre-training a new one when the ``pretrain`` section is set.
 
@@ -178,6 +191,7 @@ class Recipe:
         optim: the optim section.
         train: the train section.
         monitor: the monitor section.
+        vision: the vision section (vision-language models only).
         pretrain: the pretrain section (None: fine-tuning).
     """
 
@@ -192,6 +206,7 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
     pretrain: PretrainConfig | None = None
 
     def __post_init__(self) -> None:

@@ -20,24 +20,41 @@ import torch
 from torch import nn
 
 from puyu.data.packing import IGNORE
+from puyu.errors import ConfigError
 from puyu.model.lora import LoraConfig, add_lora
 from puyu.model.transformer import Transformer
 
 HEAD_CHUNK = 1024  # target positions per LM-head chunk
 
 
-def prepare_model(model: Transformer, method: str, lora: LoraConfig, precision: str) -> list[str]:
-    """Set up ``model`` for ``method`` in place; returns the names of the trainable parameters."""
+def prepare_model(model: Transformer, method: str, lora: LoraConfig, precision: str, connector: bool = True,
+                  tower: bool = False) -> list[str]:
+    """Set up ``model`` for ``method`` in place; returns the names of the trainable parameters.
+
+    A vision-language model's parts in front of the language model (``model.image_input.vlm``) train as
+    ``connector`` and ``tower`` say, fully (they are small next to the language model); lora/qlora only.
+    """
+    vlm = model.image_input.vlm if model.image_input is not None else None
+    if vlm is not None:
+        if method == "full":
+            raise ConfigError("full fine-tuning of a vision-language model is not supported (its result would be saved "
+                              "without the vision parts); use method: lora or qlora")
+        vlm.connector.requires_grad_(connector)
+        vlm.vision.requires_grad_(tower)
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
         return [n for n, _ in model.named_parameters()]
     add_lora(model, lora, quantize=method == "qlora")  # NF4 is quantized from the fp32 weights
+    parts = [model] + ([vlm.connector, vlm.vision] if vlm is not None else [])
     if precision == "bf16":
-        for p in model.parameters():  # parameters only: RoPE and NF4 constants stay fp32
+        for p in (p for part in parts for p in part.parameters()):  # parameters only: RoPE and NF4 constants stay fp32
             if not p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
-    return [n for n, p in model.named_parameters() if p.requires_grad]
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if vlm is not None:
+        names += [f"{part}.{n}" for part in ("connector", "vision") for n, p in getattr(vlm, part).named_parameters() if p.requires_grad]
+    return names
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -93,6 +110,10 @@ class LinearCrossEntropy(torch.autograd.Function):
 class LMObjective(nn.Module):
     """Summed cross-entropy over the target positions of a batch (the module DDP/FSDP wrap).
 
+    For a vision-language model the vision tower and the connector are submodules too (``vision.``,
+    ``connector.``: their trainable weights are saved and synchronised with the language model's), and a batch's
+    pixels become the input vectors of its image tokens (:meth:`VisionLanguageModel.embed`).
+
     Args:
         model: the (prepared) transformer.
     """
@@ -100,8 +121,11 @@ class LMObjective(nn.Module):
     def __init__(self, model: Transformer):
         super().__init__()
         self.model = model
+        if model.image_input is not None:
+            self.vision, self.connector = model.image_input.vlm.vision, model.image_input.vlm.connector
 
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
+                pixels: torch.Tensor | None = None) -> torch.Tensor:
         """Sum of ``-log p(target)`` over positions whose target is not ``-100``.
 
         Args:
@@ -109,11 +133,16 @@ class LMObjective(nn.Module):
             targets: ``[B, T]`` next-token ids or ``-100``.
             positions: ``[B, T]`` RoPE positions.
             mask: ``[B, 1, T, T]`` bool attention mask, or None for causal rows.
+            pixels: ``[tiles, 3, S, S]`` the tiles of the batch's images in the order of their tokens, or None.
 
         Returns:
             A scalar: the loss summed (not averaged) over trained positions.
         """
-        hidden = self.model(tokens, positions=positions, mask=mask, output="hidden")
+        if pixels is None:
+            hidden = self.model(tokens, positions=positions, mask=mask, output="hidden")
+        else:
+            embeds = self.model.image_input.vlm.embed(tokens, pixels)
+            hidden = self.model(inputs_embeds=embeds, positions=positions, mask=mask, output="hidden")
         keep = targets != IGNORE
         # "+ 0 * sum" keeps the graph connected when a micro-batch has no target.
         return LinearCrossEntropy.apply(hidden[keep], self.model.lm_head.weight, targets[keep]) + hidden.sum().float() * 0

@@ -132,8 +132,8 @@ class Trainer:
             model, tokenizer = load_model(r.model, dtype=torch.float32, device=env.device)
             if r.chat_template:
                 tokenizer.set_chat_template(r.chat_template)
-            data = TrainData.build(r.data, tokenizer, r.seed)  # no global RNG draw: the init below is unchanged
-        trainable = prepare_model(model, r.method, r.lora, self.precision.name)
+            data = TrainData.build(r.data, tokenizer, r.seed, model.image_input)  # no global RNG draw: the init below is unchanged
+        trainable = prepare_model(model, r.method, r.lora, self.precision.name, r.vision.connector, r.vision.tower)
         model.gradient_checkpointing = r.train.grad_checkpointing
         model.train()
         module = D.wrap(LMObjective(model), r.train.strategy, env)
@@ -196,7 +196,7 @@ class Trainer:
             for i, batch in enumerate(batches):
                 batch = batch.to(env.device)
                 with D.no_sync(module, i < len(batches) - 1), self.precision.autocast(env.device):
-                    part = module(batch.tokens, batch.targets, batch.positions, batch.mask)
+                    part = module(batch.tokens, batch.targets, batch.positions, batch.mask, batch.pixels)
                 (part * env.world / max(1, target_tokens)).backward()
                 summed, tokens = summed + float(part.detach()), tokens + batch.real_tokens
                 monitor.micro_batch(i + 1, len(batches), batch.real_tokens * env.world, time.perf_counter() - began)
@@ -257,7 +257,7 @@ class Trainer:
         for batch in data.val_batches(self.recipe.train.batch_size)[env.rank :: env.world]:
             batch = batch.to(env.device)
             with self.precision.autocast(env.device):
-                summed += float(module(batch.tokens, batch.targets, batch.positions, batch.mask))
+                summed += float(module(batch.tokens, batch.targets, batch.positions, batch.mask, batch.pixels))
             count += batch.trained_tokens
         module.train()
         val = D.all_reduce_sum(summed, env) / max(1, D.all_reduce_sum(count, env))
@@ -278,4 +278,5 @@ class Trainer:
             return save_pretrained(full, tokenizer, self.run_dir / "model")
         pairs = {k.removesuffix(".lora_A.weight"): (v, state[k.replace("lora_A", "lora_B")])
                  for k, v in state.items() if k.endswith(".lora_A.weight")}
-        return write_adapter(pairs, self.run_dir / "adapter", r.lora.r, r.lora.alpha, r.model, r.lora.dropout)
+        whole = {k: v for k, v in state.items() if ".lora_" not in k}  # a VLM's trained connector (and tower)
+        return write_adapter(pairs, self.run_dir / "adapter", r.lora.r, r.lora.alpha, r.model, r.lora.dropout, whole)

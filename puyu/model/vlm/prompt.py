@@ -164,6 +164,23 @@ class ImageInput:
                 self._features.popitem(last=False)
             return vectors
 
+    @property
+    def placeholder(self) -> str:
+        """The text that marks where an image goes in a rendered chat."""
+        return self.processor.placeholder
+
+    def template_messages(self, tokenizer, messages: list[dict], tools: list[dict] | None) -> tuple[list[dict], list[Any]]:
+        """:func:`template_messages` with this model's placeholder (training data: :mod:`puyu.data.packing`)."""
+        return template_messages(tokenizer, messages, tools, self.placeholder)
+
+    def expansion(self, source: Any) -> str:
+        """The prompt text that stands for one image (path, bytes or PIL image)."""
+        return self.processor.preprocess(source).text
+
+    def pixels(self, sources: list[Any]) -> torch.Tensor:
+        """``[tiles, 3, S, S]``: every tile of ``sources``, in order."""
+        return torch.cat([self.processor.preprocess(s).pixels for s in sources])
+
     def prepare(self, text: str, images: list[Any], tokenizer) -> tuple[list[int], PromptImages | None]:
         """Token ids of a rendered ``text`` whose placeholders stand for ``images``, and their :class:`PromptImages`."""
         prompt = self.processor.expand(text, images)
@@ -195,17 +212,18 @@ def prompt_with_images(model, tokenizer, messages: list[dict], tools: list[dict]
     if image_input is None:
         raise ConfigError("this model reads text only and the messages hold images; load a vision-language model "
                           "(LLaVA, InternVL, SmolVLM/Idefics3 folders) to ask about images")
-    placeholder = image_input.processor.placeholder
+    shown, images = template_messages(tokenizer, messages, tools, image_input.processor.placeholder)
+    return image_input.prepare(tokenizer.render_text(shown, tools, add_generation_prompt=add_generation_prompt), images, tokenizer)
+
+
+def template_messages(tokenizer, messages: list[dict], tools, placeholder: str) -> tuple[list[dict], list[Any]]:
+    """The messages as the chat template renders images, and the images in order.
+
+    A template that walks content parts gets them, images as bare ``{"type": "image"}`` parts, when its rendering
+    shows one ``placeholder`` per image and every text part; any other (it printed the list, or failed on it) gets
+    :func:`flatten_images`' text contents.
+    """
     flat, images = flatten_images(messages, placeholder)
-    text = _render_parts(tokenizer, messages, tools, add_generation_prompt, placeholder, len(images))
-    if text is None:
-        text = tokenizer.render_text(flat, tools, add_generation_prompt=add_generation_prompt)
-    return image_input.prepare(text, images, tokenizer)
-
-
-def _render_parts(tokenizer, messages: list[dict], tools, add_generation_prompt: bool, placeholder: str, count: int) -> str | None:
-    """The conversation rendered with list contents, when the template walks parts: it then shows one placeholder per
-    image and every text part; ``None`` when it does not (it printed the list, or failed on it)."""
     parts_messages, texts = [], []
     for message in messages:
         content = message.get("content")
@@ -216,9 +234,9 @@ def _render_parts(tokenizer, messages: list[dict], tools, add_generation_prompt:
             texts += [p["text"] for p in content if p["type"] == "text"]
         parts_messages.append({**message, "content": content})
     try:
-        text = tokenizer.render_text(parts_messages, tools, add_generation_prompt=add_generation_prompt)
+        text = tokenizer.render_text(parts_messages, tools, add_generation_prompt=True)
     except Exception:  # a template written for string contents may fail on lists in any way
-        return None
-    if text.count(placeholder) != count or "'type'" in text or not all(t in text for t in texts):
-        return None
-    return text
+        return flat, images
+    if text.count(placeholder) != len(images) or "'type'" in text or not all(t in text for t in texts):
+        return flat, images
+    return parts_messages, images

@@ -7,7 +7,9 @@ and the built-in model's tokenizer plus the image tokens.  Speed does not depend
 
 For a 384x384 and a 1024x768 image, the time to the first token of one question (preprocessing, the vision tower
 over every tile, the prompt's prefill and one token), best of ``--repeats``: puyu's generator against transformers'
-``generate(max_new_tokens=1)`` on the same prompt, and the ratio transformers / puyu (above 1: puyu is faster).
+``generate(max_new_tokens=1)`` on the same prompt, and the ratio transformers / puyu (above 1: puyu is faster), in
+float32 and, where puyu's ``dtype auto`` picks bf16 (CPUs with AMX), in bf16 for both; the last lines compare each
+at its default (puyu ``auto``, transformers float32), what a user gets without flags.
 Then puyu's engine asks a second question about the same image: its KV blocks come from the prefix cache, so only
 the new question is prefilled.  Prints the CPU flags.
 
@@ -30,7 +32,7 @@ from bench.decode import best_time  # noqa: E402
 from puyu.engine import EngineConfig, LLMEngine  # noqa: E402
 from puyu.eval.backends import model_folder  # noqa: E402
 from puyu.generation import SamplingParams, generate  # noqa: E402
-from puyu.hardware import describe_machine  # noqa: E402
+from puyu.hardware import describe_machine, resolve_dtype  # noqa: E402
 from puyu.model import load_model  # noqa: E402
 from puyu.model.vlm.prompt import ImageInput  # noqa: E402
 from tests.model.vlm.conftest import SPECIAL, photo  # noqa: E402  (the image tokens and photo-like test images)
@@ -73,37 +75,52 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(describe_machine())
+    auto = resolve_dtype("auto", torch.device("cpu"))
+    dtypes = [torch.float32] + ([auto] if auto != torch.float32 else [])
+    print(f"puyu's dtype auto on this CPU: {str(auto).removeprefix('torch.')}; transformers loads float32 by default")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         theirs, processor = build(folder)
-        model, tokenizer = load_model(folder, dtype="float32", device="cpu")
-        image_input = model.image_input
         one = SamplingParams(temperature=0, max_new_tokens=1)
-        print(f"{'image':>10} {'tiles':>5} {'tokens':>6} {'puyu s':>7} {'transformers s':>14} {'ratio':>6} "
+        print(f"{'dtype':>9} {'image':>10} {'tiles':>5} {'tokens':>6} {'puyu s':>7} {'transformers s':>14} {'ratio':>6} "
               f"{'2nd question s':>14} {'blocks reused':>13}")
-        for width, height in SIZES:
-            picture = photo(width, height, seed=width)
+        fp32_theirs: dict = {}
+        defaults: dict = {}
+        for dtype in dtypes:
+            model, tokenizer = load_model(folder, dtype=dtype, device="cpu")
+            theirs = theirs.to(dtype)
+            image_input = model.image_input
+            for width, height in SIZES:
+                picture = photo(width, height, seed=width)
 
-            def ours(text=PROMPT):  # a fresh ImageInput: no image vectors kept from an earlier run
-                ids, images = ImageInput(image_input.vlm, image_input.processor).prepare(text, [picture], tokenizer)
-                return generate(model, tokenizer, [ids], one, [images]), ids, images
+                def ours(text=PROMPT):  # a fresh ImageInput: no image vectors kept from an earlier run
+                    ids, images = ImageInput(image_input.vlm, image_input.processor).prepare(text, [picture], tokenizer)
+                    return generate(model, tokenizer, [ids], one, [images]), ids, images
 
-            def transformers_run():
-                inputs = processor(text=PROMPT, images=[[picture]], return_tensors="pt")
-                with torch.inference_mode():
-                    theirs.generate(**inputs, max_new_tokens=1, do_sample=False)
+                def transformers_run():
+                    inputs = processor(text=PROMPT, images=[[picture]], return_tensors="pt")
+                    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+                    with torch.inference_mode():
+                        theirs.generate(**inputs, max_new_tokens=1, do_sample=False)
 
-            _, ids, images = ours()
-            ours_s, theirs_s = best_time(ours, args.repeats), best_time(transformers_run, args.repeats)
-            engine = LLMEngine(model, tokenizer, EngineConfig(num_blocks=256))  # one ImageInput for both, as a server has
-            ids, images = image_input.prepare(PROMPT, [picture], tokenizer)
-            engine.generate([ids], one, images=[images])
-            ids2, images2 = image_input.prepare(SECOND, [picture], tokenizer)
-            hits = engine.stats()["prefix_cache_hit_blocks"]
-            second = best_time(lambda: engine.generate([ids2], one, images=[images2]), 1)
-            reused = engine.stats()["prefix_cache_hit_blocks"] - hits
-            print(f"{width}x{height:<5} {images.pixels.shape[0]:>5} {len(ids):>6} {ours_s:>7.2f} {theirs_s:>14.2f} "
-                  f"{theirs_s / ours_s:>6.2f} {second:>14.2f} {reused:>13}")
+                ours()
+                ours_s, theirs_s = best_time(ours, args.repeats), best_time(transformers_run, args.repeats)
+                fp32_theirs.setdefault((width, height), theirs_s)
+                engine = LLMEngine(model, tokenizer, EngineConfig(num_blocks=256))  # one ImageInput for both, as a server has
+                ids, images = image_input.prepare(PROMPT, [picture], tokenizer)
+                engine.generate([ids], one, images=[images])
+                ids2, images2 = image_input.prepare(SECOND, [picture], tokenizer)
+                hits = engine.stats()["prefix_cache_hit_blocks"]
+                second = best_time(lambda: engine.generate([ids2], one, images=[images2]), 1)
+                reused = engine.stats()["prefix_cache_hit_blocks"] - hits
+                name = str(dtype).removeprefix("torch.")
+                print(f"{name:>9} {width}x{height:<5} {images.pixels.shape[0]:>5} {len(ids):>6} {ours_s:>7.2f} {theirs_s:>14.2f} "
+                      f"{theirs_s / ours_s:>6.2f} {second:>14.2f} {reused:>13}")
+                if dtype == auto:
+                    defaults[(width, height)] = ours_s
+        for (width, height), ours_s in defaults.items():
+            print(f"defaults (puyu dtype auto, transformers float32) {width}x{height}: "
+                  f"ratio {fp32_theirs[(width, height)] / ours_s:.2f}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@
 cache) and yields a :class:`Delta` whenever a sequence has new final text or
 finishes; :func:`generate` collects them into :class:`Completion` objects.
 A prompt with images (:class:`~puyu.model.vlm.prompt.PromptImages`) prefills their vectors in place of its
-placeholder tokens.  Stopping: the template's stop tokens (plus ``stop_token_ids``), stop strings
+placeholder tokens.  A prefix that every prompt of a text batch shares (a system prompt, tool schemas, few-shot
+examples: :func:`shared_prefix`) is prefilled once and copied into each row; the rows' own tokens follow it,
+left-padded, so the padding sits between the prefix and them (masked like any padding, positions continuing
+from the prefix).  Stopping: the template's stop tokens (plus ``stop_token_ids``), stop strings
 (cut from the text; text that might start a stop string is held back while
 streaming), ``max_new_tokens``, and the context window.
 
@@ -27,6 +30,8 @@ from puyu.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from puyu.model.vlm.prompt import PromptImages
+
+SHARED_PREFIX_MIN = 32  # shorter shared prefixes are not worth a separate forward
 
 
 @torch.inference_mode()
@@ -58,16 +63,23 @@ def stream(
     budgets = [min(plist[i].max_new_tokens, context - len(p)) for i, p in enumerate(prompts)]
 
     device = model.device
-    tokens = torch.zeros(len(prompts), longest, dtype=torch.long)
-    real = torch.zeros(len(prompts), longest, dtype=torch.bool)
+    shared = shared_prefix(prompts) if not (images and any(images)) else 0
+    width = longest - shared if shared else longest
+    tokens = torch.zeros(len(prompts), width, dtype=torch.long)
+    real = torch.zeros(len(prompts), width, dtype=torch.bool)
     for i, p in enumerate(prompts):
-        tokens[i, longest - len(p) :] = torch.tensor(p)
-        real[i, longest - len(p) :] = True
+        tokens[i, width - len(p) + shared :] = torch.tensor(p[shared:])
+        real[i, width - len(p) + shared :] = True
     tokens, real = tokens.to(device), real.to(device)
-    cache = model.new_cache(len(prompts), longest + max_new)
+    cache = model.new_cache(len(prompts), shared + width + max_new)
+    if shared:
+        prefix = model.new_cache(1, shared)
+        model(torch.tensor([prompts[0][:shared]], device=device), cache=prefix, logits_to_keep=1, output="hidden")
+        cache.fill_prefix(prefix)
+        del prefix
     if not bool(real.all()):
         cache.set_padding(real)
-    positions = (real.long().cumsum(1) - 1).clamp(min=0)
+    positions = (real.long().cumsum(1) - 1).clamp(min=0) + shared
     if images and any(images):
         embeds = model.model.embed_tokens(tokens)
         for i, (p, prompt_images) in enumerate(zip(prompts, images)):
@@ -88,6 +100,18 @@ def stream(
             cache.set_padding(torch.ones(len(prompts), 1, dtype=torch.bool, device=device))
         logits = model(torch.tensor(chosen, device=device)[:, None], next_pos, cache=cache)[:, -1]
         next_pos = next_pos + 1
+
+
+def shared_prefix(prompts: list[list[int]]) -> int:
+    """Leading tokens every prompt of a batch shares, when there are at least :data:`SHARED_PREFIX_MIN` of them (else
+    0), leaving each prompt at least one token of its own."""
+    if len(prompts) < 2:
+        return 0
+    first, shortest = prompts[0], min(len(p) for p in prompts)
+    n = 0
+    while n < shortest - 1 and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n if n >= SHARED_PREFIX_MIN else 0
 
 
 def generate(

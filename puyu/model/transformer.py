@@ -97,6 +97,15 @@ class KVCache:
             self.key_padding = torch.ones(real.shape[0], self.max_len, dtype=torch.bool, device=real.device)
         self.key_padding[:, self.length : self.length + real.shape[1]] = real
 
+    def fill_prefix(self, prefix: "KVCache") -> None:
+        """Copy a batch-1 cache's positions into every row, as if written here (a prompt prefix all rows share:
+        computed once, see :func:`puyu.generation.generator.stream`); only into an empty cache."""
+        if self.length:
+            raise ValueError("fill_prefix needs an empty cache")
+        for mine, theirs in zip(self.keys + self.values, prefix.keys + prefix.values):
+            mine[:, :, : prefix.length] = theirs[:, :, : prefix.length]
+        self.length = prefix.length
+
     def begin(self, new: int, device: torch.device) -> None:
         """Prepare the mask for the next ``new`` queries: causal over the cache, minus key padding."""
         total = self.length + new

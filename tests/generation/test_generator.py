@@ -24,6 +24,25 @@ def test_greedy_batch_equals_each_prompt_alone(tiny_llm):
         assert result.finish_reason == "length" and result.completion_tokens == 12
 
 
+def test_a_shared_prefix_is_prefilled_once_and_changes_no_token(tiny_llm, monkeypatch):
+    from puyu.generation import generator
+
+    system = tiny_llm.tokenizer.encode("You are a careful assistant. Tools: " + "calculator(expression: string); " * 6)
+    prompts = [system + tiny_llm.tokenizer.encode(t, add_special_tokens=False) for t in [" Hello", " The quick brown fox", " 你好"]]
+    assert generator.shared_prefix(prompts) >= generator.SHARED_PREFIX_MIN
+    assert generator.shared_prefix([system, system]) == len(system) - 1  # each row keeps a token of its own
+    calls = []
+    forward = type(tiny_llm.model).forward
+    monkeypatch.setattr(type(tiny_llm.model), "forward", lambda self, tokens=None, *a, **k: calls.append(
+        None if tokens is None else tuple(tokens.shape)) or forward(self, tokens, *a, **k))
+    params = SamplingParams(max_new_tokens=10, **GREEDY)
+    together = generate(tiny_llm.model, tiny_llm.tokenizer, prompts, params)
+    assert calls[0] == (1, generator.shared_prefix(prompts))  # the prefix, once, for the whole batch
+    for prompt, result in zip(prompts, together):
+        alone = generate(tiny_llm.model, tiny_llm.tokenizer, [prompt], params)[0]
+        assert result.token_ids == alone.token_ids
+
+
 def test_stop_token_ends_the_reply_without_its_text(tiny_llm):
     prompt = [tiny_llm.tokenizer.encode("Hello world")]
     free = generate(tiny_llm.model, tiny_llm.tokenizer, prompt, SamplingParams(max_new_tokens=10, **GREEDY))[0].token_ids

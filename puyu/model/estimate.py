@@ -4,18 +4,25 @@
 layout, as :class:`~puyu.model.transformer.Transformer` builds it), weight bytes
 in ``dtype``, KV-cache bytes per token, this machine's RAM (total and available,
 from ``/proc/meminfo``) and the context that fits beside the weights, and the
-decode speed to expect at batch 1: decoding is memory-bound, each token reads
-every weight once (the embedding only as the LM head when tied), so
-``tok/s ~= memory bandwidth / bytes read per token``.  The bandwidth is measured
-once per process (a 256 MiB copy, best of 5) unless given, so a busy machine
-gives a lower figure; it is an estimate, not a bound (SmolLM2-135M in float32 on
-2 AVX-512 cores: estimated 23 tok/s from a 12.6 GB/s copy, measured 27.5).  :func:`check_fits` is the
+decode speed to expect at batch 1.  A decode step costs two things: reading
+every weight once (the embedding only as the LM head when tied) at the
+machine's memory bandwidth, and launching the step's few hundred small
+operations one by one (eager PyTorch), which for a small model costs as much
+as the reading.  So ``seconds per token ~= bytes read per token / bandwidth +
+step overhead``: the bandwidth is measured once per process (a 256 MiB copy,
+best of 5) and the overhead by timing decode steps of a miniature model with
+the same layers and operations (hidden size 64: nothing to read, only
+launches), unless given; a busy machine gives lower figures.  It is an
+estimate, not a bound (SmolLM2-135M in float32 on 2 AVX-512/AMX cores: 29 tok/s
+from bandwidth alone, 21 with the measured overhead, 17.8 measured by
+``bench/decode.py``).  :func:`check_fits` is the
 loading path's guard: a model whose weights exceed the machine's RAM is refused
 with these figures instead of being killed by the OOM killer halfway through.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -71,6 +78,27 @@ def measured_bandwidth() -> float:
     return 2 * src.nbytes / best
 
 
+def measured_step_overhead(config: ModelConfig, steps: int = 16) -> float:
+    """Seconds of one eager decode step of a miniature ``config`` (its layers, operations and cache; hidden size 64,
+    vocabulary 256): the launch cost a decode step pays besides reading the weights; median of ``steps``."""
+    from puyu.model.transformer import Transformer  # noqa: PLC0415  (the model only when an estimate is asked for)
+
+    heads = max(1, config.num_heads // max(1, config.num_kv_heads))  # keep the grouping of query heads per kv head
+    tiny = dataclasses.replace(config, vocab_size=256, hidden_size=64, intermediate_size=128, num_heads=heads * 2,
+                               num_kv_heads=2, head_dim=16, max_position_embeddings=steps + 8)
+    model = Transformer(tiny).eval()
+    cache = model.new_cache(1, steps + 8)
+    times = []
+    with torch.inference_mode():
+        model(torch.zeros(1, 4, dtype=torch.long), cache=cache, logits_to_keep=1)
+        token = torch.zeros(1, 1, dtype=torch.long)
+        for _ in range(steps):
+            start = time.perf_counter()
+            model(token, cache=cache)
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 @dataclass
 class Estimate:
     """Figures of one model in one dtype on this machine (bytes, tokens and tokens/s)."""
@@ -85,11 +113,12 @@ class Estimate:
     ram_available: int
     bandwidth: float
     read_bytes_per_token: int  # weights a decode step streams (the input embedding is only looked up)
+    step_overhead: float = 0.0  # seconds a decode step spends launching its operations
 
     @property
     def decode_tok_s(self) -> float:
-        """The bandwidth bound on batch-1 decode."""
-        return self.bandwidth / self.read_bytes_per_token
+        """Expected batch-1 decode speed: weights read at the bandwidth, plus the step overhead."""
+        return 1 / (self.read_bytes_per_token / self.bandwidth + self.step_overhead)
 
     @property
     def fits(self) -> bool:
@@ -117,13 +146,14 @@ class Estimate:
             f"KV cache: {self.kv_bytes_per_token / 1024:.0f} KiB per token ({self.kv_bytes_per_token * self.context / GB:.2f} GB "
             f"for the {self.context:,}-token context)",
             f"this machine: {self.ram_total / GB:.1f} GB RAM, {self.ram_available / GB:.1f} GB available -> {verdict}",
-            f"decode, batch 1: ~{self.decode_tok_s:.1f} tok/s expected ({self.bandwidth / GB:.1f} GB/s memory bandwidth / "
-            f"{self.read_bytes_per_token / GB:.2f} GB read per token)",
+            f"decode, batch 1: ~{self.decode_tok_s:.1f} tok/s expected ({self.read_bytes_per_token / GB:.2f} GB read per token "
+            f"at {self.bandwidth / GB:.1f} GB/s = {1e3 * self.read_bytes_per_token / self.bandwidth:.0f} ms, plus "
+            f"{1e3 * self.step_overhead:.0f} ms launching the step's operations)",
         ]
 
 
 def estimate(config: ModelConfig, dtype: torch.dtype, context: int | None = None, bandwidth: float | None = None,
-             ram: tuple[int, int] | None = None) -> Estimate:
+             ram: tuple[int, int] | None = None, step_overhead: float | None = None) -> Estimate:
     """The figures of ``config`` in ``dtype`` (see the module docstring); ``context`` defaults to the model's own."""
     params = parameter_count(config)
     weight_bytes = params * dtype.itemsize
@@ -131,7 +161,8 @@ def estimate(config: ModelConfig, dtype: torch.dtype, context: int | None = None
     bandwidth = bandwidth or measured_bandwidth()
     total, available = ram or memory()
     return Estimate(BY_ARCH[config.arch].hf_class, params, dtype, weight_bytes, kv_bytes_per_token(config, dtype),
-                    context or config.max_position_embeddings, total, available, bandwidth, (params - embedding) * dtype.itemsize)
+                    context or config.max_position_embeddings, total, available, bandwidth, (params - embedding) * dtype.itemsize,
+                    measured_step_overhead(config) if step_overhead is None else step_overhead)
 
 
 def check_fits(config: ModelConfig, dtype: torch.dtype, where: str) -> None:

@@ -4,6 +4,7 @@ and ``puyu models``."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shlex
@@ -35,18 +36,29 @@ def test_parameter_count_is_the_models_own(published):
 
 def test_estimate_figures_for_qwen3_0_6b():
     config = ModelConfig.from_hf(QWEN3_0_6B)
-    est = estimate(config, torch.bfloat16, context=4096, bandwidth=20e9, ram=(32 * 2**30, 16 * 2**30))
+    est = estimate(config, torch.bfloat16, context=4096, bandwidth=20e9, ram=(32 * 2**30, 16 * 2**30), step_overhead=0.0)
     assert est.parameters == 596_049_920  # Qwen3-0.6B as published: 0.6 B with the tied embedding counted once
     assert est.weight_bytes == 2 * 596_049_920
     assert est.kv_bytes_per_token == kv_bytes_per_token(config, torch.bfloat16) == 2 * 28 * 8 * 128 * 2
     assert est.decode_tok_s == pytest.approx(20e9 / (2 * 596_049_920))  # tied: the embedding is streamed as the head
     assert est.fits and "fits" in est.lines()[2]
-    small = estimate(config, torch.float32, bandwidth=20e9, ram=(2 * 2**30, 2**30))
+    small = estimate(config, torch.float32, bandwidth=20e9, ram=(2 * 2**30, 2**30), step_overhead=0.0)
     assert not small.fits and small.context_that_fits == 0 and "does NOT fit this machine" in small.lines()[2]
-    busy = estimate(config, torch.float32, bandwidth=20e9, ram=(32 * 2**30, 2**30))
+    busy = estimate(config, torch.float32, bandwidth=20e9, ram=(32 * 2**30, 2**30), step_overhead=0.0)
     assert "does NOT fit in the RAM available now" in busy.lines()[2]
-    untied = estimate(ModelConfig.from_hf(INTERNLM2_5_7B_CHAT), torch.bfloat16, bandwidth=20e9, ram=(1, 1))
+    untied = estimate(ModelConfig.from_hf(INTERNLM2_5_7B_CHAT), torch.bfloat16, bandwidth=20e9, ram=(1, 1), step_overhead=0.0)
     assert untied.decode_tok_s == pytest.approx(20e9 / (2 * (untied.parameters - 92544 * 4096)))  # the input embedding is only looked up
+    launched = estimate(config, torch.bfloat16, bandwidth=20e9, ram=(1, 1), step_overhead=0.02)
+    assert launched.decode_tok_s == pytest.approx(1 / (2 * 596_049_920 / 20e9 + 0.02))  # reading, then launching
+    assert "plus 20 ms launching" in launched.lines()[3]
+
+
+def test_the_step_overhead_is_measured_on_a_miniature_of_the_same_layers():
+    from puyu.model.estimate import measured_step_overhead
+
+    config = ModelConfig.from_hf(QWEN3_0_6B)  # 28 layers with q/k norms
+    deep, shallow = measured_step_overhead(config), measured_step_overhead(dataclasses.replace(config, num_layers=2))
+    assert 0 < shallow < deep < 1.0  # launches grow with the layers; nothing of the real size is allocated
 
 
 def test_a_model_larger_than_the_machine_is_refused_before_loading(tmp_path, tiny_tokenizer_dir, monkeypatch):

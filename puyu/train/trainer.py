@@ -254,11 +254,16 @@ class Trainer:
         env = self.env
         module.eval()
         summed, count = 0.0, 0
-        for batch in data.val_batches(self.recipe.train.batch_size)[env.rank :: env.world]:
-            batch = batch.to(env.device)
+        batches = data.val_batches(self.recipe.train.batch_size)
+        mine = batches[env.rank :: env.world]
+        for i in range(-(-len(batches) // env.world)):
+            # Every rank runs as many forwards (under FSDP each is collective: a rank that stopped early would leave the
+            # others waiting in an all-gather); a rank with no batch left repeats one and does not count it.
+            batch = (mine[i] if i < len(mine) else batches[0]).to(env.device)
             with self.precision.autocast(env.device):
-                summed += float(module(batch.tokens, batch.targets, batch.positions, batch.mask, batch.pixels))
-            count += batch.trained_tokens
+                loss = float(module(batch.tokens, batch.targets, batch.positions, batch.mask, batch.pixels))
+            if i < len(mine):
+                summed, count = summed + loss, count + batch.trained_tokens
         module.train()
         val = D.all_reduce_sum(summed, env) / max(1, D.all_reduce_sum(count, env))
         monitor.write({"step": step, "val_loss": val, "val_ppl": perplexity(val)})

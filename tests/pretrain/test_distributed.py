@@ -1,4 +1,4 @@
-"""torchrun with 2 CPU processes (gloo, DDP) pre-trains along the loss curve of 1 process with the same global batch."""
+"""torchrun with 2 CPU processes (gloo; DDP and FSDP) pre-trains along the loss curve of 1 process with the same global batch."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -18,14 +19,16 @@ def curve(run_dir) -> list[float]:
     return [m["loss"] for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in m]
 
 
-def test_two_processes_follow_the_loss_curve_of_one(pretrain_recipe, shard_root, tmp_path):
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_follow_the_loss_curve_of_one(pretrain_recipe, shard_root, tmp_path, strategy):
     common = ["train.max_steps=5", "train.grad_accum=2", "pretrain.val_rows=4", "monitor.eval_every=0", "optim.weight_decay=0.1"]
     single = Trainer(pretrain_recipe(*common, "train.batch_size=2", run="one")).fit()
 
     two = pretrain_recipe(*common, "train.batch_size=1", run="two")
     flags = [f"pretrain.shards={shard_root}", "pretrain.size=pico", "pretrain.seq_len=64", "pretrain.val_rows=4", "train.batch_size=1",
              "train.save_every=0", "train.precision=fp32", "optim.warmup_steps=2", "monitor.log_every=1", "monitor.sample_prompts=[]",
-             "monitor.tensorboard=false", f"output_dir={two.output_dir}", *common]
+             "monitor.tensorboard=false", f"output_dir={two.output_dir}", f"train.strategy={strategy}", *common]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29547", "-m", "puyu",
                "pretrain", "pretrain_tiny", *flags]

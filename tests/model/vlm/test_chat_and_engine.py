@@ -16,7 +16,7 @@ import torch
 
 from puyu.api import LLM
 from puyu.engine import EngineConfig, LLMEngine
-from puyu.errors import ConfigError
+from puyu.errors import ConfigError, ContextLengthError
 from puyu.generation import SamplingParams
 from tests.model.vlm.conftest import make_hf_vlm, photo
 
@@ -175,3 +175,9 @@ def test_puyu_chat_takes_an_image_for_its_question(llm, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == expected.strip()
     assert main(["chat", folder, "--image", str(tmp_path / "missing.png"), "-p", "Hi"]) == 2
     assert "missing.png" in capsys.readouterr().err
+
+
+def test_more_images_than_the_context_holds_is_a_clear_error(llm):
+    many = [{"role": "user", "content": [{"type": "image", "image": PICTURES[0]}] * 40 + [{"type": "text", "text": "All of them?"}]}]
+    with pytest.raises(ContextLengthError, match="context window is 512; shorten it"):
+        llm.chat(many, max_new_tokens=2)

@@ -14,8 +14,16 @@ float that each method recovers, and ARC-Easy/PIQA accuracy with ``--tasks``.  T
 model through the engine's int8/int4 paged cache (:class:`~puyu.eval.backends.local.LocalBackend` with ``kv_quant``).
 Throughput per serving option (decode tok/s at 1 and 32 streams, KV capacity) is ``bench/engine_step.py``'s table.
 
+llama.cpp's rows (perplexity only): the same float weights written as an F32 GGUF by ``puyu export``'s writer,
+quantized by llama.cpp's own ``llama-quantize`` to Q4_1, Q4_K_M and Q8_0, and scored by llama.cpp through
+llama-cpp-python on the same token ids and windows (:class:`LlamaCppBackend`).  Build llama.cpp as
+``bench/serve.py``'s docstring says, then install the Python binding against that build, not a second copy::
+
+    CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" pip install diskcache /tmp/lcp/llama_cpp_python-*.tar.gz
+
     python bench/quant.py [--group-size 64] [--calib-samples 16] [--awq-search-samples 4] [--calib-seqlen 512] [--window 1024]
-                          [--tasks arc_easy,piqa] [--limit N] [--only float,awq-w4] [--threads 2]
+                          [--tasks arc_easy,piqa] [--limit N] [--only float,awq-w4,llama.cpp Q4_K_M] [--threads 2]
+                          [--llama-bin /tmp/llama-build/bin | --no-llama-cpp]
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from puyu.eval.backends.base import Backend
 
 
 @dataclass
@@ -145,14 +155,69 @@ def task_accuracy(backend, name: str, root: Path, limit: int | None, run_dir: Pa
     return results["metrics"]["acc_norm"]
 
 
-def llama_cpp_note() -> str:
-    import importlib.util
+LLAMA_CPP_TYPES = ("Q4_1", "Q4_K_M", "Q8_0")  # llama.cpp's rows: the float model exported to F32 GGUF, then llama-quantize
 
-    quantize_tool = Path("/tmp/llama-build/bin/llama-quantize")
-    if importlib.util.find_spec("llama_cpp") is None or not quantize_tool.exists():
-        return ("llama.cpp Q4_1/Q4_K_M/Q8_0 rows skipped: llama-cpp-python is not installed" +
-                ("" if quantize_tool.exists() else f" and {quantize_tool} is absent"))
-    return "llama.cpp rows: not wired yet"
+
+class LlamaCppBackend(Backend):
+    """A GGUF scored by llama.cpp (llama-cpp-python) on puyu's token ids, so its windows are the other rows' windows.
+
+    Only loglikelihood is used here (perplexity); generation is not part of this table.
+    """
+
+    def __init__(self, path: Path, tokenizer, window: int, threads: int):
+        from llama_cpp import Llama
+
+        self.llama = Llama(model_path=str(path), n_ctx=window, n_batch=window, logits_all=True, n_threads=threads, verbose=False)
+        self.tokenizer, self.name, self.window = tokenizer, path.stem, window
+
+    @property
+    def max_length(self) -> int:
+        return self.window
+
+    def loglikelihood_tokens(self, pairs):
+        results = []
+        for context, continuation in pairs:
+            ids = (context + continuation)[:-1]
+            self.llama.reset()
+            self.llama.eval(ids)
+            logits = torch.from_numpy(self.llama.scores[len(ids) - len(continuation):len(ids)].copy())
+            logprobs, target = torch.log_softmax(logits.float(), -1), torch.tensor(continuation)
+            results.append((logprobs.gather(1, target[:, None]).sum().item(), bool((logprobs.argmax(-1) == target).all())))
+        return results
+
+    def generate_until(self, requests):
+        raise NotImplementedError("the llama.cpp rows score perplexity only")
+
+
+def llama_cpp_ggufs(ctx: Context, bin_dir: Path) -> dict[str, Path]:
+    """The float model as an F32 GGUF (``puyu export``'s writer) and llama-quantize's Q4_1/Q4_K_M/Q8_0 of it, by row name;
+    empty, with the reason printed, where llama.cpp is not built or llama-cpp-python is not installed."""
+    import importlib.util
+    import subprocess
+
+    quantize_tool = bin_dir / "llama-quantize"
+    needs = (("llama-cpp-python (see this script's docstring)", importlib.util.find_spec("llama_cpp")),
+             (str(quantize_tool), quantize_tool.exists()))
+    missing = [what for what, ok in needs if not ok]
+    if missing:
+        print(f"llama.cpp rows skipped: {' and '.join(missing)} absent", flush=True)
+        return {}
+    from puyu.model.gguf_export import export_gguf
+
+    model, tokenizer = load(ctx.folder)
+    f32 = export_gguf(model, tokenizer, ctx.work / "model-F32.gguf", "f32", name="smollm2-135m-instruct")
+    out = {"llama.cpp F32": f32}
+    for kind in LLAMA_CPP_TYPES:
+        target = ctx.work / f"model-{kind}.gguf"
+        done = subprocess.run([str(quantize_tool), str(f32), str(target), kind], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"llama-quantize {kind} failed: {done.stderr[-400:]}")
+        lines = (done.stdout + done.stderr).splitlines()
+        fallbacks = sorted({line.split("using fallback quantization")[-1].strip() for line in lines if "fallback quantization" in line})
+        if fallbacks:
+            print(f"  llama.cpp {kind}: tensors whose width is not a multiple of 256 use {', '.join(fallbacks)}", flush=True)
+        out[f"llama.cpp {kind}"] = target
+    return out
 
 
 def main() -> None:
@@ -167,7 +232,12 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated configuration names (default: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=None, help="default: $PUYU_DATA_DIR or ../shared/datasets")
+    parser.add_argument("--llama-bin", type=Path, default=Path("/tmp/llama-build/bin"),
+                        help="llama.cpp's build output (llama-quantize, libllama.so); see bench/serve.py for the build")
+    parser.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp's rows")
     args = parser.parse_args()
+    if (args.llama_bin / "libllama.so").exists():  # llama-cpp-python loads the libraries of that build
+        os.environ.setdefault("LLAMA_CPP_LIB_PATH", str(args.llama_bin))
     torch.set_num_threads(args.threads)
 
     from puyu.eval.backends import model_folder
@@ -180,7 +250,8 @@ def main() -> None:
     folder = model_folder("smollm2-135m-instruct")
     texts = held_out_texts(root)
     tasks = [t for t in args.tasks.split(",") if t]
-    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(CONFIGS)
+    only = [n.strip() for n in args.only.split(",") if n.strip()]
+    names = [n for n in CONFIGS if not only or n in only]
     print(describe_machine())
     print(f"held-out: {', '.join(f'{k} ({len(v)} docs)' for k, v in texts.items())}; window {args.window}; int4 groups of "
           f"{args.group_size}; calibration {args.calib_samples} x {args.calib_seqlen} tokens (AWQ search on {args.awq_search_samples})",
@@ -211,6 +282,15 @@ def main() -> None:
                     rows[name][task] = task_accuracy(backend, task, root, args.limit, Path(work) / "eval")
             print(f"  {rows[name]} ({time.perf_counter() - start:.0f} s)", flush=True)
             del model, backend, llm
+        wanted = not args.no_llama_cpp and (not only or any(n.startswith("llama.cpp") for n in only))
+        ggufs = llama_cpp_ggufs(ctx, args.llama_bin) if wanted else {}
+        for name, path in ggufs.items():
+            if only and name not in only:
+                continue
+            print(f"{name} ...", flush=True)
+            start = time.perf_counter()
+            rows[name] = perplexities(LlamaCppBackend(path, load(ctx.folder)[1], args.window, args.threads), texts)
+            print(f"  {rows[name]} ({time.perf_counter() - start:.0f} s)", flush=True)
 
     columns = list(texts) + ["all"] + tasks
     header = ["configuration"] + [f"ppl {c}" for c in list(texts) + ["all"]] + ["RTN gap recovered"] + [f"{t} acc_norm" for t in tasks]
@@ -218,9 +298,8 @@ def main() -> None:
     base, rtn = rows.get("float", {}).get("all"), rows.get("rtn-w4", {}).get("all")
     for name, row in rows.items():
         recovered = f"{(rtn - row['all']) / (rtn - base):.0%}" if base and rtn and rtn != base and name not in ("float", "rtn-w4") else ""
-        cells = [f"{row[c]:.3f}" if c in texts or c == "all" else f"{row[c]:.1%}" for c in columns]
+        cells = [f"{row[c]:.3f}" if c in texts or c == "all" else f"{row[c]:.1%}" if c in row else "" for c in columns]
         print("| " + " | ".join([name] + cells[:len(texts) + 1] + [recovered] + cells[len(texts) + 1:]) + " |")
-    print(llama_cpp_note())
 
 
 if __name__ == "__main__":

@@ -17,16 +17,29 @@ costs nothing at run time:
 The migration strength ``alpha`` is searched per projection by default
 (:func:`search_alpha`: the grid value whose smoothed W8A8 output is closest
 to the float output on sampled calibration rows), as later SmoothQuant work
-does.  The LM head stays int8 weight-only
+does.  After smoothing, each projection's :data:`OUTLIERS` input channels with
+the largest smoothed range stay in float (LLM.int8()'s mixed-precision
+decomposition, with the channels fixed at calibration; see
+:class:`~puyu.quant.w8a8.W8A8Linear`).  The LM head stays int8 weight-only
 (:class:`~puyu.quant.weight_only.Int8Linear`), as SmoothQuant keeps it out of
-W8A8.  Perplexity change on 4096 held-out tokens of the built-in model
-(2 CPU cores, float32): searched alpha +0.73% with a float head, +1.48% with
-the int8 head; alpha 0.5 everywhere +1.10% and +1.42%; W8A8 in the head too
-+1.58% (alpha 0.5).  At that length the search and the fixed alpha are within
-noise of each other once the head is int8 (``bench/quant.py`` has the full
-held-out figure: +1.22%).  Activation-aware input scales for the int8 head
-(AWQ's ``mean|x|^alpha``) were tried and dropped: on calibration rows the best
-alpha is 0 (the int8 head's logits are within KL 0.0012 of the float head's).
+W8A8.
+
+Perplexity change on the built-in model's held-out text (``bench/quant.py``,
+24k tokens, float32 reference path), measured while building this:
+
+* smoothing alone, searched alpha: +1.15% (a float head: +1.08%; the int8 head
+  alone costs +0.07%).  By projection, each alone W8A8: ``down_proj`` +0.82%,
+  ``qkv_proj`` +0.28%, ``gate_up_proj`` +0.18%, ``o_proj`` -0.03%;
+* ``down_proj`` split into its parts: int8 weights alone +0.21% unsmoothed,
+  +0.36% smoothed; int8 activations alone +0.63% / +0.36%;
+* a finer alpha grid (0.05) or 8x more search rows: ``down_proj`` +0.77%
+  against +0.85%; GPTQ on the int8 weights after smoothing: +1.10% in all;
+* float outlier channels in every projection: 8 of them +0.67%, 16 of them
+  +0.48% (without the head).
+
+Activation-aware input scales for the int8 head (AWQ's ``mean|x|^alpha``) were
+tried and dropped: on calibration rows the best alpha is 0 (the int8 head's
+logits are within KL 0.0012 of the float head's).
 
 Contract::
 
@@ -60,16 +73,23 @@ log = logging.getLogger(__name__)
 SMOOTHED = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 CALIB_SAMPLES, CALIB_SEQLEN = 16, 256  # 4096 tokens: the per-channel maxima barely move past a few thousand
 SAMPLE_ROWS = 256  # input rows kept per projection for the alpha search
+OUTLIERS = 16  # input channels per projection kept in float (see the module docstring)
 ALPHAS = tuple(i / 10 for i in range(11))  # the search grid, 0 to 1
 
 
 @dataclass
 class Calibration:
     """Per fused projection, by module path: ``ranges`` ``max |x|`` per input channel (float32 ``[in]``)
-    and ``rows``, up to :data:`SAMPLE_ROWS` input rows ``[rows, in]`` spread over the calibration text."""
+    and ``rows``, up to :data:`SAMPLE_ROWS` input rows ``[rows, in]`` spread over the calibration text;
+    ``smoothed`` the ranges divided by the smoothing scales, once :func:`smooth` has folded them."""
 
     ranges: dict[str, torch.Tensor] = field(default_factory=dict)
     rows: dict[str, torch.Tensor] = field(default_factory=dict)
+    smoothed: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def outliers(self, count: int) -> dict[str, torch.Tensor]:
+        """Per projection, the ``count`` input channels with the largest smoothed range."""
+        return {name: r.topk(min(count, len(r))).indices for name, r in self.smoothed.items()} if count else {}
 
     def add(self, name: str, x: torch.Tensor, keep: int) -> None:
         x = x.detach().float()
@@ -143,7 +163,7 @@ def smooth(model: nn.Module, calib: Calibration, alpha: float | None = None, pro
     """Fold smoothing scales into ``model`` (see the module docstring); float outputs unchanged.
 
     ``alpha``: one migration strength for every projection, or None to search each one's (:func:`search_alpha`).
-    Returns the alpha used per module path.
+    Returns the alpha used per module path, and fills ``calib.smoothed``.
     """
     c = model.config
     h, kv, d = c.num_heads, c.num_kv_heads, c.head_dim
@@ -155,7 +175,9 @@ def smooth(model: nn.Module, calib: Calibration, alpha: float | None = None, pro
         w_max = weight.abs().amax(0)
         if group is not None:
             act, w_max = (t.view(group).amax(1) for t in (act, w_max))
-        return smoothing_scales(act, w_max, chosen[name])
+        s = smoothing_scales(act, w_max, chosen[name])
+        calib.smoothed[name] = calib.ranges[name] / (s if group is None else s[:, None].expand(group).reshape(-1))
+        return s
 
     bar = tqdm(model.model.layers, desc="SmoothQuant alpha search" if alpha is None else "SmoothQuant", unit="layer", disable=not progress)
     for i, layer in enumerate(bar):
@@ -174,7 +196,7 @@ def smooth(model: nn.Module, calib: Calibration, alpha: float | None = None, pro
 
 
 def smoothquant(model: nn.Module, tokenizer, source: str | Path | None = None, alpha: float | None = None, samples: int = CALIB_SAMPLES,
-                seqlen: int = CALIB_SEQLEN, kernel: str = "auto", progress: bool = True) -> int:
+                seqlen: int = CALIB_SEQLEN, kernel: str = "auto", progress: bool = True, outliers: int = OUTLIERS) -> int:
     """Calibrate, smooth and convert ``model`` in place (projections fused first; the LM head int8 weight-only).
 
     Args:
@@ -182,6 +204,7 @@ def smoothquant(model: nn.Module, tokenizer, source: str | Path | None = None, a
         alpha: migration strength for every projection, 0 (all on activations) to 1 (all on weights; the paper uses 0.5
             for Llama-size models), or None to search each projection's.
         kernel: the GEMM path of :class:`~puyu.quant.w8a8.W8A8Linear`.
+        outliers: input channels per projection kept in float (0: none).
 
     Returns:
         the number of layers converted.
@@ -196,6 +219,6 @@ def smoothquant(model: nn.Module, tokenizer, source: str | Path | None = None, a
     chosen = smooth(model, calib, alpha, progress)
     log.info("SmoothQuant alpha per projection: mean %.2f, range %.2f-%.2f%s", sum(chosen.values()) / len(chosen),
              min(chosen.values()), max(chosen.values()), "" if alpha is not None else " (searched)")
-    converted = convert_linears(model, list(calib.ranges), kernel)
+    converted = convert_linears(model, list(calib.ranges), kernel, calib.outliers(outliers))
     model.lm_head = Int8Linear(model.lm_head, "dequantize" if kernel == "dequantize" else "auto")
     return converted + 1

@@ -10,6 +10,14 @@ Symmetric int8 loses little on weights, and on activations once their outlier
 channels are tamed by SmoothQuant's scales (:mod:`puyu.quant.smoothquant`),
 which fold into the preceding norms and projections before this layer is built.
 
+Outlier channels (``outliers``: input channel indices chosen on calibration
+data) are LLM.int8()'s mixed-precision decomposition, with the channels fixed
+at calibration instead of found per call: they are zeroed in the activation
+before its per-token quantization and in the weight before its per-row one
+(so neither scale is set by them) and computed apart in float::
+
+    y = W8A8(x with x[:, o] = 0) + x[:, o] @ w[:, o].T
+
 GEMM paths (``kernel``; :func:`resolve_w8a8_kernel` picks, the one log line at
 start names it):
 
@@ -89,27 +97,39 @@ class W8A8Linear(nn.Module):
     Args:
         linear: the float layer (its weight already smoothed, if SmoothQuant is used); left unchanged.
         kernel: ``auto``, ``int_mm`` or ``dequantize``.
+        outliers: input channels computed in float (see the module docstring), or None.
     """
 
-    def __init__(self, linear: nn.Linear, kernel: str = "auto"):
+    def __init__(self, linear: nn.Linear, kernel: str = "auto", outliers: torch.Tensor | None = None):
         super().__init__()
         w = linear.weight.detach().float()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.kernel = resolve_w8a8_kernel(kernel, w.device, self.in_features, self.out_features)
+        self.outliers = None if outliers is None or not len(outliers) else outliers.to(w.device, torch.long)
+        if self.outliers is not None:
+            self.register_buffer("outlier_weight", w[:, self.outliers].T.contiguous())  # float32 [k, out]
+            self.register_buffer("keep", torch.ones(self.in_features, device=w.device).index_fill_(0, self.outliers, 0.0))
+            w = w * self.keep
         qweight, scale = quantize_rows(w)
         self.register_buffer("qweight", qweight)
         self.register_buffer("scale", scale[:, 0])  # float32 [out]
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
+        flat = x.reshape(-1, x.shape[-1]).float()
+        if self.outliers is not None:
+            apart = flat.index_select(1, self.outliers)
+            flat = flat * self.keep
         qx, sx = quantize_rows(flat)
         if self.kernel == "int_mm":
             acc = int8_gemm(qx, self.qweight)
         else:
             acc = F.linear(qx.float(), self.qweight.float())
         # int32 * float32 promotes to float32: one op where .float() and two multiplications take three.
-        y = (acc * self.scale).mul_(sx).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        y = (acc * self.scale).mul_(sx)
+        if self.outliers is not None:
+            y.addmm_(apart, self.outlier_weight)
+        y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y + self.bias if self.bias is not None else y
 
 
@@ -124,13 +144,14 @@ def describe_w8a8_kernel(kernel: str, device: torch.device) -> str:
     return f"torch._int_mm (oneDNN s8s8 GEMM, {torch.backends.cpu.get_cpu_capability()} dispatch, {instructions})"
 
 
-def convert_linears(model: nn.Module, names: list[str], kernel: str = "auto") -> int:
-    """Replace the ``nn.Linear`` modules at ``names`` (module paths) with :class:`W8A8Linear`; returns how many."""
+def convert_linears(model: nn.Module, names: list[str], kernel: str = "auto", outliers: dict[str, torch.Tensor] | None = None) -> int:
+    """Replace the ``nn.Linear`` modules at ``names`` (module paths) with :class:`W8A8Linear` (``outliers``: their float
+    input channels by module path); returns how many."""
     used = None
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        layer = W8A8Linear(getattr(parent, child), kernel)
+        layer = W8A8Linear(getattr(parent, child), kernel, (outliers or {}).get(name))
         setattr(parent, child, layer)
         used = layer
     if used is not None:

@@ -118,3 +118,36 @@ def test_smoothquant_keeps_the_tiny_model_close_and_beats_plain_w8a8(qwen_tiny):
         return (reference.exp() * (reference - model(tokens).log_softmax(-1))).sum(-1).mean().item()
 
     assert kl(smoothed) < kl(plain) / 2  # measured 3.5e-6 against 1.8e-5
+
+
+def test_outlier_channels_are_computed_in_float_and_cut_the_error():
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 96, bias=False)
+    x = torch.randn(6, 256)
+    x[:, [3, 70]] *= 80  # two channels far above the rest, in every token
+    outliers = torch.tensor([3, 70])
+    layer = W8A8Linear(linear, outliers=outliers)
+    assert torch.equal(layer.outliers, outliers) and layer.qweight[:, [3, 70]].eq(0).all()
+    # The formula: the int8 product of the rest (both operands with those channels zeroed) plus the float product of them.
+    rest = W8A8Linear(nn.Linear(256, 96, bias=False).requires_grad_(False), kernel="dequantize")
+    rest.qweight, rest.scale = layer.qweight, layer.scale
+    kept = x.clone()
+    kept[:, [3, 70]] = 0
+    expected = rest(kept) + x[:, [3, 70]] @ linear.weight[:, [3, 70]].T
+    assert (layer(x) - expected).abs().max() <= 1e-4 * expected.abs().max()
+    exact = linear(x)
+
+    def error(y: torch.Tensor) -> float:
+        return ((y - exact).norm() / exact.norm()).item()
+
+    assert error(layer(x)) < error(W8A8Linear(linear)(x)) / 5
+    assert W8A8Linear(linear, outliers=torch.tensor([], dtype=torch.long)).outliers is None
+
+
+def test_smoothquant_keeps_each_projections_widest_smoothed_channels_in_float(qwen_tiny):
+    model, model_without = qwen_tiny.model, copy.deepcopy(qwen_tiny.model)
+    smoothquant(model, qwen_tiny.tokenizer, source=CALIB, samples=4, seqlen=64, progress=False, outliers=3)
+    down = model.model.layers[0].mlp.down_proj
+    assert down.outliers is not None and len(down.outliers) == 3 and down.outlier_weight.shape == (3, down.out_features)
+    smoothquant(model_without, qwen_tiny.tokenizer, source=CALIB, samples=4, seqlen=64, progress=False, outliers=0)
+    assert model_without.model.layers[0].mlp.down_proj.outliers is None

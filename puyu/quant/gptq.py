@@ -4,7 +4,14 @@ For each decoder layer, its linears in four sequential groups (q/k/v, o, gate/up
 each group calibrated on the inputs it sees once the groups before it are quantized (the layer runs only as far
 as the group's input); linears of a group share their input, so they are solved as one stacked matrix:
 
-1. ``H = 2 X^T X / n`` from the recorded inputs ``X`` of the linear; dead inputs (zero diagonal) get weight 0.
+1. ``H = 2 X^T W X / n`` from the recorded inputs ``X`` of the linear; dead inputs (zero diagonal) get weight 0.
+   ``W`` weighs the first token of each calibration window as :data:`SINK_SHARE` of the window's tokens, the
+   rest as one each: the first position becomes the attention sink that every later query reads, so an error in
+   its keys and values reaches every token.  With plain ``X^T X`` (its 1 row in 512) GPTQ left the value projection's
+   error at that position up to 20x round-to-nearest's, and the built-in model's held-out perplexity *worse* than
+   RTN's (38.14 against 37.38, 16 x 512 calibration tokens, groups of 64) although every layer's mean output error
+   was 0.3-0.8x RTN's.  Weighing it as 16, 32, 64, 128 or 512 tokens gave 34.13, 34.49, 34.18, 35.16 and 37.63;
+   leaving it out, 55.7.
 2. Optional act-order: columns in order of decreasing ``diag(H)``; the groups are then formed in that order and
    ``g_idx`` maps each input channel to its group (the GPTQ format stores it).
 3. ``H += damp * mean(diag(H)) * I``; ``U`` = upper Cholesky factor of ``H^-1``.
@@ -29,6 +36,7 @@ from puyu.quant.calibration import DecoderWalk
 from puyu.quant.formats import IntWeight, QuantSpec, fake_quantize, fit_groups
 
 log = logging.getLogger(__name__)
+SINK_SHARE = 1 / 16  # the first token of a calibration window weighs this share of the window's tokens in H
 SEQUENTIAL = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",), ("mlp.gate_proj", "mlp.up_proj"),
               ("mlp.down_proj",))
 
@@ -40,6 +48,8 @@ def gptq_quantize(model: nn.Module, tokens: torch.Tensor, spec: QuantSpec, batch
     The model's linears are left holding their dequantized weights (the next layers were calibrated on them).
     """
     walk = DecoderWalk(model, tokens, batch_size)
+    seqlen = tokens.shape[1]
+    row_scale = sink_row_scale(seqlen).to(model.model.embed_tokens.weight.device)
     weights: dict[str, IntWeight] = {}
     bar = tqdm(model.model.layers, desc="GPTQ", unit="layer", disable=not progress)
     for index, layer in enumerate(bar):
@@ -50,7 +60,7 @@ def gptq_quantize(model: nn.Module, tokens: torch.Tensor, spec: QuantSpec, batch
             hessian = torch.zeros(first.in_features, first.in_features, device=first.weight.device)
 
             def accumulate(_name: str, x: torch.Tensor, hessian: torch.Tensor = hessian) -> None:
-                x = x.float()
+                x = x.float() * row_scale.repeat(x.shape[0] // seqlen)[:, None]
                 hessian.addmm_(x.t(), x, alpha=2 / walk.tokens)
 
             walk.feed(layer, index, {names[0]: first}, accumulate)
@@ -67,6 +77,13 @@ def gptq_quantize(model: nn.Module, tokens: torch.Tensor, spec: QuantSpec, batch
         walk.hidden = walk.run(layer, index)
         bar.set_postfix_str(f"error vs RTN {sum(gains) / len(gains):.2f}")
     return weights
+
+
+def sink_row_scale(seqlen: int) -> torch.Tensor:
+    """``sqrt`` of each window position's weight in the Hessian (module docstring, step 1): rows are multiplied by it."""
+    scale = torch.ones(seqlen)
+    scale[0] = max(1.0, SINK_SHARE * seqlen) ** 0.5
+    return scale
 
 
 @torch.no_grad()

@@ -198,6 +198,7 @@ def test_puyu_quantize_writes_a_folder_that_puyu_loads_and_refuses_to_quantize_i
             "--calib-samples", "4", "--calib-seqlen", "32"]
     assert main(["quantize", *argv]) == 0
     assert "quantized 14 linear layers" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["desc_act"] is True  # act-order by default
     from puyu import LLM
     from puyu.engine import EngineConfig, LLMEngine
     from puyu.generation import SamplingParams
@@ -217,6 +218,29 @@ def test_puyu_quantize_writes_a_folder_that_puyu_loads_and_refuses_to_quantize_i
     assert main(["chat", str(out), "--quant", "w4a16", "-p", "hi"]) == 2  # a quantized folder takes no --quant
     err = capsys.readouterr().err
     assert "already quantized" in err and "drop --quant w4a16" in err
+
+
+def test_gptq_weighs_the_first_token_of_each_window_as_a_share_of_the_window(outlier_model_dir, calib, monkeypatch):
+    """The first position is the attention sink every later query reads: in GPTQ's Hessian its rows count as
+    ``SINK_SHARE`` of the window, every other row as one."""
+    from puyu.quant import gptq
+
+    model, tokenizer = load_model(outlier_model_dir, dtype="float32", device="cpu")
+    tokens = calibration_batches(tokenizer, calib, samples=4, seqlen=64)
+    inputs = []
+    DecoderWalk(model, tokens).feed(model.model.layers[0], 0, {"q": model.model.layers[0].self_attn.q_proj},
+                                    lambda _n, x: inputs.append(x))
+    x = torch.cat(inputs).view(4, 64, -1)
+    weight = torch.ones(64)
+    weight[0] = 64 * gptq.SINK_SHARE
+    assert weight[0] > 1
+    expected = 2 * torch.einsum("bti,t,btj->ij", x, weight, x) / x[..., 0].numel()
+    seen = []
+    real = gptq.gptq_weight
+    monkeypatch.setattr(gptq, "gptq_weight", lambda w, h, *a: seen.append(h.clone()) or real(w, h, *a))
+    gptq.gptq_quantize(model, tokens, QuantSpec("gptq", group_size=GROUP, quantizer="gptq"), progress=False)
+    torch.testing.assert_close(seen[0], expected, rtol=1e-4, atol=1e-5)
+    assert gptq.sink_row_scale(8)[0] == 1  # a short window: the first token never weighs less than one
 
 
 def test_a_gptq_v2_folder_without_g_idx_as_other_tools_write_it_loads_with_the_same_logits(quantized, tmp_path):

@@ -149,12 +149,15 @@ def start(cmd: list[str], port: int) -> subprocess.Popen:
     import httpx
 
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Ready means a one-token completion answers 200: llama-server lists its model while still loading it (503 then).
+    probe = {"model": "smol", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     for _ in range(600):
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+            if httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=probe, timeout=120).status_code == 200:
                 return proc
         except httpx.HTTPError:
-            time.sleep(0.5)
+            pass
+        time.sleep(0.5)
     proc.kill()
     raise RuntimeError(f"server did not start: {' '.join(cmd)}")
 

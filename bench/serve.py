@@ -192,7 +192,9 @@ async def load(url: str, model: str, questions: list[str], concurrency: int, max
             ttfts.append(first or 0.0)
             tokens.append(count or chunks)  # a server without usage in streams: one chunk per token
 
-    async with httpx.AsyncClient(timeout=600) as http:
+    # A fresh connection per request: llama-server (cpp-httplib) closes idle keep-alive connections on its own, and a
+    # request sent on one as it closes fails with "Server disconnected" (seen at c=1 after a few requests).
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as http:
         began = time.perf_counter()
         await asyncio.gather(*(one(http, q) for q in questions))
         wall = time.perf_counter() - began

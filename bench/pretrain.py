@@ -20,16 +20,23 @@ downgrade the 2.x that transformers 5 uses, so install it beside the venv:
 torchmetrics jsonargparse docstring_parser typeshed_client`` and run with
 ``PYTHONPATH=DIR``.
 
+``--compile`` adds puyu with ``train.compile`` (its warm-up compiles both graphs: rows with and without packed
+documents); ``--repeats N`` alternates the sides N times and reports medians (a shared 2-core machine varies by 10-20%
+from minute to minute).
+
     python bench/pretrain.py [--size micro] [--seq 256] [--batch 8] [--steps 8] [--dtypes float32,bfloat16] [--threads 2]
+                             [--compile] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,10 +90,12 @@ def optimizer_step(module, dtype: str, loss_of):
     return step
 
 
-def step_ours(model, config, dtype):
-    from puyu.train.objective import LMObjective
+def step_ours(model, config, dtype, compiled: bool = False):
+    from puyu.train.objective import LMObjective, compile_layers
 
     objective = LMObjective(model.train())
+    if compiled:
+        compile_layers(model, torch.device("cpu"))
     return optimizer_step(model, dtype, lambda b: objective(b.tokens, b.targets, b.positions, b.mask) / b.trained_tokens)
 
 
@@ -119,15 +128,18 @@ def step_litgpt(model, config, dtype):
     return optimizer_step(lit, dtype, loss_of)
 
 
-SIDES = {"puyu": step_ours, "transformers": step_hf, "litgpt": step_litgpt}
+SIDES = {"puyu": step_ours, "puyu-compiled": lambda m, c, d: step_ours(m, c, d, compiled=True), "transformers": step_hf,
+         "litgpt": step_litgpt}
 
 
 def worker(args) -> None:
     torch.set_num_threads(args.threads)
     model, config, batches = model_setup(args)
     step = SIDES[args.worker](model, config, args.dtype)
-    for batch in batches[:2]:  # warm-up
+    for batch in batches[:2]:  # warm-up (compiled: also the graph of rows without packed documents, mask None)
         step(batch)
+    if args.worker == "puyu-compiled":
+        step(dataclasses.replace(batches[0], mask=None))
     start = time.perf_counter()
     for batch in batches[2:]:
         step(batch)
@@ -145,6 +157,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="also puyu with train.compile (compiled decoder layers)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each side (alternating); the median is reported")
     parser.add_argument("--worker", choices=list(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -156,30 +170,40 @@ def main() -> None:
     from puyu.train.scratch import model_config, parameter_count
 
     print(describe_machine())
-    sides = ["puyu", "transformers"] + (["litgpt"] if importlib.util.find_spec("litgpt") else [])
+    sides = ["puyu"] + (["puyu-compiled"] if args.compile else []) + ["transformers"]
+    sides += ["litgpt"] if importlib.util.find_spec("litgpt") else []
     if "litgpt" not in sides:
         print("litgpt: not importable (see this file's docstring for installing it beside the venv): skipped")
     total, body = parameter_count(model_config(args.size, "llama", args.vocab, args.seq))
     print(f"model {args.size} (llama layout, vocab {args.vocab}): {total / 1e6:.1f}M parameters ({body / 1e6:.1f}M without the "
           f"embedding); batch {args.batch}x{args.seq}, {args.steps} steps after 2 warm-up, {args.threads} threads")
+    ours = [s for s in sides if s.startswith("puyu")]
+    peers = [s for s in sides if s not in ours]
     with tempfile.TemporaryDirectory() as tmp:
         prepare(Path(tmp), args.vocab)
-        header = f"{'dtype':<10}" + "".join(f"{s + ' tok/s':>20}{s[:6] + ' MB':>11}" for s in sides)
-        print(header + "".join(f"{'x ' + s:>15}" for s in sides[1:]) + "  (ratios: puyu tok/s / theirs; puyu MB / theirs)")
         for dtype in args.dtypes.split(","):
-            results = {}
+            runs: dict[str, list[dict]] = {side: [] for side in sides}
+            for _ in range(args.repeats):  # sides alternate, so a slow minute of a shared machine hits all of them
+                for side in sides:
+                    command = [sys.executable, __file__, "--worker", side, "--dtype", dtype, "--folder", tmp, "--steps",
+                               str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads),
+                               "--size", args.size]
+                    done = subprocess.run(command, capture_output=True, text=True)
+                    if done.returncode:
+                        raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
+                    runs[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            results = {side: {"tok_s": statistics.median(r["tok_s"] for r in got), "peak_mb": max(r["peak_mb"] for r in got)}
+                       for side, got in runs.items()}
+            print(f"\n{dtype} (median tok/s of {args.repeats} runs each)")
+            print(f"{'side':<16}{'tok/s':>9}{'peak MB':>9}" + "".join(f"{'x ' + p:>22}" for p in peers))
             for side in sides:
-                command = [sys.executable, __file__, "--worker", side, "--dtype", dtype, "--folder", tmp, "--steps", str(args.steps),
-                           "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads), "--size", args.size]
-                done = subprocess.run(command, capture_output=True, text=True)
-                if done.returncode:
-                    raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
-                results[side] = json.loads(done.stdout.strip().splitlines()[-1])
-            row = f"{dtype:<10}" + "".join(f"{results[s]['tok_s']:>20.0f}{results[s]['peak_mb']:>11.0f}" for s in sides)
-            ours = results["puyu"]
-            row += "".join(f"{ours['tok_s'] / results[s]['tok_s']:>8.2f}/{ours['peak_mb'] / results[s]['peak_mb']:<6.2f}"
-                           for s in sides[1:])
-            print(row)
+                row = f"{side:<16}{results[side]['tok_s']:>9.0f}{results[side]['peak_mb']:>9.0f}"
+                ours_r = results[side]
+                if side in ours:
+                    row += "".join(f"{ours_r['tok_s'] / results[p]['tok_s']:>13.2f} / {ours_r['peak_mb'] / results[p]['peak_mb']:<6.2f}"
+                                   for p in peers)
+                print(row)
+        print("(ratios: tok/s ours / theirs (target >= 1.3) / peak memory ours / theirs (target <= 1))")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ Then the shipped ``lora_sft`` recipe runs as a user runs it (``puyu train
 lora_sft train.max_steps=N``, its default precision): the time from the command
 to the first logged step, and its tokens/s (real tokens, packed rows).
 
+``--compile`` adds puyu with ``train.compile`` (compiled decoder layers; the warm-up steps compile).
+
     python bench/train.py [--dtypes auto|float32,bfloat16] [--steps 10] [--batch 4] [--seq 128] [--threads 2] [--recipe-steps 3]
+                          [--compile]
 """
 
 from __future__ import annotations
@@ -55,14 +58,16 @@ def batches(tokenizer, count: int, batch: int, seq: int) -> list[tuple[torch.Ten
     return out
 
 
-def run_ours(folder: str, dtype: str):
+def run_ours(folder: str, dtype: str, compiled: bool = False):
     from puyu.model import load_model
     from puyu.model.lora import LoraConfig
-    from puyu.train.objective import LMObjective, prepare_model
+    from puyu.train.objective import LMObjective, compile_layers, prepare_model
 
     model, _ = load_model(folder, dtype="float32", device="cpu")
     prepare_model(model, "lora", LoraConfig(r=8, alpha=16, dropout=0.05, targets=["q_proj", "v_proj"]),
                   "bf16" if dtype == "bfloat16" else "fp32")
+    if compiled:
+        compile_layers(model, torch.device("cpu"))
     objective = LMObjective(model.train())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
@@ -103,7 +108,8 @@ def worker(args) -> None:
 
     tokenizer = Tokenizer.from_folder(args.folder)
     data = batches(tokenizer, args.steps + 2, args.batch, args.seq)
-    step = (run_ours if args.worker == "ours" else run_peft)(args.folder, args.dtype)
+    make = {"ours": run_ours, "ours-compiled": lambda f, d: run_ours(f, d, compiled=True), "peft": run_peft}[args.worker]
+    step = make(args.folder, args.dtype)
     for ids, labels in data[:2]:  # warm-up
         step(ids, labels)
     start = time.perf_counter()
@@ -142,7 +148,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--recipe-steps", type=int, default=3, help="steps of the shipped lora_sft recipe (0 = skip)")
-    parser.add_argument("--worker", choices=["ours", "peft"], help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help="also puyu with train.compile (compiled decoder layers)")
+    parser.add_argument("--worker", choices=["ours", "ours-compiled", "peft"], help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -159,18 +166,21 @@ def main() -> None:
     print(f"precision auto -> {auto.name} ({auto.reason})")
     folder = str(convert_gguf(resolve("smollm2-135m-instruct")))
     print(f"LoRA r=8, batch {args.batch}x{args.seq}, {args.steps} steps, {args.threads} threads")
-    print(f"{'dtype':<10} {'puyu tok/s':>11} {'peft tok/s':>11} {'ratio':>6} {'puyu MB':>8} {'peft MB':>8} {'ratio':>6}")
+    sides = ["ours"] + (["ours-compiled"] if args.compile else []) + ["peft"]
+    print(f"{'dtype':<10} {'side':<14} {'tok/s':>8} {'peak MB':>8} {'x peft':>7} {'x memory':>9}")
     for dtype in args.dtypes.split(","):
         dtype = {"auto": "bfloat16" if auto.name == "bf16" else "float32"}.get(dtype, dtype)
         results = {}
-        for side in ("ours", "peft"):
+        for side in sides:
             command = [sys.executable, __file__, "--worker", side, "--dtype", dtype, "--folder", folder, "--steps", str(args.steps),
                        "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads)]
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             results[side] = json.loads(done.stdout.strip().splitlines()[-1])
-        ours, theirs = results["ours"], results["peft"]
-        print(f"{dtype:<10} {ours['tok_s']:>11.1f} {theirs['tok_s']:>11.1f} {ours['tok_s'] / theirs['tok_s']:>6.2f} "
-              f"{ours['peak_mb']:>8.0f} {theirs['peak_mb']:>8.0f} {ours['peak_mb'] / theirs['peak_mb']:>6.2f}")
+        theirs = results["peft"]
+        for side in sides:
+            r = results[side]
+            print(f"{dtype:<10} {side:<14} {r['tok_s']:>8.1f} {r['peak_mb']:>8.0f} {r['tok_s'] / theirs['tok_s']:>7.2f} "
+                  f"{r['peak_mb'] / theirs['peak_mb']:>9.2f}")
 
     if args.recipe_steps:
         first, rate, precision = run_recipe(args.recipe_steps)

@@ -57,6 +57,23 @@ def prepare_model(model: Transformer, method: str, lora: LoraConfig, precision: 
     return names
 
 
+def compile_layers(model: Transformer, device: torch.device) -> None:
+    """``torch.compile`` every decoder layer in place (parameter names unchanged, so checkpoints and adapters
+    are too): regional compilation, as torchtitan does, rather than the whole model - the layers share one graph,
+    so the compile costs one layer's, and the LM head stays with :class:`LinearCrossEntropy`.  Call before
+    wrapping for DDP/FSDP.  Raises ConfigError when Inductor has no C++ compiler to build CPU kernels with."""
+    if device.type == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()
+        except Exception as e:
+            raise ConfigError(f"train.compile on the CPU needs a C++ compiler for Inductor ({e}); install gcc or clang, "
+                              "or set train.compile=false") from e
+    for layer in model.model.layers:
+        layer.compile()
+
+
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
 
@@ -85,16 +102,17 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
             for start in range(0, h_all.shape[0], HEAD_CHUNK):
                 h, t = h_all[start : start + HEAD_CHUNK], targets[start : start + HEAD_CHUNK]
-                logits = (h @ w.t()).float()
-                lse = torch.logsumexp(logits, dim=-1)
-                total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                # One fused pass for the fp32 log-softmax (not logsumexp, then a subtraction, then exp).
+                log_p = torch.log_softmax(h @ w.t(), dim=-1, dtype=torch.float32)
+                total -= log_p.gather(1, t[:, None]).sum()
                 if need_h or need_w:
-                    d = logits.sub_(lse[:, None]).exp_()
+                    d = log_p.exp_()
                     d[torch.arange(t.shape[0], device=t.device), t] -= 1
+                    d = d.to(dtype)  # dL/dlogits in the compute dtype, as autocast's own backward of a linear has it
                     if need_h:
-                        grad_h[start : start + HEAD_CHUNK] = (d.to(dtype) @ w).to(hidden.dtype)
+                        grad_h[start : start + HEAD_CHUNK] = (d @ w).to(hidden.dtype)
                     if need_w:
-                        grad_w += d.t() @ h.float()
+                        grad_w += (d.t() @ h).float()
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         return total

@@ -50,7 +50,7 @@ from puyu.train import distributed as D
 from puyu.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from puyu.train.config import Recipe
 from puyu.train.monitor import Monitor, generate_samples
-from puyu.train.objective import LMObjective, prepare_model
+from puyu.train.objective import LMObjective, compile_layers, prepare_model
 from puyu.train.scratch import model_config, new_model, parameter_count
 from puyu.train.throughput import flops_per_token, peak_flops
 
@@ -136,6 +136,8 @@ class Trainer:
         trainable = prepare_model(model, r.method, r.lora, self.precision.name, r.vision.connector, r.vision.tower)
         model.gradient_checkpointing = r.train.grad_checkpointing
         model.train()
+        if r.train.compile:
+            compile_layers(model, env.device)
         module = D.wrap(LMObjective(model), r.train.strategy, env)
         params = [p for p in module.parameters() if p.requires_grad]  # after wrapping: FSDP swaps in sharded parameters
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": r.optim.weight_decay},
@@ -187,7 +189,8 @@ class Trainer:
         monitor = Monitor(self.run_dir, total, start, env.main, r.monitor.tensorboard,
                           flops_per_token=flops_per_token(model.config, seq_len), peak_flops=peak_flops(env.device, dtype) * env.world)
         described = data.describe() if isinstance(data, PretrainData) else f"{len(data.rows)} training rows"
-        monitor.note(f"precision {self.precision.name} ({self.precision.reason}); {described}, {global_batch} rows per step")
+        monitor.note(f"precision {self.precision.name} ({self.precision.reason}); {described}, {global_batch} rows per step"
+                     + ("; decoder layers compiled (the first steps include the compile)" if r.train.compile else ""))
         params = [p for p in module.parameters() if p.requires_grad]
         loss = float("nan")
         for step in range(start, total):

@@ -127,3 +127,20 @@ def test_fused_head_cross_entropy_matches_the_reference(monkeypatch):
     (reference * 0.5).backward()
     assert torch.allclose(ours, reference, atol=1e-4)
     assert torch.allclose(ours_grads[0], hidden.grad, atol=1e-5) and torch.allclose(ours_grads[1], weight.grad, atol=1e-5)
+
+
+def test_compiled_layers_train_as_eager_does(tiny_recipe):
+    """``train.compile`` (with gradient checkpointing over the compiled layers) ends with the eager run's adapter."""
+    from safetensors.torch import load_file
+
+    from puyu.train.trainer import Trainer
+
+    common = ("train.max_steps=3", "lora.dropout=0.0")
+    eager = Trainer(tiny_recipe("lora", *common, run="eager")).fit()
+    compiled = Trainer(tiny_recipe("lora", *common, "train.compile=true", "train.grad_checkpointing=true", run="compiled")).fit()
+    assert compiled.train_loss == pytest.approx(eager.train_loss, rel=1e-4)
+    expected, got = (load_file(r.output / "adapter_model.safetensors") for r in (eager, compiled))
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.allclose(expected[key], got[key], atol=1e-5, rtol=1e-3), key
+    assert any(v.abs().sum() > 0 for k, v in got.items() if "lora_B" in k)

@@ -41,6 +41,8 @@ class DataConfig:
         val_fraction: share of the training samples held out for validation (0 = none).
         max_length: tokens per training row (packed rows and truncated samples).
         pack: pack several samples into each row (block-diagonal attention, positions restart).
+        share_prefix: with pack, samples that begin with the same untrained tokens (a system prompt with tool
+            schemas) share rows that hold that prefix once; each sample's loss and gradients stay its own.
         train_on_prompt: take the loss on every token, not only the assistant's.
         replace: fill ``{{key}}`` placeholders in the data with these values.
         system: a system prompt added to chats that have none.
@@ -55,6 +57,7 @@ class DataConfig:
     val_fraction: float = 0.0
     max_length: int = 512
     pack: bool = True
+    share_prefix: bool = False
     train_on_prompt: bool = False
     replace: dict[str, str] = field(default_factory=dict)
     system: str | None = None
@@ -69,6 +72,8 @@ class DataConfig:
             raise ConfigError(f"data.format {self.format!r} is unknown; use one of {', '.join(FORMATS)}")
         if self.max_length < 8:
             raise ConfigError(f"data.max_length must be at least 8, got {self.max_length}")
+        if self.share_prefix and not self.pack:
+            raise ConfigError("data.share_prefix puts several samples into a row: it needs data.pack=true")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -116,7 +121,7 @@ class TrainData:
             cut = max(1, int(len(samples) * config.val_fraction))
             val_samples = [samples[i] for i in sorted(order[:cut])]
             samples = [samples[i] for i in sorted(order[cut:])]
-        arrange = (lambda ex: pack(ex, config.max_length)) if config.pack else single_rows
+        arrange = (lambda ex: pack(ex, config.max_length, config.share_prefix)) if config.pack else single_rows
         examples, report = tokenize_samples(samples, tokenizer, config.max_length, config.train_on_prompt, images)
         val_examples, _ = tokenize_samples(val_samples, tokenizer, config.max_length, config.train_on_prompt, images)
         pad = tokenizer.token_id(tokenizer.pad_token) or tokenizer.eos_id or 0

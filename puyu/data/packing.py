@@ -22,6 +22,12 @@ Contract:
   :func:`collate` pads rows into a :class:`Batch` whose ``positions`` restart
   at 0 for every packed sample and whose ``mask`` ``[B, 1, T, T]`` is causal and
   block-diagonal, so packed samples never see each other.
+- ``pack(..., share_prefix=True)`` first puts examples that begin with the same
+  untrained tokens (a system prompt with tool schemas, a few-shot preamble) into
+  rows that hold that prefix once and then the rest of each example: every rest
+  sees the prefix and itself (``Row.shares``) at the positions it had after the
+  prefix, so each example's loss and gradients are those of training it alone,
+  and the prefix is computed once per row instead of once per example.
 """
 
 from __future__ import annotations
@@ -79,13 +85,15 @@ class TokenizeReport:
 
 @dataclass
 class Row:
-    """A training row: one or more examples back to back (``segments[i]`` numbers the example of token ``i``)."""
+    """A training row: one or more examples back to back (``segments[i]`` numbers the example of token ``i``;
+    ``shares[i]``, when given, is a further segment token ``i`` sees: the shared prefix, or -2 for none)."""
 
     ids: list[int]
     targets: list[int]
     positions: list[int]
     segments: list[int]
     images: list[Any] = field(default_factory=list)
+    shares: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -187,21 +195,99 @@ def tokenize_samples(samples: list[Sample], tokenizer: Tokenizer, max_length: in
     return examples, report
 
 
-def pack(examples: list[Example], max_length: int) -> list[Row]:
-    """First-fit-decreasing packing into rows of at most ``max_length`` tokens (deterministic)."""
-    order = sorted(range(len(examples)), key=lambda i: (-len(examples[i].ids), i))
+MIN_SHARED = 32  # tokens: a shorter common prefix is not worth grouping examples for
+
+
+def pack(examples: list[Example], max_length: int, share_prefix: bool = False) -> list[Row]:
+    """First-fit-decreasing packing into rows of at most ``max_length`` tokens (deterministic); with
+    ``share_prefix``, examples that share a prefix first fill rows that hold it once (see the module docstring)."""
+    rows: list[Row] = []
+    if share_prefix:
+        rows, examples = _share_prefixes(examples, max_length)
+    return rows + [_row([examples[i] for i in members]) for members in _first_fit([len(e.ids) for e in examples], max_length)]
+
+
+def _first_fit(sizes: list[int], capacity: int) -> list[list[int]]:
+    """Indices of ``sizes`` in bins of ``capacity``, first-fit decreasing."""
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
     bins: list[list[int]] = []
     free: list[int] = []
     for i in order:
-        size = len(examples[i].ids)
-        slot = next((b for b, room in enumerate(free) if room >= size), None)
+        slot = next((b for b, room in enumerate(free) if room >= sizes[i]), None)
         if slot is None:
             bins.append([i])
-            free.append(max_length - size)
+            free.append(capacity - sizes[i])
         else:
             bins[slot].append(i)
-            free[slot] -= size
-    return [_row([examples[i] for i in members]) for members in bins]
+            free[slot] -= sizes[i]
+    return bins
+
+
+def _untrained_head(e: Example) -> int:
+    """How many leading tokens of ``e`` have no target, which a shared prefix may cover (the prefix's last token
+    predicts the first token after it, so that prediction must be untrained too)."""
+    return next((i for i, t in enumerate(e.targets) if t != IGNORE), len(e.targets))
+
+
+def _common_length(a: list[int], b: list[int], limit: int) -> int:
+    return next((i for i in range(limit) if a[i] != b[i]), limit)
+
+
+def _share_prefixes(examples: list[Example], max_length: int) -> tuple[list[Row], list[Example]]:
+    """Rows of one shared prefix and several example rests, and the examples left for ordinary packing.
+
+    Examples are sorted by their untrained heads, so that each sits next to those it shares most with, and grouped
+    as :func:`_prefix_groups` says.  Each group's rests fill rows of ``max_length - prefix`` first-fit; a rest alone
+    in its row goes back to ordinary packing.  Examples with images are never shared (their pixels follow their tokens).
+    """
+    heads = {i: _untrained_head(e) for i, e in enumerate(examples) if not e.images}
+    order = sorted(heads, key=lambda i: (examples[i].ids[: heads[i]], i))
+    common = [0] + [_common_length(examples[a].ids, examples[b].ids, min(heads[a], heads[b])) for a, b in zip(order, order[1:])]
+    rows: list[Row] = []
+    shared: set[int] = set()
+    for length, members in _prefix_groups(order, common) if len(order) > 1 else []:
+        for rest in _first_fit([len(examples[i].ids) - length for i in members], max_length - length):
+            if len(rest) > 1:
+                rows.append(_shared_row([examples[members[k]] for k in rest], length))
+                shared.update(members[k] for k in rest)
+    return rows, [e for i, e in enumerate(examples) if i not in shared]
+
+
+def _prefix_groups(order: list[int], common: list[int]) -> list[tuple[int, list[int]]]:
+    """(prefix length, members) groups of sorted examples; ``common[k]`` is what ``order[k - 1]`` and ``order[k]`` share.
+
+    All of ``order`` share ``depth = min(common[1:])`` tokens.  Runs whose neighbours share at least
+    :data:`MIN_SHARED` more are split off and grouped deeper first (the same tool schemas after a common
+    preamble); the examples that are left share ``depth`` - a group when it is at least ``MIN_SHARED``.
+    """
+    depth = min(common[1:])
+    groups: list[tuple[int, list[int]]] = []
+    left: list[int] = []
+    start = 0
+    for k in range(1, len(order) + 1):
+        if k == len(order) or common[k] < depth + MIN_SHARED:
+            if k - start > 1:
+                groups += _prefix_groups(order[start:k], [0] + common[start + 1 : k])
+            else:
+                left.append(order[start])
+            start = k
+    if len(left) > 1 and depth >= MIN_SHARED:
+        groups.append((depth, left))
+    return groups
+
+
+def _shared_row(members: list[Example], length: int) -> Row:
+    """The first ``length`` tokens of ``members`` once (segment 0), then each member's rest (segments 1, 2 ...),
+    positions continuing after the prefix, every rest also seeing segment 0."""
+    row = Row(members[0].ids[:length], [IGNORE] * length, list(range(length)), [0] * length, shares=[-2] * length)
+    for segment, e in enumerate(members, start=1):
+        n = len(e.ids) - length
+        row.ids += e.ids[length:]
+        row.targets += e.targets[length:]
+        row.positions += range(length, len(e.ids))
+        row.segments += [segment] * n
+        row.shares += [0] * n
+    return row
 
 
 def single_rows(examples: list[Example]) -> list[Row]:
@@ -228,6 +314,7 @@ def collate(rows: list[Row], pad_id: int, images: ImageTokens | None = None) -> 
     targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     segments = torch.full((len(rows), width), -1, dtype=torch.long)  # padding: its own segment, so it attends to itself (no NaN)
+    shares = torch.full((len(rows), width), -2, dtype=torch.long)
     for b, r in enumerate(rows):
         n = len(r.ids)
         tokens[b, :n] = torch.tensor(r.ids)
@@ -235,10 +322,12 @@ def collate(rows: list[Row], pad_id: int, images: ImageTokens | None = None) -> 
         positions[b, :n] = torch.tensor(r.positions)
         positions[b, n:] = torch.arange(width - n)
         segments[b, :n] = torch.tensor(r.segments)
+        if r.shares:
+            shares[b, :n] = torch.tensor(r.shares)
     mask = None
     if any(r.segments and r.segments[-1] > 0 for r in rows):
         causal = torch.ones(width, width, dtype=torch.bool).tril()
-        mask = (segments[:, :, None] == segments[:, None, :]) & causal
+        mask = ((segments[:, :, None] == segments[:, None, :]) | (shares[:, :, None] == segments[:, None, :])) & causal
         mask = mask[:, None]
     sources = [source for r in rows for source in r.images]
     pixels = images.pixels(sources) if sources and images is not None else None

@@ -71,3 +71,52 @@ def test_packed_rows_equal_separate_samples(tiny_llm):
     # The mask is block-diagonal and causal: a token never sees an earlier packed sample.
     mask = packed.mask[0, 0]
     assert not mask[starts[1], starts[1] - 1] and mask[starts[1], starts[1]] and not mask[0, 1]
+
+
+def test_shared_prefix_rows_train_each_sample_as_alone(tiny_llm):
+    """Chats that begin with the same system prompt share it in a row: fewer tokens, the same loss and gradients."""
+    tokenizer, model = tiny_llm.tokenizer, tiny_llm.model
+    tools = [{"type": "function", "function": {"name": "python", "description": "Run Python code and return what it prints.",
+                                               "parameters": {"type": "object", "properties": {"code": {"type": "string"}}}}}]
+    system = {"role": "system", "content": "You are a careful assistant. Use the tools when a question needs computing."}
+    asked = ["What is 2+3?", "Solve 2x+3=10.", "已知2x+3=10，求x", "How many legs do 3 spiders have?", "Convert 5 km to miles."]
+    samples = [Sample(f"q{i}", [system, {"role": "user", "content": q}, {"role": "assistant", "content": f"Answer {i}."}], tools=tools)
+               for i, q in enumerate(asked)]
+    samples += [Sample("other", CHAT), Sample("text", text="Hello world! How are you today?")]
+    examples, _ = tokenize_samples(samples, tokenizer, 2048)
+    plain, shared = pack(examples, 2048), pack(examples, 2048, share_prefix=True)
+    assert sum(len(r.ids) for r in shared) < sum(len(r.ids) for r in plain) - 3 * 32
+    assert all(len(r.ids) <= 2048 for r in shared) and shared == pack(examples, 2048, share_prefix=True)
+    trained = sorted(t for e in examples for t in e.targets if t != IGNORE)
+    assert sorted(t for r in shared for t in r.targets if t != IGNORE) == trained
+
+    row = next(r for r in shared if r.shares)
+    length = row.segments.index(1)
+    member = next(e for e in examples if e.ids[:length] == row.ids[:length] and e.ids[length:] == row.ids[length:][: len(e.ids) - length])
+    assert row.positions[length] == length and all(t == IGNORE for t in row.targets[:length])
+    assert all(t == IGNORE for t in member.targets[:length])
+    batch = collate([row], 0)
+    mask = batch.mask[0, 0]
+    second = row.segments.index(2)
+    assert mask[second, 0] and mask[second, length - 1] and not mask[second, second - 1] and mask[second, second]
+
+    def loss_and_grads(rows):
+        model.zero_grad()
+        loss = sum(LMObjective(model)(b.tokens, b.targets, b.positions, b.mask) for b in (collate([r], 0) for r in rows))
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    for p in model.parameters():
+        p.requires_grad_(True)
+    (together, grads), (apart, reference) = loss_and_grads(shared), loss_and_grads(single_rows(examples))
+    assert torch.allclose(together, apart, rtol=1e-5)
+    assert all(torch.allclose(grads[n], reference[n], atol=1e-5, rtol=1e-4) for n in grads)
+
+
+def test_a_prefix_with_trained_tokens_is_never_shared(tiny_tokenizer):
+    samples = [Sample(f"s{i}", [{"role": "system", "content": "Same long system prompt for everyone. " * 6},
+                                {"role": "user", "content": f"Question {i}"}, {"role": "assistant", "content": "Yes."}]) for i in range(4)]
+    examples, _ = tokenize_samples(samples, tiny_tokenizer, 512, train_on_prompt=True)
+    assert not any(r.shares for r in pack(examples, 512, share_prefix=True))
+    examples, _ = tokenize_samples(samples, tiny_tokenizer, 512)
+    assert any(r.shares for r in pack(examples, 512, share_prefix=True))

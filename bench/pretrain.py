@@ -91,11 +91,11 @@ def optimizer_step(module, dtype: str, loss_of):
 
 
 def step_ours(model, config, dtype, compiled: bool = False):
-    from puyu.train.objective import LMObjective, compile_layers
+    from puyu.train.objective import LMObjective, compile_training
 
     objective = LMObjective(model.train())
     if compiled:
-        compile_layers(model, torch.device("cpu"))
+        compile_training(objective, torch.device("cpu"))
     return optimizer_step(model, dtype, lambda b: objective(b.tokens, b.targets, b.positions, b.mask) / b.trained_tokens)
 
 

@@ -61,14 +61,14 @@ def batches(tokenizer, count: int, batch: int, seq: int) -> list[tuple[torch.Ten
 def run_ours(folder: str, dtype: str, compiled: bool = False):
     from puyu.model import load_model
     from puyu.model.lora import LoraConfig
-    from puyu.train.objective import LMObjective, compile_layers, prepare_model
+    from puyu.train.objective import LMObjective, compile_training, prepare_model
 
     model, _ = load_model(folder, dtype="float32", device="cpu")
     prepare_model(model, "lora", LoraConfig(r=8, alpha=16, dropout=0.05, targets=["q_proj", "v_proj"]),
                   "bf16" if dtype == "bfloat16" else "fp32")
-    if compiled:
-        compile_layers(model, torch.device("cpu"))
     objective = LMObjective(model.train())
+    if compiled:
+        compile_training(objective, torch.device("cpu"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step(ids, labels):

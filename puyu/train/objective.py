@@ -57,11 +57,11 @@ def prepare_model(model: Transformer, method: str, lora: LoraConfig, precision: 
     return names
 
 
-def compile_layers(model: Transformer, device: torch.device) -> None:
-    """``torch.compile`` every decoder layer in place (parameter names unchanged, so checkpoints and adapters
-    are too): regional compilation, as torchtitan does, rather than the whole model - the layers share one graph,
-    so the compile costs one layer's, and the LM head stays with :class:`LinearCrossEntropy`.  Call before
-    wrapping for DDP/FSDP.  Raises ConfigError when Inductor has no C++ compiler to build CPU kernels with."""
+def compile_training(objective: "LMObjective", device: torch.device) -> None:
+    """``torch.compile`` the training step's hot parts in place: every decoder layer (parameter names unchanged, so
+    checkpoints and adapters are too) and the LM-head loss chunk.  Regional compilation, as torchtitan does, rather
+    than the whole model: the layers share one graph, so the compile costs one layer's.  Call before wrapping for
+    DDP/FSDP.  Raises ConfigError when Inductor has no C++ compiler to build CPU kernels with."""
     if device.type == "cpu":
         try:
             from torch._inductor.cpp_builder import get_cpp_compiler
@@ -70,12 +70,27 @@ def compile_layers(model: Transformer, device: torch.device) -> None:
         except Exception as e:
             raise ConfigError(f"train.compile on the CPU needs a C++ compiler for Inductor ({e}); install gcc or clang, "
                               "or set train.compile=false") from e
-    for layer in model.model.layers:
+    for layer in objective.model.model.layers:
         layer.compile()
+    objective.head_chunk = torch.compile(head_chunk)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+
+
+def head_chunk(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, need_h: bool, need_w: bool):
+    """One chunk of :class:`LinearCrossEntropy`: ``(summed loss, dL/dh or None, dL/dw or None)`` for hidden ``h``
+    ``[n, H]`` and weight ``w`` ``[V, H]`` in the compute dtype, targets ``t`` ``[n]``; the gradients in that dtype
+    (as autocast's own backward of a linear has them), the loss fp32."""
+    log_p = torch.log_softmax(h @ w.t(), dim=-1, dtype=torch.float32)  # one fused pass, not logsumexp + sub + exp
+    loss = -log_p.gather(1, t[:, None]).sum()
+    if not (need_h or need_w):
+        return loss, None, None
+    d = log_p.exp_()
+    d[torch.arange(t.shape[0], device=t.device), t] -= 1
+    d = d.to(h.dtype)
+    return loss, d @ w if need_h else None, d.t() @ h if need_w else None
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -84,15 +99,16 @@ class LinearCrossEntropy(torch.autograd.Function):
     Written by hand because torch has no fused op for it: the ``[N, vocab]``
     logits (and their fp32 softmax) exist for one chunk at a time, and the
     gradients ``dL/dhidden = (softmax - onehot) W`` and, when the head trains,
-    ``dL/dW = (softmax - onehot)^T hidden`` are formed right there, so backward
-    only scales them - no logits kept for backward, no recomputation.
+    ``dL/dW = (softmax - onehot)^T hidden`` are formed right there (by ``chunk``:
+    :func:`head_chunk`, or its compiled form), so backward only scales them - no
+    logits kept for backward, no recomputation.
 
-    Args (of ``apply``): hidden ``[N, H]``, weight ``[V, H]``, targets ``[N]`` (all valid ids).
+    Args (of ``apply``): hidden ``[N, H]``, weight ``[V, H]``, targets ``[N]`` (all valid ids), ``chunk``.
     Returns: the summed loss, fp32 scalar.
     """
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk) -> torch.Tensor:
         dtype = _compute_dtype(hidden)
         need_h, need_w = hidden.requires_grad, weight.requires_grad
         with torch.autocast(hidden.device.type, enabled=False):
@@ -101,18 +117,12 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad_h = torch.empty_like(hidden) if need_h else None
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
             for start in range(0, h_all.shape[0], HEAD_CHUNK):
-                h, t = h_all[start : start + HEAD_CHUNK], targets[start : start + HEAD_CHUNK]
-                # One fused pass for the fp32 log-softmax (not logsumexp, then a subtraction, then exp).
-                log_p = torch.log_softmax(h @ w.t(), dim=-1, dtype=torch.float32)
-                total -= log_p.gather(1, t[:, None]).sum()
-                if need_h or need_w:
-                    d = log_p.exp_()
-                    d[torch.arange(t.shape[0], device=t.device), t] -= 1
-                    d = d.to(dtype)  # dL/dlogits in the compute dtype, as autocast's own backward of a linear has it
-                    if need_h:
-                        grad_h[start : start + HEAD_CHUNK] = (d @ w).to(hidden.dtype)
-                    if need_w:
-                        grad_w += (d.t() @ h).float()
+                loss, gh, gw = chunk(h_all[start : start + HEAD_CHUNK], w, targets[start : start + HEAD_CHUNK], need_h, need_w)
+                total += loss
+                if need_h:
+                    grad_h[start : start + HEAD_CHUNK] = gh
+                if need_w:
+                    grad_w += gw
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         return total
@@ -122,7 +132,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         dh = grad_h * grad.to(grad_h.dtype) if grad_h is not None else None
         dw = (grad_w * grad).to(ctx.weight_dtype) if grad_w is not None else None
-        return dh, dw, None
+        return dh, dw, None, None
 
 
 class LMObjective(nn.Module):
@@ -139,6 +149,7 @@ class LMObjective(nn.Module):
     def __init__(self, model: Transformer):
         super().__init__()
         self.model = model
+        self.head_chunk = head_chunk  # compile_training swaps in a compiled one
         if model.image_input is not None:
             self.vision, self.connector = model.image_input.vlm.vision, model.image_input.vlm.connector
 
@@ -163,4 +174,5 @@ class LMObjective(nn.Module):
             hidden = self.model(inputs_embeds=embeds, positions=positions, mask=mask, output="hidden")
         keep = targets != IGNORE
         # "+ 0 * sum" keeps the graph connected when a micro-batch has no target.
-        return LinearCrossEntropy.apply(hidden[keep], self.model.lm_head.weight, targets[keep]) + hidden.sum().float() * 0
+        loss = LinearCrossEntropy.apply(hidden[keep], self.model.lm_head.weight, targets[keep], self.head_chunk)
+        return loss + hidden.sum().float() * 0

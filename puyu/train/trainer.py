@@ -50,7 +50,7 @@ from puyu.train import distributed as D
 from puyu.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from puyu.train.config import Recipe
 from puyu.train.monitor import Monitor, generate_samples
-from puyu.train.objective import LMObjective, compile_layers, prepare_model
+from puyu.train.objective import LMObjective, compile_training, prepare_model
 from puyu.train.scratch import model_config, new_model, parameter_count
 from puyu.train.throughput import flops_per_token, peak_flops
 
@@ -136,9 +136,10 @@ class Trainer:
         trainable = prepare_model(model, r.method, r.lora, self.precision.name, r.vision.connector, r.vision.tower)
         model.gradient_checkpointing = r.train.grad_checkpointing
         model.train()
+        objective = LMObjective(model)
         if r.train.compile:
-            compile_layers(model, env.device)
-        module = D.wrap(LMObjective(model), r.train.strategy, env)
+            compile_training(objective, env.device)
+        module = D.wrap(objective, r.train.strategy, env)
         params = [p for p in module.parameters() if p.requires_grad]  # after wrapping: FSDP swaps in sharded parameters
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": r.optim.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]

@@ -119,7 +119,7 @@ def test_fused_head_cross_entropy_matches_the_reference(monkeypatch):
     hidden = torch.randn(10, 16, requires_grad=True)
     weight = torch.randn(50, 16, requires_grad=True)
     targets = torch.randint(0, 50, (10,))
-    ours = objective.LinearCrossEntropy.apply(hidden, weight, targets)
+    ours = objective.LinearCrossEntropy.apply(hidden, weight, targets, objective.head_chunk)
     (ours * 0.5).backward()
     ours_grads = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None
@@ -130,7 +130,8 @@ def test_fused_head_cross_entropy_matches_the_reference(monkeypatch):
 
 
 def test_compiled_layers_train_as_eager_does(tiny_recipe):
-    """``train.compile`` (with gradient checkpointing over the compiled layers) ends with the eager run's adapter."""
+    """``train.compile`` (compiled layers and LM-head loss, gradient checkpointing over the compiled layers) ends with
+    the eager run's adapter."""
     from safetensors.torch import load_file
 
     from puyu.train.trainer import Trainer

@@ -155,9 +155,9 @@ def test_eval_quantizes_the_local_model_as_serve_does(tiny_model_dir, tmp_path, 
     from puyu.cli import main
 
     argv = ["eval", "--model", str(tiny_model_dir), "--tasks", "arc_easy", "--limit", "3", "--data-dir", str(DATASETS),
-            "--dtype", "float32", "--out", str(tmp_path)]
+            "--dtype", "float32", "--out", str(tmp_path / "runs")]
     assert main([*argv, "--quant", "w8a16", "--kv-quant", "int8"]) == 0
-    run = next(tmp_path.iterdir())
+    (run,) = (tmp_path / "runs").iterdir()
     assert "arc_easy" in (run / "summary.md").read_text()
     saved = (run / "config.yaml").read_text()
     assert "quant: w8a16" in saved and "kv_quant: int8" in saved

@@ -4,8 +4,10 @@
   the library (cached under ``$PUYU_HOME/kernels/``, keyed by a hash of the source, the flags and the compiler's
   version, so a changed source or compiler builds anew and a foreign file is never loaded), and the library loaded.
   A failure is logged once with its reason and callers keep PyTorch's packed kernels.
-- :func:`int4_matmul` / :func:`int8_matmul` — ``x [..., K]`` (any float dtype) times puyu's weight-only layouts
-  (see ``cpu_gemv.c``), returning ``x``'s dtype.  Under ``torch.compile`` they are the custom ops
+- :func:`pack_int4` / :func:`pack_int8` (and their inverses) — weights in the kernels' layouts: tiles of 8 output
+  rows (see ``cpu_gemv.c``).
+- :func:`int4_matmul` / :func:`int8_matmul` — ``x [..., K]`` (any float dtype) times those layouts, returning
+  ``x``'s dtype.  Under ``torch.compile`` they are the custom ops
   ``puyu::int4_matmul`` / ``puyu::int8_matmul``, opaque to the graph.
 
 Why C through ctypes and not a PyTorch C++ extension: an extension needs ninja and compiles PyTorch's headers (about
@@ -85,70 +87,102 @@ def available() -> bool:
     return _library() is not None
 
 
-def _flat(x: torch.Tensor) -> torch.Tensor:
-    """``x`` as a contiguous float32 matrix, with no tensor op where none is needed (each costs microseconds, and a
-    decode step makes 120 calls)."""
-    flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-    if flat.dtype != torch.float32:
-        flat = flat.float()
-    return flat if flat.is_contiguous() else flat.contiguous()
+def pack_int4(q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes ``q`` ``[N, K]`` (0..15) with ``scale`` and ``low`` ``[N, K / G]`` (``w = q * scale + low``) in the
+    kernel's int4 layout (``cpu_gemv.c``): ``(codes int32 [N8/8, K/8, 8], table float32 [N8/8, K/G, 2, 8])``."""
+    n, k = q.shape
+    q, scale, low = _padded(q.to(torch.int64)), _padded(scale.float()), _padded(low.float())
+    chunks = q.view(-1, 8, k // 8, 8).transpose(1, 2)  # [tile, chunk, row, input]
+    shifts = torch.tensor([0, 16, 4, 20, 8, 24, 12, 28])  # input 2i at bit 4i, input 2i+1 at 16 + 4i
+    words = (chunks << shifts).sum(-1)
+    codes = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    table = torch.stack([scale, low], 1).view(-1, 8, 2, scale.shape[1]).permute(0, 3, 2, 1)
+    return codes.contiguous(), table.contiguous()
 
 
-def _shaped(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    y = y if x.dim() == 2 else y.view(*x.shape[:-1], y.shape[-1])
+def unpack_int4(codes: torch.Tensor, table: torch.Tensor, out_features: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inverse of :func:`pack_int4`: ``(q [N, K] uint8, scale [N, K/G], low [N, K/G])``."""
+    shifts = torch.tensor([0, 16, 4, 20, 8, 24, 12, 28], dtype=torch.int64)
+    nibbles = (codes.to(torch.int64)[..., None] >> shifts) & 15  # [tile, chunk, row, input]
+    q = nibbles.transpose(1, 2).reshape(-1, codes.shape[1] * 8)[:out_features].to(torch.uint8)
+    scale, low = table.permute(0, 3, 2, 1).reshape(-1, 2, table.shape[1]).unbind(1)
+    return q, scale[:out_features], low[:out_features]
+
+
+def pack_int8(q: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 ``q`` ``[N, K]`` with per-row ``scale`` ``[N]`` in the kernel's int8 layout:
+    ``(codes int8 [N8/8, K/2, 8, 2], scale float32 [N8])``."""
+    n, k = q.shape
+    codes = _padded(q).view(-1, 8, k // 2, 2).transpose(1, 2)
+    return codes.contiguous(), _padded(scale.float()[:, None])[:, 0].contiguous()
+
+
+def unpack_int8(codes: torch.Tensor, scale: torch.Tensor, out_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of :func:`pack_int8`: ``(q [N, K] int8, scale [N])``."""
+    return codes.transpose(1, 2).reshape(-1, codes.shape[1] * 2)[:out_features], scale[:out_features]
+
+
+def _padded(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` with zero rows appended up to a multiple of 8 (the kernels' tile)."""
+    missing = -rows.shape[0] % 8
+    return torch.cat([rows, rows.new_zeros(missing, *rows.shape[1:])]) if missing else rows
+
+
+def _float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as contiguous float32, with no tensor op where none is needed: a decode step makes some 120 products, and
+    each Python-level tensor op costs microseconds."""
+    if x.dtype != torch.float32:
+        x = x.float()
+    return x if x.is_contiguous() else x.contiguous()
+
+
+def _call(kernel, x: torch.Tensor, codes: torch.Tensor, middle: tuple, n: int, what: str) -> torch.Tensor:
+    """Run ``kernel(x, M, K, codes, *middle, y, threads)`` into a new ``y [..., n]``; returns ``x``'s dtype."""
+    flat, k = _float32(x), x.shape[-1]
+    y = torch.empty((*x.shape[:-1], n), dtype=torch.float32)
+    code = kernel(flat.data_ptr(), flat.numel() // k, k, codes.data_ptr(), *middle, y.data_ptr(), torch.get_num_threads())
+    if code:
+        raise RuntimeError(f"{what}: {'shapes not multiples of 32' if code == 1 else 'out of memory'}")
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
-def _check(code: int, what: str) -> None:
-    if code:
-        raise RuntimeError(f"{what}: {'shapes not multiples of 32' if code == 1 else 'out of memory'}")
+def _int4(x: torch.Tensor, codes: torch.Tensor, table: torch.Tensor, group_size: int, n: int) -> torch.Tensor:
+    return _call(_library().puyu_int4_gemm, x, codes, (table.data_ptr(), n, group_size), n, "int4 matmul")
 
 
-def _int4(x: torch.Tensor, qweight: torch.Tensor, table: torch.Tensor, group_size: int) -> torch.Tensor:
-    flat, n = _flat(x), qweight.shape[0]
-    y = torch.empty(flat.shape[0], n, dtype=torch.float32)
-    _check(_library().puyu_int4_gemm(flat.data_ptr(), flat.shape[0], flat.shape[1], qweight.data_ptr(), table.data_ptr(), n,
-                                     group_size, y.data_ptr(), torch.get_num_threads()), "int4 matmul")
-    return _shaped(y, x)
-
-
-def _int8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    flat, n = _flat(x), qweight.shape[0]
-    y = torch.empty(flat.shape[0], n, dtype=torch.float32)
-    _check(_library().puyu_int8_gemm(flat.data_ptr(), flat.shape[0], flat.shape[1], qweight.data_ptr(), scale.data_ptr(), n,
-                                     y.data_ptr(), torch.get_num_threads()), "int8 matmul")
-    return _shaped(y, x)
+def _int8(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
+    return _call(_library().puyu_int8_gemm, x, codes, (scale.data_ptr(), n), n, "int8 matmul")
 
 
 @torch.library.custom_op("puyu::int4_matmul", mutates_args=(), device_types="cpu")
-def _int4_op(x: torch.Tensor, qweight: torch.Tensor, table: torch.Tensor, group_size: int) -> torch.Tensor:
-    return _int4(x, qweight, table, group_size)
+def _int4_op(x: torch.Tensor, codes: torch.Tensor, table: torch.Tensor, group_size: int, n: int) -> torch.Tensor:
+    return _int4(x, codes, table, group_size, n)
 
 
 @torch.library.custom_op("puyu::int8_matmul", mutates_args=(), device_types="cpu")
-def _int8_op(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return _int8(x, qweight, scale)
+def _int8_op(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
+    return _int8(x, codes, scale, n)
 
 
 @_int4_op.register_fake
-def _(x, qweight, table, group_size):
-    return x.new_empty(*x.shape[:-1], qweight.shape[0])
+def _(x, codes, table, group_size, n):
+    return x.new_empty(*x.shape[:-1], n)
 
 
 @_int8_op.register_fake
-def _(x, qweight, scale):
-    return x.new_empty(*x.shape[:-1], qweight.shape[0])
+def _(x, codes, scale, n):
+    return x.new_empty(*x.shape[:-1], n)
 
 
-def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, table: torch.Tensor, group_size: int) -> torch.Tensor:
-    """``x @ W.T`` for int4 ``qweight`` ``[N, K/2]`` and float32 ``table`` ``[N, K/group_size, 2]`` (scale, zero)."""
+def int4_matmul(x: torch.Tensor, codes: torch.Tensor, table: torch.Tensor, group_size: int, n: int) -> torch.Tensor:
+    """``x @ W.T`` for the ``n`` output rows of :func:`pack_int4`'s ``codes`` and ``table``."""
     if torch.compiler.is_compiling():
-        return _int4_op(x, qweight, table, group_size)
-    return _int4(x, qweight, table, group_size)  # eager: skip the dispatcher's Python round trip (~10 us a call)
+        return _int4_op(x, codes, table, group_size, n)
+    return _int4(x, codes, table, group_size, n)  # eager: skip the dispatcher's Python round trip (~10 us a call)
 
 
-def int8_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``x @ W.T`` for int8 ``qweight`` ``[N, K]`` and float32 per-row ``scale`` ``[N]``."""
+def int8_matmul(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
+    """``x @ W.T`` for the ``n`` output rows of :func:`pack_int8`'s ``codes`` and ``scale``."""
     if torch.compiler.is_compiling():
-        return _int8_op(x, qweight, scale)
-    return _int8(x, qweight, scale)
+        return _int8_op(x, codes, scale, n)
+    return _int8(x, codes, scale, n)

@@ -28,7 +28,7 @@ def _relative_error(y: torch.Tensor, reference: torch.Tensor) -> float:
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9, 70])  # row tiles of 4 and their rests
 def test_avx2_products_match_the_dequantized_weights(in_features, group_size, rows):
     torch.manual_seed(rows)
-    linear = nn.Linear(in_features, 80, bias=True)
+    linear = nn.Linear(in_features, 80 + rows % 8, bias=True)  # tiles of 8 outputs, and a partial last tile
     x = torch.randn(rows, in_features)
     for layer in (Int4Linear(linear, group_size, kernel="avx2"), Int8Linear(linear, kernel="avx2")):
         assert layer.kernel == "avx2"
@@ -39,6 +39,21 @@ def test_avx2_products_match_the_dequantized_weights(in_features, group_size, ro
         assert _relative_error(y, reference) < 1e-3, type(layer).__name__
         # each row is computed alone: the same values whatever else the batch holds (exact batched decoding)
         assert torch.equal(layer(x[:1]), y[:1]) and torch.equal(layer(x[-3:]), y[-3:])
+
+
+def test_the_tiled_layouts_give_back_what_was_packed():
+    torch.manual_seed(0)
+    q, scale, low = torch.randint(0, 16, (21, 128), dtype=torch.uint8), torch.rand(21, 4), torch.randn(21, 4)
+    codes, table = cpu_gemv.pack_int4(q, scale, low)
+    assert codes.shape == (3, 16, 8) and table.shape == (3, 4, 2, 8)
+    back = cpu_gemv.unpack_int4(codes, table, 21)
+    assert torch.equal(back[0], q) and torch.equal(back[1], scale) and torch.equal(back[2], low)
+    # the nibble order the C kernel reads: input 2i of a chunk at bit 4i, input 2i + 1 at bit 16 + 4i
+    word = int(codes[0, 0, 0]) & 0xFFFFFFFF
+    assert [(word >> s) & 15 for s in (0, 16, 4, 20, 8, 24, 12, 28)] == q[0, :8].tolist()
+    w8 = torch.randint(-127, 128, (13, 64), dtype=torch.int8)
+    codes8, scale8 = cpu_gemv.pack_int8(w8, torch.rand(13))
+    assert codes8.shape == (2, 32, 8, 2) and torch.equal(cpu_gemv.unpack_int8(codes8, scale8, 13)[0], w8)
 
 
 @needs_avx2

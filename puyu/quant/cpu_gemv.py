@@ -4,6 +4,8 @@
   the library (cached under ``$PUYU_HOME/kernels/``, keyed by a hash of the source, the flags and the compiler's
   version, so a changed source or compiler builds anew and a foreign file is never loaded), and the library loaded.
   A failure is logged once with its reason and callers keep PyTorch's packed kernels.
+- :func:`build_name` — which build runs: ``avx512_vnni`` where the CPU has AVX-512 with VNNI and the compiler
+  builds it (same bits, about twice the speed), else ``avx2``.
 - :func:`pack_int4` / :func:`pack_int8` (and their inverses) — weights in the kernels' layouts: tiles of 8 output
   rows (see ``cpu_gemv.c``).
 - :func:`int4_matmul` / :func:`int8_matmul` — ``x [..., K]`` (any float dtype) times those layouts, returning
@@ -35,7 +37,9 @@ from puyu.home import home_subdir
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("cpu_gemv.c")
-FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-lm"]
+_AVX2 = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-lm"]
+# The builds of cpu_gemv.c, best last; each runs where the CPU has its instructions (see cpu_gemv.c for what differs).
+BUILDS = {"avx2": _AVX2, "avx512_vnni": [*_AVX2, "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]}
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 
 
@@ -43,25 +47,43 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def _build(compiler: str, again: bool = False) -> Path:
+def builds_here() -> list[str]:
+    """The builds this CPU can run, best last (none without AVX2)."""
+    features = cpu_features()
+    return [name for name, ok in (("avx2", features.avx2), ("avx512_vnni", features.avx2 and features.avx512 and features.vnni)) if ok]
+
+
+def _build(compiler: str, build: str, again: bool = False) -> Path:
     """The library's path, compiled unless the cache holds it (``again``: replace what the cache holds)."""
+    flags = BUILDS[build]
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()).hexdigest()[:16]
-    target = home_subdir("kernels") / f"cpu_gemv-{key}.so"
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
+    target = home_subdir("kernels") / f"cpu_gemv-{build}-{key}.so"
     if again or not target.is_file():
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             built = Path(tmp) / target.name
-            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
+            result = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
             if result.returncode:
                 raise OSError(f"{compiler} failed: {result.stderr.strip()[-400:]}")
             os.replace(built, target)  # whole or not at all: a killed build leaves no half library
     return target
 
 
-@functools.lru_cache(maxsize=1)
-def _library() -> ctypes.CDLL | None:
-    features = cpu_features()
-    if not features.avx2:
+def _load(compiler: str, build: str) -> ctypes.CDLL:
+    try:
+        lib = ctypes.CDLL(str(_build(compiler, build)))
+    except OSError:  # a damaged cached file: build it again, once
+        lib = ctypes.CDLL(str(_build(compiler, build, again=True)))
+    lib.puyu_int4_gemm.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _ptr, ctypes.c_int]
+    lib.puyu_int8_gemm.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr, ctypes.c_int]
+    return lib
+
+
+@functools.lru_cache(maxsize=None)
+def _library(build: str | None = None) -> ctypes.CDLL | None:
+    """The library of ``build`` (default: the best this CPU runs and the compiler builds), or None."""
+    wanted = [build] if build else builds_here()[::-1]
+    if not wanted:
         log.info("AVX2 int4/int8 kernels: not used (this CPU has no AVX2); PyTorch's packed kernels instead")
         return None
     compiler = _compiler()
@@ -69,17 +91,22 @@ def _library() -> ctypes.CDLL | None:
         log.warning("AVX2 int4/int8 kernels: no C compiler (cc/gcc; or set CC), so PyTorch's packed kernels run instead "
                     "(about 3x slower decode with --quant); install gcc to get them")
         return None
-    try:
+    for name in wanted:
         try:
-            lib = ctypes.CDLL(str(_build(compiler)))
-        except OSError:  # a damaged cached file: build it again, once
-            lib = ctypes.CDLL(str(_build(compiler, again=True)))
-    except (OSError, subprocess.CalledProcessError) as e:
-        log.warning("AVX2 int4/int8 kernels: build or load failed (%s); PyTorch's packed kernels run instead", e)
-        return None
-    lib.puyu_int4_gemm.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _ptr, ctypes.c_int]
-    lib.puyu_int8_gemm.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr, ctypes.c_int]
-    return lib
+            lib = _load(compiler, name)
+        except (OSError, subprocess.CalledProcessError) as e:
+            log.warning("int4/int8 kernels: the %s build failed (%s)%s", name, e,
+                        "; trying the next" if name != wanted[-1] else "; PyTorch's packed kernels run instead")
+            continue
+        lib.build = name
+        return lib
+    return None
+
+
+def build_name() -> str | None:
+    """Which build of ``cpu_gemv.c`` runs here (``avx2``, ``avx512_vnni``), or None."""
+    lib = _library()
+    return lib.build if lib is not None else None
 
 
 def available() -> bool:

@@ -224,7 +224,7 @@ def describe_kernel(kernel: str, mode: str) -> str:
     """The kernel path in words, for the one log line at start."""
     if kernel == "avx2":
         bits = "int4" if mode == "w4a16" else "int8"
-        return f"puyu's AVX2 {bits} x int8-activation products (cpu_gemv.c)"
+        return f"puyu's {bits} x int16-activation products (cpu_gemv.c, {cpu_gemv.build_name()} build)"
     if kernel == "packed":
         name = "_weight_int4pack_mm_for_cpu" if mode == "w4a16" else "_weight_int8pack_mm"
         return (f"PyTorch's packed {name} with bf16 activations "

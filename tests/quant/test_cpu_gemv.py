@@ -57,6 +57,24 @@ def test_the_tiled_layouts_give_back_what_was_packed():
 
 
 @needs_avx2
+@pytest.mark.parametrize("group_size", [32, 64, 96])
+def test_every_build_this_cpu_runs_gives_the_same_bits(monkeypatch, group_size):
+    """The AVX-512 VNNI build (where this CPU has it) against the AVX2 build: integer sums are exact and each lane's
+    float steps the same, so the bits are equal."""
+    real = cpu_gemv._library
+    torch.manual_seed(group_size)
+    linear = nn.Linear(192, 8 * 5 + 3)  # pairs of tiles, a lone full tile and a partial one
+    x = torch.randn(9, 192)
+    outputs = []
+    for build in cpu_gemv.builds_here():
+        assert real(build) is not None and real(build).build == build
+        monkeypatch.setattr(cpu_gemv, "_library", lambda name=None, build=build: real(build))
+        outputs.append([layer(x) for layer in (Int4Linear(linear, group_size, kernel="avx2"), Int8Linear(linear, kernel="avx2"))])
+    for other in outputs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(outputs[0], other))
+
+
+@needs_avx2
 def test_avx2_keeps_the_models_dtype_and_leading_shape():
     linear = nn.Linear(64, 48).to(torch.bfloat16)
     x = torch.randn(2, 3, 64, dtype=torch.bfloat16)

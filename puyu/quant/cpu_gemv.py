@@ -37,7 +37,7 @@ from puyu.home import home_subdir
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("cpu_gemv.c")
-_AVX2 = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-lm"]
+_AVX2 = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-lm"]
 # The builds of cpu_gemv.c, best last; each runs where the CPU has its instructions (see cpu_gemv.c for what differs).
 BUILDS = {"avx2": _AVX2, "avx512_vnni": [*_AVX2, "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]}
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
@@ -116,7 +116,7 @@ def available() -> bool:
 
 def pack_int4(q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes ``q`` ``[N, K]`` (0..15) with ``scale`` and ``low`` ``[N, K / G]`` (``w = q * scale + low``) in the
-    kernel's int4 layout (``cpu_gemv.c``): ``(codes int32 [N8/8, K/8, 8], table float32 [N8/8, K/G, 2, 8])``."""
+    kernel's int4 layout (``cpu_gemv.c``): ``(codes int32 [N8/8, K/8, 8], table float16 [N8/8, K/G, 2, 8])``."""
     n, k = q.shape
     q, scale, low = _padded(q.to(torch.int64)), _padded(scale.float()), _padded(low.float())
     chunks = q.view(-1, 8, k // 8, 8).transpose(1, 2)  # [tile, chunk, row, input]
@@ -124,7 +124,7 @@ def pack_int4(q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> tuple[
     words = (chunks << shifts).sum(-1)
     codes = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
     table = torch.stack([scale, low], 1).view(-1, 8, 2, scale.shape[1]).permute(0, 3, 2, 1)
-    return codes.contiguous(), table.contiguous()
+    return codes.contiguous(), table.to(torch.float16).contiguous()
 
 
 def unpack_int4(codes: torch.Tensor, table: torch.Tensor, out_features: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@
   version, so a changed source or compiler builds anew and a foreign file is never loaded), and the library loaded.
   A failure is logged once with its reason and callers keep PyTorch's packed kernels.
 - :func:`build_name` — which build runs: ``avx512_vnni`` where the CPU has AVX-512 with VNNI and the compiler
-  builds it (same bits, about twice the speed), else ``avx2``.
+  builds it (same bits; int4 decode products 1.3-1.6x faster on 2 Xeon cores), else ``avx2``.
 - :func:`pack_int4` / :func:`pack_int8` (and their inverses) — weights in the kernels' layouts: tiles of 8 output
   rows (see ``cpu_gemv.c``).
 - :func:`int4_matmul` / :func:`int8_matmul` — ``x [..., K]`` (any float dtype) times those layouts, returning
@@ -41,6 +41,7 @@ _AVX2 = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-l
 # The builds of cpu_gemv.c, best last; each runs where the CPU has its instructions (see cpu_gemv.c for what differs).
 BUILDS = {"avx2": _AVX2, "avx512_vnni": [*_AVX2, "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]}
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+NIBBLE_SHIFTS = (0, 16, 4, 20, 8, 24, 12, 28)  # int4 layout: input 2i of a chunk of 8 at bit 4i, input 2i + 1 at bit 16 + 4i
 
 
 def _compiler() -> str | None:
@@ -120,8 +121,7 @@ def pack_int4(q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> tuple[
     n, k = q.shape
     q, scale, low = _padded(q.to(torch.int64)), _padded(scale.float()), _padded(low.float())
     chunks = q.view(-1, 8, k // 8, 8).transpose(1, 2)  # [tile, chunk, row, input]
-    shifts = torch.tensor([0, 16, 4, 20, 8, 24, 12, 28])  # input 2i at bit 4i, input 2i+1 at 16 + 4i
-    words = (chunks << shifts).sum(-1)
+    words = (chunks << torch.tensor(NIBBLE_SHIFTS)).sum(-1)
     codes = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
     table = torch.stack([scale, low], 1).view(-1, 8, 2, scale.shape[1]).permute(0, 3, 2, 1)
     return codes.contiguous(), table.to(torch.float16).contiguous()
@@ -129,8 +129,7 @@ def pack_int4(q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> tuple[
 
 def unpack_int4(codes: torch.Tensor, table: torch.Tensor, out_features: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The inverse of :func:`pack_int4`: ``(q [N, K] uint8, scale [N, K/G], low [N, K/G])``."""
-    shifts = torch.tensor([0, 16, 4, 20, 8, 24, 12, 28], dtype=torch.int64)
-    nibbles = (codes.to(torch.int64)[..., None] >> shifts) & 15  # [tile, chunk, row, input]
+    nibbles = (codes.to(torch.int64)[..., None] >> torch.tensor(NIBBLE_SHIFTS)) & 15  # [tile, chunk, row, input]
     q = nibbles.transpose(1, 2).reshape(-1, codes.shape[1] * 8)[:out_features].to(torch.uint8)
     scale, low = table.permute(0, 3, 2, 1).reshape(-1, 2, table.shape[1]).unbind(1)
     return q, scale[:out_features], low[:out_features]

@@ -18,9 +18,10 @@ Three kernel paths compute the same formula (``kernel`` below; ``auto`` picks):
 * ``avx2`` (x86 CPUs with AVX2, the default there when a C compiler built it): puyu's own int4/int8 products
   (:mod:`puyu.quant.cpu_gemv`), which quantize the activations per block of 32 to int16 and multiply integers;
   the weights are stored in that module's tiles of 8 output rows.  Every row is computed the same way whatever
-  the batch holds, so batched and speculative decoding stay exact.  Measured on 2 AVX2 cores (Zen 3): 1.5-2x
-  faster per decode layer than ``packed``, the int8 LM head 3x, and a 512-token prefill chunk as fast as (or
-  faster than) the float32 matmul there.
+  the batch holds, so batched and speculative decoding stay exact.  Measured on 2 AVX2 cores (Zen 3) before the
+  tiled layout (which made decode products about 2x faster again): 1.5-2x faster per decode layer than
+  ``packed``, the int8 LM head 3x, and a 512-token prefill chunk as fast as (or faster than) the float32 matmul
+  there; with tiles on 2 AVX-512 Xeon cores, such a chunk takes 1.25x the float32 matmul.
 * ``packed`` (other CPUs): PyTorch's packed kernels
   (``_weight_int8pack_mm``, ``_weight_int4pack_mm_for_cpu``), which read 1 or
   0.5 bytes per weight instead of 2-4 — decode is bound by memory bandwidth, so

@@ -5,7 +5,8 @@ file) and repeated ``--repeat`` times (the copies go through every filter and
 then exact dedup, so they cost what new documents cost up to there).  The same
 run is timed on the local executor with 1 and 2 workers and on a local Ray
 cluster of 2 CPUs (started here with ``ray start --head`` unless one is running;
-stopped again if started here).
+stopped again if started here; ``pip install ray`` first), and the kept
+documents of every run are checked to be byte-identical.
 
     python bench/corpus.py [--repeat 4] [--shards 4] [--no-ray]
 """
@@ -13,6 +14,7 @@ stopped again if started here).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -41,11 +43,23 @@ def timed(inputs: Path, out: Path, **options) -> tuple[float, dict]:
     return time.perf_counter() - start, report
 
 
+# The `ray` command of this interpreter's environment (a virtual environment's bin/ need not be on PATH).
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def output_digest(out: Path) -> str:
+    """SHA-256 over the kept documents' shards (``OUT/data``), in name order: equal for runs that kept the same bytes."""
+    digest = hashlib.sha256()
+    for shard in sorted((out / "data").iterdir()):
+        digest.update(shard.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def ray_cluster() -> bool:
     """Start a 2-CPU local Ray head unless one is up; True when started here."""
-    if subprocess.run(["ray", "status"], capture_output=True).returncode == 0:
+    if subprocess.run([RAY, "status"], capture_output=True).returncode == 0:
         return False
-    subprocess.run(["ray", "start", "--head", "--num-cpus", "2", "--include-dashboard=false", "--object-store-memory", str(500 << 20)],
+    subprocess.run([RAY, "start", "--head", "--num-cpus", "2", "--include-dashboard=false", "--object-store-memory", str(500 << 20)],
                    check=True, capture_output=True)
     return True
 
@@ -76,20 +90,24 @@ def main() -> None:
         results = {}
         try:
             for name, options in runs:
-                seconds, report = timed(tmp / "in", tmp / name.replace(" ", "").replace(",", "_"), **options)
+                out = tmp / name.replace(" ", "").replace(",", "_")
+                seconds, report = timed(tmp / "in", out, **options)
                 stages = ", ".join(f"{k} {v:.1f}" for k, v in report["seconds"].items())
                 results[name] = {"seconds": round(seconds, 2), "documents_per_second": round(documents / seconds, 1),
-                                 "documents_out": report["documents_out"], "stages": report["seconds"]}
+                                 "documents_out": report["documents_out"], "stages": report["seconds"],
+                                 "output_sha256": output_digest(out)}
                 print(f"{name:<18} {seconds:7.1f} s  {documents / seconds:8.1f} documents/s  "
                       f"({report['documents_out']} kept)  stages: {stages}")
         finally:
             if "ray" in sys.modules:
                 sys.modules["ray"].shutdown()  # disconnect before the cluster goes
             if started:
-                subprocess.run(["ray", "stop", "--force"], capture_output=True)
+                subprocess.run([RAY, "stop", "--force"], capture_output=True)
         base = results["local, 1 worker"]["documents_per_second"]
         for name, result in results.items():
             print(f"{name:<18} x{result['documents_per_second'] / base:.2f} vs local, 1 worker")
+        same = len({result["output_sha256"] for result in results.values()}) == 1
+        print("kept documents byte-identical across executors and workers:", "yes" if same else "NO")
         print(json.dumps(results))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

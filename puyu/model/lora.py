@@ -12,6 +12,9 @@ Parameter names end in ``.lora_A.weight``/``.lora_B.weight`` like PEFT's, which
 keeps the adapter file mapping a prefix (see :mod:`puyu.model.adapters`).
 :func:`merge_lora` folds ``(alpha / r) B A`` into the base weight and puts plain
 ``nn.Linear`` layers back, so the merged model saves as an ordinary checkpoint.
+An adapter stays unmerged when its base is quantized for inference (QLoRA-style:
+merging would move the weights off the int4 grid, see :mod:`puyu.model.adapters`);
+:func:`concat_lora` then keeps fused q/k/v and gate/up layers exact.
 """
 
 from __future__ import annotations
@@ -124,6 +127,28 @@ def add_lora(model: nn.Module, config: LoraConfig, quantize: bool = False, modul
         _replace(model, path, LoRALinear(base, config.r, config.alpha, config.dropout).train(model.training))
     log.info("LoRA r=%d on %d layers%s", config.r, len(modules), " (NF4 base)" if quantize else "")
     return modules
+
+
+@torch.no_grad()
+def concat_lora(layers: list[nn.Module], base: nn.Linear) -> LoRALinear:
+    """One :class:`LoRALinear` over ``base`` (the plain ``layers`` side by side) whose update is each layer's own.
+
+    ``A`` is the layers' ``A`` stacked ``[sum r, in]`` and ``B`` block-diagonal ``[sum out, sum r]`` with each
+    layer's scaling folded in, so ``B A x`` is the layers' updates side by side; a layer without an adapter adds
+    zero rows.
+    """
+    adapted = [m for m in layers if isinstance(m, LoRALinear)]
+    r = sum(m.r for m in adapted)
+    fused = LoRALinear(base, r, alpha=float(r))  # scaling 1: each block of B carries its own
+    fused.lora_A.weight.copy_(torch.cat([m.lora_A.weight for m in adapted]))
+    fused.lora_B.weight.zero_()
+    row = col = 0
+    for m in layers:
+        if isinstance(m, LoRALinear):
+            fused.lora_B.weight[row : row + m.out_features, col : col + m.r] = m.lora_B.weight * m.scaling
+            col += m.r
+        row += m.out_features
+    return fused.train(False)
 
 
 @torch.no_grad()

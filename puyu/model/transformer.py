@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from puyu.model.config import ModelConfig
+from puyu.model.lora import LoRALinear, concat_lora, merge_lora
 from puyu.model.rope import RotaryEmbedding, apply_rope
 
 
@@ -198,8 +199,10 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-def _concat_linears(*linears: nn.Linear) -> nn.Linear:
-    """One ``nn.Linear`` whose outputs are those of ``linears`` side by side."""
+def _concat_linears(*linears: nn.Module) -> nn.Module:
+    """One layer whose outputs are those of ``linears`` side by side (a :class:`LoRALinear` if any of them is one)."""
+    if any(isinstance(m, LoRALinear) for m in linears):
+        return concat_lora(list(linears), _concat_linears(*(getattr(m, "base", m) for m in linears)))
     first = linears[0]
     fused = nn.Linear(first.in_features, sum(m.out_features for m in linears), bias=first.bias is not None,
                       device=first.weight.device, dtype=first.weight.dtype)
@@ -240,13 +243,18 @@ class Transformer(nn.Module):
     def fuse_projections(self) -> None:
         """For inference only: one matmul for q/k/v and one for gate/up in every layer (fewer, wider kernels;
         on the CPU a decode step at batch 1 is mostly kernel overhead).  The Hugging Face parameter names of
-        those projections are gone afterwards, so fuse a model that will not be saved, trained or given adapters.
+        those projections are gone afterwards, so fuse a model that will not be saved, trained or given adapters;
+        adapters already on it are fused too (:func:`~puyu.model.lora.concat_lora`).
         """
         for layer in self.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             attn.qkv_proj = _concat_linears(attn.q_proj, attn.k_proj, attn.v_proj)
             mlp.gate_up_proj = _concat_linears(mlp.gate_proj, mlp.up_proj)
             del attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
+
+    def merge_adapters(self) -> None:
+        """Fold LoRA adapters kept unmerged (for a quantized base) into the weights; see :func:`~puyu.model.lora.merge_lora`."""
+        merge_lora(self)
 
     @property
     def device(self) -> torch.device:

@@ -67,6 +67,8 @@ def quantize_for_inference(model: nn.Module, tokenizer, mode: str, group_size: i
     """``--quant MODE`` at load, in place: w8a16/w4a16 round-to-nearest, or w8a8 SmoothQuant calibrated on ``calib``.
 
     q/k/v and gate/up are fused first (fewer, wider int kernels), so the model is for inference only afterwards.
+    LoRA adapters the loader kept unmerged (``load_model(..., quantized=True)``) stay in float beside the int
+    weights for w8a16/w4a16, and are merged before w8a8.
 
     Raises:
         ConfigError: an unknown mode, or the model is already quantized (a quantized folder, or quantized before).
@@ -76,6 +78,8 @@ def quantize_for_inference(model: nn.Module, tokenizer, mode: str, group_size: i
     if is_quantized(model) or any(isinstance(m, W8A8Linear) for m in model.modules()):
         raise ConfigError(f"the model is already quantized (a quantized folder, or quantized before); drop --quant {mode}, "
                           "or give the float model")
+    if mode == "w8a8":  # per-channel int8 rounds merged weights finely; smoothing folds scales into plain linears
+        model.merge_adapters()
     model.fuse_projections()
     if mode == "w8a8":
         from puyu.quant.smoothquant import smoothquant

@@ -239,7 +239,8 @@ def is_quantized(model: nn.Module) -> bool:
 
 
 def quantize_model(model: nn.Module, mode: str, group_size: int = 64, kernel: str = "auto") -> int:
-    """Replace the decoder's projections and the LM head in place (``mode``: w8a16 or w4a16).
+    """Replace the decoder's projections and the LM head in place (``mode``: w8a16 or w4a16); an unmerged LoRA
+    adapter's base layer is replaced inside its wrapper, and the adapter keeps computing in float beside it.
 
     The embedding stays in full precision (a tied LM head gets its own quantized copy, int8 in both modes).
     Layers whose input width is not a multiple of ``group_size`` stay as they are.
@@ -254,14 +255,16 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = 64, kernel: st
     replaced, used = 0, None
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
-            if child_name not in TARGETS or not isinstance(child, nn.Linear):
+            # A wrapper's ``base`` (an unmerged LoRA adapter's frozen layer) plays the wrapper's role.
+            role = name.rpartition(".")[2] if child_name == "base" else child_name
+            if role not in TARGETS or not isinstance(child, nn.Linear):
                 continue
             if mode == "w4a16" and child.in_features % group_size:
                 log.warning("%s.%s: %d inputs is not a multiple of %d; left unquantized", name, child_name, child.in_features, group_size)
                 continue
             # The LM head stays int8 in w4a16 (llama.cpp keeps its output layer at 6-8 bits too):
             # int4 there costs far more accuracy than the bandwidth it saves.
-            if mode == "w8a16" or child_name == "lm_head":
+            if mode == "w8a16" or role == "lm_head":
                 quantized = Int8Linear(child, kernel)
             else:
                 quantized = Int4Linear(child, group_size, kernel)

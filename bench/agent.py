@@ -227,6 +227,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--adapter", default="agent", help="the tuned adapter (name under $PUYU_HOME/adapters or a folder)")
     parser.add_argument("--no-base", action="store_true", help="skip the untuned model")
+    parser.add_argument("--quant", default="auto", help="as puyu agent --quant: auto (w4a16 for the built-in model on a "
+                        "CPU, the adapter unmerged beside it), none, w8a16, w4a16 or w8a8")
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--gsm8k", type=int, default=500)
@@ -240,7 +242,8 @@ def main() -> None:
     configs = ([("base", None)] if not args.no_base else []) + ([("tuned", args.adapter)] if args.adapter else [])
     results = {}
     for label, adapter in configs:
-        llm = LLM(args.model, adapter=adapter)
+        llm = LLM(args.model, adapter=adapter, quant=args.quant)
+        print(f"[{label}] {args.model}: {llm.model.dtype}, quant {llm.quant}", flush=True)
         for part in args.parts.split(","):
             start = time.perf_counter()
             print(f"[{label}] {part} ...", file=sys.stderr, flush=True)

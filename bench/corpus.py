@@ -5,7 +5,7 @@ file) and repeated ``--repeat`` times (the copies go through every filter and
 then exact dedup, so they cost what new documents cost up to there).  The same
 run is timed on the local executor with 1 and 2 workers and on a local Ray
 cluster of 2 CPUs (started here with ``ray start --head`` unless one is running;
-stopped again if started here; ``pip install ray`` first), and the kept
+stopped again if started here; ``pip install 'puyu[ray]'`` first), and the kept
 documents of every run are checked to be byte-identical.
 
     python bench/corpus.py [--repeat 4] [--shards 4] [--no-ray]

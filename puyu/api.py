@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from puyu.errors import ConfigError
 from puyu.generation import Completion, SamplingParams, generate, stream
-from puyu.model import DEFAULT_MODEL, load_model, save_pretrained
+from puyu.model import DEFAULT_MODEL, load_model, pick_quant, save_pretrained
 from puyu.model.vlm.prompt import PromptImages, prompt_with_images
 from puyu.quant.quantize import quantize_for_inference
 
@@ -44,13 +44,15 @@ class LLM:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         chat_template: override the model's template (``chatml``, ``internlm2``, ``llama3``, Jinja source or a Jinja file).
         adapter: a LoRA adapter folder (PEFT format, e.g. from ``puyu train``) merged into the weights.
-        quant: quantize at load: ``none``, ``w8a16``/``w4a16`` (round-to-nearest) or ``w8a8`` (SmoothQuant); a folder
-            written by ``puyu quantize`` is already quantized and takes ``none``.
+        quant: quantize at load: ``none``, ``w8a16``/``w4a16`` (round-to-nearest), ``w8a8`` (SmoothQuant) or ``auto``
+            (w4a16 where it is faster and lossless, see :func:`~puyu.model.loader.pick_quant`; the commands' default);
+            a folder written by ``puyu quantize`` is already quantized and takes ``none``.
     """
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "auto", chat_template: str | None = None,
                  adapter: str | Path | None = None, quant: str = "none"):
-        self.name, self.quant = str(model), quant
+        self.name, self.quant = str(model), pick_quant(model, quant, device, dtype)
+        quant = self.quant
         self.model, self.tokenizer = load_model(model, dtype=dtype, device=device, chat_template=chat_template, adapter=adapter,
                                                 quantized=quant != "none")
         if quant != "none":

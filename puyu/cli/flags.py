@@ -30,9 +30,11 @@ def _field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, group: str | None = None, defaults: Any = None) -> None:
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, group: str | None = None, defaults: Any = None,
+                        overrides: dict[str, Any] | None = None) -> None:
     """Add one ``--flag`` per field of dataclass ``cls``; defaults (shown in the help too) are the field defaults,
-    or ``defaults``'s values when a command has its own (an instance of ``cls``)."""
+    or ``defaults``'s values when a command has its own (an instance of ``cls``), or ``overrides``' values: ones
+    the command resolves before building ``cls`` (``serve``'s ``--quant auto``)."""
     target = parser.add_argument_group(group) if group else parser
     docs = _field_docs(cls)
     hints = typing.get_type_hints(cls)
@@ -43,6 +45,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, group: str |
             default = getattr(defaults, f.name)
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = (overrides or {}).get(f.name, default)
         help_text = f"{docs.get(f.name, '')} (default: {default})"
         if kind is bool:
             target.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=docs.get(f.name))

@@ -22,10 +22,11 @@ def run_engine_server(args: argparse.Namespace, web: bool = False) -> int:
 
     from puyu.cli.flags import dataclass_from_args
     from puyu.engine import EngineConfig, LLMEngine
-    from puyu.model import load_model
+    from puyu.model import load_model, pick_quant
     from puyu.model.embedder import load_embedder
     from puyu.serve.app import create_app
 
+    args.quant = pick_quant(args.model, args.quant, args.device, args.dtype)
     config = dataclass_from_args(EngineConfig, args)
     embedder = None
     if getattr(args, "embedder", None):
@@ -90,7 +91,7 @@ def add_server_args(parser: argparse.ArgumentParser, port: int,
     parser.add_argument("--cors-origins", nargs="*", default=None, help="allow browser requests from these origins ('*' for any)")
     parser.add_argument("--served-model-name", default=None, help="the model id clients use (default: the model's name)")
     parser.add_argument("--drain-timeout", type=float, default=5.0, help="seconds to let running requests finish on shutdown")
-    add_dataclass_flags(parser, EngineConfig, "engine")
+    add_dataclass_flags(parser, EngineConfig, "engine", overrides={"quant": "auto"})
 
 
 def register(sub, common) -> None:

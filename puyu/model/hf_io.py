@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -53,8 +54,23 @@ def read_quant_spec(folder: Path) -> QuantSpec | None:
     return QuantSpec.from_config(read_hf_config(folder), str(folder))
 
 
-def read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of the folder's safetensors files (the index decides the shards when present)."""
+def read_weights(folder: Path, names: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of the folder's safetensors files (the index decides the shards when present): all of them, or
+    those whose name ``names`` accepts (read one by one, without loading the rest)."""
+    state: dict[str, torch.Tensor] = {}
+    for file in _weight_files(folder):
+        try:
+            if names is None:
+                state.update(load_file(file))
+                continue
+            with safe_open(file, framework="pt") as f:
+                state.update({key: f.get_tensor(key) for key in f.keys() if names(key)})
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot read {file}: {exc}; the file is damaged or incomplete, download it again") from None
+    return state
+
+
+def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.exists():
         files = sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
@@ -64,15 +80,10 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
         hint = (" (it has PyTorch .bin weights, which puyu does not unpickle; convert them once with: "
                 f"{bin_conversion_command(str(folder))})" if list(folder.glob("*.bin")) else "")
         raise ModelLoadError(f"{folder} has no .safetensors weights{hint}")
-    state: dict[str, torch.Tensor] = {}
     for file in files:
         if not file.exists():
             raise ModelLoadError(f"shard {file.name} named by the index is missing from {folder}; download it again")
-        try:
-            state.update(load_file(file))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot read {file}: {exc}; the file is damaged or incomplete, download it again") from None
-    return state
+    return files
 
 
 def build_model(config: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device | str,

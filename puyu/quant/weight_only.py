@@ -221,6 +221,18 @@ class Int4Linear(nn.Module):
         return y + self.bias if self.bias is not None else y
 
 
+def on_int4_grid(weight: torch.Tensor, group_size: int = 32) -> bool:
+    """Whether w4a16 keeps ``weight`` ``[out, in]`` exactly as the CPU kernels store it (puyu's: float16 scales and
+    minima; else float32): true for weights dequantized from a 4-bit format with a float16 scale and minimum per
+    group of 32 (GGUF's Q4_1, like the built-in model)."""
+    if weight.dim() != 2 or weight.shape[1] % group_size:
+        return False
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    linear.weight = nn.Parameter(weight.detach().float().cpu(), requires_grad=False)
+    kept = Int4Linear(linear, group_size, "avx2" if cpu_gemv.available() else "dequantize").dequantize(torch.float32)
+    return torch.allclose(kept, linear.weight, rtol=0, atol=1e-6 * linear.weight.abs().max().item())
+
+
 def describe_kernel(kernel: str, mode: str) -> str:
     """The kernel path in words, for the one log line at start."""
     if kernel == "avx2":

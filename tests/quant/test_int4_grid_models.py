@@ -1,7 +1,8 @@
-"""A LoRA adapter on a weight-quantized model stays unmerged, in float beside the int weights (QLoRA-style inference).
+"""Models whose weights already sit on w4a16's grid (the built-in model, dequantized from a Q4_1 GGUF).
 
-Merging first would move every weight off the grid its model sits on, and rounding to int4 would then change all of
-them; the built-in model (dequantized from a Q4_1 GGUF) lost its tuned agent that way.
+``--quant auto`` picks w4a16 for them, and only for them.  A LoRA adapter on a weight-quantized model stays unmerged,
+in float beside the int weights (QLoRA-style inference): merging first would move every weight off the grid, and
+rounding to int4 would then change all of them; the built-in model lost its tuned agent that way.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import pytest
 import torch
 
 from puyu import LLM
+from puyu.model import pick_quant
 from puyu.model.adapters import load_adapter, save_adapter
 from puyu.model.lora import LoraConfig, add_lora, lora_modules
+from puyu.quant import cpu_gemv
 from puyu.quant.quantize import quantize_for_inference
-from puyu.quant.weight_only import Int4Linear, Int8Linear, quantize_model
+from puyu.quant.weight_only import Int4Linear, Int8Linear, on_int4_grid, quantize_model
 from tests.conftest import DATASETS
 
 CALIB = str(DATASETS / "pretrain/llamafactory_text/c4_demo.jsonl")
@@ -26,9 +29,10 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 @torch.no_grad()
 def snap_to_int4_grid(llm: LLM, group_size: int = 32) -> None:
     """Put every decoder projection on the w4a16 grid, as the built-in model's are (quantizing it then changes nothing)."""
+    kernel = "avx2" if cpu_gemv.available() else "dequantize"  # float16 scales and minima with avx2
     for name, module in llm.model.named_modules():
         if name.rpartition(".")[2] in PROJECTIONS:
-            module.weight.copy_(Int4Linear(module, group_size, "dequantize").dequantize(torch.float32))
+            module.weight.copy_(Int4Linear(module, group_size, kernel).dequantize(torch.float32))
 
 
 @pytest.fixture
@@ -89,3 +93,29 @@ def test_llm_with_adapter_and_quant_keeps_the_adapter_unmerged(grid_model_and_ad
     load_adapter(w8a8.model, adapter, merge=False)
     quantize_for_inference(w8a8.model, w8a8.tokenizer, "w8a8", calib=CALIB)
     assert not lora_modules(w8a8.model)  # SmoothQuant calibrates and smooths the merged weights
+
+
+def test_the_grid_check_accepts_only_weights_w4a16_keeps(tiny_llm):
+    weight = tiny_llm.model.model.layers[0].mlp.down_proj.weight
+    assert not on_int4_grid(weight)
+    snap_to_int4_grid(tiny_llm)
+    assert on_int4_grid(weight) and not on_int4_grid(weight, group_size=64) and not on_int4_grid(weight[:, :48])
+    nudged = weight.clone()
+    nudged[3, 5] += 1e-3
+    assert not on_int4_grid(nudged)
+
+
+@pytest.mark.skipif(not cpu_gemv.available(), reason="auto picks w4a16 only where puyu's int4 CPU kernels run")
+def test_auto_quant_picks_w4a16_only_for_a_model_on_the_grid(tiny_model_dir, grid_model_and_adapter):
+    folder, adapter = grid_model_and_adapter
+    assert pick_quant(folder, "auto", "cpu") == "w4a16"
+    assert pick_quant(tiny_model_dir, "auto", "cpu") == "none"  # random float weights would be rounded
+    assert pick_quant(tiny_model_dir, "w8a16", "cpu") == "w8a16"  # an explicit mode is kept
+    llm = LLM(folder, device="cpu", adapter=adapter, quant="auto")
+    assert llm.quant == "w4a16" and llm.model.dtype == torch.float32 and lora_modules(llm.model)
+    assert isinstance(llm.model.model.layers[0].mlp.down_proj.base, Int4Linear)
+
+
+def test_auto_quant_picks_w4a16_for_the_builtin_model():
+    expected = "w4a16" if cpu_gemv.available() else "none"
+    assert pick_quant("smollm2-135m-instruct", "auto", "cpu") == expected

@@ -143,8 +143,11 @@ class Trainer:
         params = [p for p in module.parameters() if p.requires_grad]  # after wrapping: FSDP swaps in sharded parameters
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": r.optim.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        # fused: one vectorized kernel over all tensors instead of a Python loop over them, 3-4x faster on 2 CPU cores
+        # for 14M parameters; FSDP's sharded (DTensor) parameters keep the loop.
+        fused = not (env.active and r.train.strategy == "fsdp")
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=r.optim.lr, betas=(r.optim.beta1, r.optim.beta2),
-                                      eps=r.optim.eps)
+                                      eps=r.optim.eps, fused=fused)
         log.info("%s: %d trainable tensors, %.2fM trainable parameters", r.method, len(trainable), sum(p.numel() for p in params) / 1e6)
         return model, tokenizer, data, module, optimizer
 

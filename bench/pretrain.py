@@ -8,7 +8,8 @@ here).  puyu runs its own step - the stream's packed rows with
 document-boundary masks and positions, ``LMObjective`` (fused LM head +
 cross-entropy) - while transformers gets the same tokens as ``input_ids`` and
 ``labels`` (its standard causal-LM loop, attention across the packed documents:
-less masking work than puyu does).  fp32, and bf16 autocast over fp32 master
+less masking work than puyu does).  puyu's side steps AdamW fused, as its
+trainer does; the peers' plain loops get torch's default AdamW.  fp32, and bf16 autocast over fp32 master
 weights.  Each side runs in its own process so its peak resident memory
 (``ru_maxrss``, imports included) is its own.  Prints the CPU's flags, tokens/s
 (after warm-up steps), peak memory and the ratios puyu / theirs.
@@ -74,10 +75,11 @@ def model_setup(args):
     return model, config, batches
 
 
-def optimizer_step(module, dtype: str, loss_of):
+def optimizer_step(module, dtype: str, loss_of, fused: bool = False):
     """The same training step for every side: ``loss_of(batch)`` under bf16 autocast when asked, backward, clip,
-    AdamW (lr 1e-3, weight decay 0.1)."""
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=0.1)
+    AdamW (lr 1e-3, weight decay 0.1; ``fused``: one vectorized kernel, as puyu's trainer runs it, where a plain
+    loop gets torch's default per-tensor loop)."""
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=0.1, fused=fused)
 
     def step(batch):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
@@ -96,7 +98,7 @@ def step_ours(model, config, dtype, compiled: bool = False):
     objective = LMObjective(model.train())
     if compiled:
         compile_training(objective, torch.device("cpu"))
-    return optimizer_step(model, dtype, lambda b: objective(b.tokens, b.targets, b.positions, b.mask) / b.trained_tokens)
+    return optimizer_step(model, dtype, lambda b: objective(b.tokens, b.targets, b.positions, b.mask) / b.trained_tokens, fused=True)
 
 
 def step_hf(model, config, dtype):

@@ -9,7 +9,9 @@ import pexpect
 import pytest
 
 pytestmark = pytest.mark.builtin
-CHAT = [sys.executable, "-m", "puyu", "chat", "--dtype", "float32", "--temperature", "0"]
+# Float weights: under --quant auto (int4) the Ctrl-C test failed in 2 of 2 full-suite runs and passed in 9 of 9 alone
+# (the reply ended with no "[stopped]" note); see the session note of 2026-12-03.
+CHAT = [sys.executable, "-m", "puyu", "chat", "--dtype", "float32", "--quant", "none", "--temperature", "0"]
 
 
 @pytest.fixture(autouse=True)

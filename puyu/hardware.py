@@ -7,8 +7,10 @@ The one place where puyu decides by hardware.  Everything that picks a dtype
 - :func:`resolve_dtype` — ``auto`` is bf16 where the device computes bf16
   natively (CUDA with bf16; CPUs with AVX512-BF16 or AMX; Arm with BF16), fp16
   on older CUDA GPUs, float32 otherwise.  On a CPU without native bf16 PyTorch
-  emulates it through float32 conversions: several times slower than float32,
-  so ``auto`` never picks it there.  A model whose weights will be quantized
+  emulates it through float32 conversions: prompts are processed several times
+  slower than in float32 (a 512-token prefill 6x slower on 2 AVX2 cores), so
+  ``auto`` never picks it there, although decode alone, bound by memory, ran
+  1.9x faster in bf16 on the same cores (31 vs 16 tok/s).  A model whose weights will be quantized
   (``serve --quant``) gets float32 on any CPU: its quantized matmuls run in bf16
   inside PyTorch's packed kernels anyway, the rest measured as fast in float32
   as in bf16 (w4a16 decode 32.7 vs 33.9 tok/s, w8a16 38.1 vs 39.4 on 2
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 PRECISIONS = ("auto", "fp32", "bf16")
-EMULATED_SLOWDOWN = "typically 3-10x slower than float32"
+EMULATED_SLOWDOWN = "prompt processing typically 3-10x slower than float32"
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,6 @@ class LLMEngine:
                 raise ConfigError("torch.compile of the decode step failed (the error is logged above); "
                                   "run without compile, or install a C++ compiler (gcc) for Inductor")
         self.totals = dict.fromkeys(self.totals, 0)
-        self.runner.warm = True
         log.warning("decode step compiled in %.0f s (cache: %s)", time.perf_counter() - start, cache.folder)
 
     # ---- submitting ------------------------------------------------------------------

@@ -60,14 +60,6 @@ class ModelRunner:
         self.model, self.cache, self.proposer = model, cache, proposer
         self.device = model.device
         self.compiled = torch.compile(model, dynamic=True) if compile else None
-        self.warm = False  # set once both decode graphs are compiled: see _decode
-
-    def _decode(self, step: torch.Tensor, pos: torch.Tensor, batch: PagedBatch, keep: torch.Tensor) -> torch.Tensor:
-        """The compiled decode step.  Once warm, Dynamo checks only the guards that tell its two graphs apart: its full
-        guard set covers every weight of the model and cost about 1.1 ms a step on 2 AVX2 cores (a tenth of a step),
-        while the runner only ever passes the inputs the two graphs were compiled for."""
-        with shape_config.patch(use_duck_shape=False), torch.compiler.set_stance(skip_guard_eval_unsafe=self.warm):
-            return self.compiled(step, pos, cache=batch, logits_to_keep=keep)
 
     def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
         bs = self.cache.block_size
@@ -126,7 +118,8 @@ class ModelRunner:
                 images.scatter(embeds[0], begin, end, offset)
             logits = self.model(None, pos, cache=batch, logits_to_keep=keep, inputs_embeds=embeds)[0].float()
         elif self.compiled is not None and not prefills and not prompt_rows and not single_rows:
-            logits = self._decode(step, pos, batch, keep)[0].float()
+            with shape_config.patch(use_duck_shape=False):
+                logits = self.compiled(step, pos, cache=batch, logits_to_keep=keep)[0].float()
         else:
             logits = self.model(step, pos, cache=batch, logits_to_keep=keep)[0].float()
 

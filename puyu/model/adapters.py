@@ -90,7 +90,13 @@ def adapter_folder(name_or_path: str | Path) -> Path:
 def read_adapter(folder: str | Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
     """``(adapter_config, {module path: {"A": ..., "B": ...}}, {parameter name: tensor saved whole})`` of a PEFT LoRA
     folder or a saved adapter's name."""
+    named = not Path(folder).expanduser().exists() and len(Path(folder).parts) == 1
     folder = adapter_folder(folder)
+    if named and not folder.exists():  # a bare name that nothing saved yet: say where names come from
+        saved = sorted(p.name for p in folder.parent.iterdir() if not p.name.startswith(".")) if folder.parent.is_dir() else []
+        raise ModelLoadError(f"no adapter named {folder.name!r} in {folder.parent} (saved: {', '.join(saved) or 'none'}); "
+                             "`puyu train` saves adapters there and `puyu agent-tune` builds the one named 'agent', "
+                             "or pass the path of a PEFT LoRA folder")
     if not (folder / CONFIG_FILE).exists() or not (folder / WEIGHTS_FILE).exists():
         raise ModelLoadError(f"{folder} is not a LoRA adapter folder (it needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     config = json.loads((folder / CONFIG_FILE).read_text())

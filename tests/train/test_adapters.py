@@ -94,6 +94,14 @@ def test_adapter_for_another_model_is_refused(tiny_model_dir, tiny_llm, tmp_path
     assert "not a LoRA adapter folder" in capsys.readouterr().err
 
 
+def test_an_unsaved_adapter_name_says_where_names_come_from(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PUYU_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "adapters" / "mine").mkdir(parents=True)
+
+    with pytest.raises(ModelLoadError, match=r"no adapter named 'agent'.*saved: mine.*puyu agent-tune"):
+        LLM(tiny_model_dir, dtype="float32", device="cpu", adapter="agent")
+
+
 def test_serve_with_an_adapter_gives_the_tokens_of_chat_with_it(tiny_model_dir, tiny_llm, tmp_path, capsys):
     from openai import OpenAI
 

@@ -6,7 +6,8 @@
 'The capital of France is Paris.'
 >>> llm.generate(["Once upon a time"], max_new_tokens=8)
 
-Sampling keywords are the fields of :class:`~puyu.generation.SamplingParams`.  A vision-language folder takes images
+Sampling keywords are the fields of :class:`~puyu.generation.SamplingParams`; those not given take the model's
+recommended values (its ``generation_config.json``), then the field defaults.  A vision-language folder takes images
 as message parts:
 
 >>> llm = LLM("path/to/SmolVLM-256M-Instruct")
@@ -20,6 +21,7 @@ from typing import Any, Iterator
 
 from puyu.errors import ConfigError
 from puyu.generation import Completion, SamplingParams, generate, stream
+from puyu.generation.sampling import recommended_sampling
 from puyu.model import DEFAULT_MODEL, load_model, pick_quant, save_pretrained
 from puyu.model.vlm.prompt import PromptImages, prompt_with_images
 from puyu.quant.quantize import quantize_for_inference
@@ -29,10 +31,6 @@ Messages = list[dict[str, Any]] | str
 
 def _messages(messages: Messages) -> list[dict[str, Any]]:
     return [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
-
-
-def _params(sampling: dict[str, Any]) -> SamplingParams:
-    return SamplingParams.from_keywords(sampling)
 
 
 class LLM:
@@ -67,6 +65,10 @@ class LLM:
         """Whether messages may carry image parts (a vision-language model)."""
         return self.model.image_input is not None
 
+    def sampling(self, **sampling: Any) -> SamplingParams:
+        """``sampling`` (SamplingParams keywords) over the model's recommended sampling."""
+        return SamplingParams.from_keywords(sampling, **recommended_sampling(self.tokenizer))
+
     def prompt_ids(self, messages: Messages, tools: list[dict] | None = None) -> list[int]:
         """Token ids of a conversation ready for the assistant's reply."""
         return self.prompt(messages, tools)[0]
@@ -78,7 +80,7 @@ class LLM:
     def stream_chat(self, messages: Messages, tools: list[dict] | None = None, **sampling: Any) -> Iterator[str]:
         """Yield the reply's text piece by piece."""
         ids, images = self.prompt(messages, tools)
-        for delta in stream(self.model, self.tokenizer, [ids], _params(sampling), [images]):
+        for delta in stream(self.model, self.tokenizer, [ids], self.sampling(**sampling), [images]):
             if delta.text:
                 yield delta.text
 
@@ -89,7 +91,7 @@ class LLM:
     def complete_chat(self, messages: Messages, tools: list[dict] | None = None, **sampling: Any) -> Completion:
         """Like :meth:`chat`, with token ids and the finish reason."""
         ids, images = self.prompt(messages, tools)
-        return generate(self.model, self.tokenizer, [ids], _params(sampling), [images])[0]
+        return generate(self.model, self.tokenizer, [ids], self.sampling(**sampling), [images])[0]
 
     def generate(self, prompts: str | list[str], **sampling: Any) -> list[str]:
         """Continue raw text prompts (no chat template), as one batch."""
@@ -99,7 +101,7 @@ class LLM:
         """Like :meth:`generate`, with token ids and finish reasons."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ids = [self.tokenizer.encode(p) for p in prompts]
-        return generate(self.model, self.tokenizer, ids, _params(sampling))
+        return generate(self.model, self.tokenizer, ids, self.sampling(**sampling))
 
     def save(self, folder: str | Path) -> Path:
         """Write the model as a Hugging Face folder (config, safetensors, tokenizer, chat template).

@@ -23,11 +23,14 @@ from puyu.model.vlm.prompt import PromptImages
 @dataclass
 class ChatSession:
     llm: LLM
-    params: SamplingParams = field(default_factory=SamplingParams)
+    params: SamplingParams | None = None  # None: the model's recommended sampling (LLM.sampling)
     system: str | None = None
     turns: list[dict] = field(default_factory=list)  # user/assistant messages, oldest first
     dropped: int = 0  # messages dropped by the last fit
     images: list[str] = field(default_factory=list)  # attached to the next user message
+
+    def __post_init__(self) -> None:
+        self.params = self.params or self.llm.sampling()
 
     def attach(self, path: str) -> None:
         """Show the image at ``path`` with the next message (checked now, so a bad file is named at once).

@@ -13,12 +13,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
     """Chat with a model in the terminal (or answer one -p question)."""
     from puyu.chat.session import ChatSession
     from puyu.chat.terminal import TerminalChat
-    from puyu.cli.flags import dataclass_from_args
+    from puyu.cli.flags import flag_values
     from puyu.generation import SamplingParams
 
-    params = dataclass_from_args(SamplingParams, args)
+    given = flag_values(SamplingParams, args)  # the model's recommended sampling fills what is not given
+    SamplingParams(**given)  # a bad value is reported before the model loads
     llm = load_llm(args)
-    session = ChatSession(llm, params=params, system=args.system)
+    session = ChatSession(llm, params=llm.sampling(**given), system=args.system)
     for path in args.image or []:
         session.attach(path)
     if args.prompt is not None:
@@ -71,6 +72,7 @@ def cmd_write(args: argparse.Namespace) -> int:
 def register(sub, common) -> None:
     from puyu.cli.flags import add_dataclass_flags
     from puyu.generation.sampling import SamplingParams
+    from puyu.tokenizer.tokenizer import SAMPLING_KEYS
 
     chat = sub.add_parser("chat", parents=[common], help=cmd_chat.__doc__,
                           description=cmd_chat.__doc__ + " In the chat: /clear, /system TEXT, /image PATH, /exit; Ctrl-C stops a reply.")
@@ -79,7 +81,7 @@ def register(sub, common) -> None:
     chat.add_argument("--system", default=None, help="system prompt")
     chat.add_argument("--image", action="append", metavar="PATH", help="an image for the first message (vision-language "
                       "models; repeatable); /image PATH in the chat adds one to the next message")
-    add_dataclass_flags(chat, SamplingParams, "sampling")
+    add_dataclass_flags(chat, SamplingParams, "sampling", overrides=dict.fromkeys(SAMPLING_KEYS))
     chat.set_defaults(func=cmd_chat)
 
     write = sub.add_parser("write", parents=[common], help=cmd_write.__doc__, description=cmd_write.__doc__)

@@ -34,19 +34,19 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, group: str |
                         overrides: dict[str, Any] | None = None) -> None:
     """Add one ``--flag`` per field of dataclass ``cls``; defaults (shown in the help too) are the field defaults,
     or ``defaults``'s values when a command has its own (an instance of ``cls``), or ``overrides``' values: ones
-    the command resolves before building ``cls`` (``serve``'s ``--quant auto``)."""
+    the command resolves before building ``cls`` (``serve``'s ``--quant auto``; None: after loading the model, as
+    ``chat``'s sampling, which the model's recommendation fills)."""
     target = parser.add_argument_group(group) if group else parser
     docs = _field_docs(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
-        if defaults is not None:
-            default = getattr(defaults, f.name)
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        default = (overrides or {}).get(f.name, default)
-        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        base = getattr(defaults, f.name) if defaults is not None else _field_default(f)
+        default = shown = (overrides or {}).get(f.name, base)
+        if f.name in (overrides or {}) and default is None:  # resolved once the model is loaded (chat's sampling)
+            shown = f"the model's recommendation, else {base}"
+        help_text = f"{docs.get(f.name, '')} (default: {shown})"
         if kind is bool:
             target.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=docs.get(f.name))
             continue
@@ -57,7 +57,15 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, group: str |
             target.add_argument(flag, type=args[0] if args else kind, default=default, help=help_text)
 
 
+def _field_default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def flag_values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The values of ``cls``'s flags that are set (a flag whose default is None and was not given is left out)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
 def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
     """An instance of ``cls`` from the flags :func:`add_dataclass_flags` added."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
-    return cls(**values)
+    return cls(**flag_values(cls, args))

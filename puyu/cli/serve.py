@@ -63,6 +63,9 @@ def run_engine_server(args: argparse.Namespace, web: bool = False) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     print(f"serving {name!r} on http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
+    if app.state.server.recommended_sampling:
+        chosen = " ".join(f"{k}={v:g}" for k, v in app.state.server.recommended_sampling.items())
+        print(f"requests that set no sampling use the model's recommended {chosen}", flush=True)
     if embedder:
         print(f"embeddings of {app.state.server.embedder_id!r} ({embedder.dimension}-d) on /v1/embeddings", flush=True)
     if web:

@@ -9,16 +9,24 @@ and frequency penalties (OpenAI-style, over the output), then greedy when
 A sequence with a ``grammar`` (see :mod:`puyu.generation.constraints`) has its
 disallowed tokens masked after the penalties and its matcher advanced with the
 chosen token.
+
+When a user sets no sampling, the model's own recommendation applies
+(:func:`recommended_sampling`, from its ``generation_config.json``), over
+:class:`SamplingParams`' defaults; what the user sets wins.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
 from puyu.errors import ConfigError
+from puyu.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 # The one table of allowed values, in pydantic's Field terms (ge/gt/le): SamplingParams checks it, and the
 # HTTP schemas (serve, web) build their fields from it, so a bound is written once.  Temperature stops at 2 as in OpenAI's API.
@@ -115,6 +123,18 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+def recommended_sampling(tokenizer: Tokenizer) -> dict[str, float]:
+    """The model's recommended sampling values that are within :data:`LIMITS` (an out-of-range one is logged and left
+    out, so a bad ``generation_config.json`` never blocks generation)."""
+    usable = {}
+    for name, value in tokenizer.sampling_defaults.items():
+        if within_limits(name, value):
+            usable[name] = value
+        else:
+            log.warning("ignoring the model's recommended %s=%s: it %s", name, value, limit_rule(name))
+    return usable
 
 
 class SequenceState:

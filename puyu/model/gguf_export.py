@@ -139,6 +139,10 @@ def export_gguf(model: Transformer, tokenizer: Tokenizer, path: str | Path, outt
     writer.add_add_bos_token(vocab["add_bos"])
     if tokenizer.template is not None:
         writer.add_chat_template(tokenizer.template.source)
+    writers = {"temperature": writer.add_sampling_temp, "top_p": writer.add_sampling_top_p, "min_p": writer.add_sampling_min_p,
+               "repetition_penalty": writer.add_sampling_penalty_repeat, "top_k": lambda k: writer.add_sampling_top_k(int(k))}
+    for key, value in tokenizer.sampling_defaults.items():  # llama.cpp samples with them when the user sets none
+        writers[key](value)
     permute = arch in GGUF_PERMUTED_ARCHS
     state = model.state_dict()
     if c.tie_word_embeddings:

@@ -174,7 +174,9 @@ def _write_folder(model: Transformer, tokenizer: Tokenizer, folder: Path, state:
     hf.setdefault("bos_token_id", tokenizer.bos_id)
     hf.setdefault("eos_token_id", tokenizer.eos_id)
     (folder / "config.json").write_text(json.dumps(hf, indent=2))
-    generation = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.stop_token_ids}
+    generation = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.stop_token_ids, **tokenizer.sampling_defaults}
+    if tokenizer.sampling_defaults.get("temperature"):
+        generation["do_sample"] = True  # transformers samples with the recommended values only when told to
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2))
     tokenizer.save(folder)
     return folder

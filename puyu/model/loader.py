@@ -27,7 +27,7 @@ from puyu.home import home_subdir
 from puyu.model.adapters import load_adapter
 from puyu.model.gguf_io import read_gguf
 from puyu.model.hf_io import build_model, load_folder, read_config, read_hf_config, read_quant_spec, read_weights, save_pretrained
-from puyu.model.registry import resolve
+from puyu.model.registry import registered_sampling, resolve
 from puyu.model.transformer import Transformer
 from puyu.model.vlm.config import is_vision_language
 from puyu.quant import cpu_gemv
@@ -38,10 +38,15 @@ from puyu.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 
+# Bumped when a conversion writes something new, so folders converted before are redone (2: recommended sampling)
+CONVERSION_VERSION = 2
+
+
 def converted_folder(gguf_path: Path) -> Path:
     """Cache folder of a GGUF file's conversion (it may not exist yet)."""
     stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    source = f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CONVERSION_VERSION}"
+    key = hashlib.sha256(source.encode()).hexdigest()[:12]
     return home_subdir("models") / f"{gguf_path.stem}-{key}"
 
 
@@ -53,6 +58,7 @@ def convert_gguf(gguf_path: Path) -> Path:
     log.info("converting %s once to %s", gguf_path, target)
     config, state, meta = read_gguf(gguf_path)
     tokenizer = Tokenizer.from_gguf_metadata(meta)
+    tokenizer.sampling_defaults = tokenizer.sampling_defaults or registered_sampling(gguf_path)
     model = build_model(config, state, torch.float32, "cpu")
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)

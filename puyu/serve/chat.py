@@ -53,7 +53,8 @@ async def chat_completions(body: ChatCompletionRequest, server: ServerState = De
     fmt = tool_format(family) if tools else None
     keep_specials = fmt is not None and fmt.keeps_special_tokens
     top = (body.top_logprobs or 0) if body.logprobs else None
-    jobs = [Job(prompt, body.sampling(max(limit, 1), i, not keep_specials, grammar), top, images=images) for i in range(body.n)]
+    jobs = [Job(prompt, body.sampling(max(limit, 1), i, server.recommended_sampling, not keep_specials, grammar), top, images=images)
+            for i in range(body.n)]
     running = server.run(jobs)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": server.name}

@@ -51,7 +51,8 @@ async def completions(body: CompletionRequest, server: ServerState = Depends(ser
     if body.stream and body.echo and body.logprobs is not None:
         raise OpenAIError(400, "echo with logprobs is not supported when streaming; use stream: false", param="stream")
     echo_logprobs = body.logprobs if body.echo and body.logprobs is not None else None
-    jobs = [Job(p, body.sampling(max_tokens, j), body.logprobs, echo_logprobs) for p in prompts for j in range(body.n)]
+    jobs = [Job(p, body.sampling(max_tokens, j, server.recommended_sampling), body.logprobs, echo_logprobs)
+            for p in prompts for j in range(body.n)]
     running = server.run(jobs)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()), "model": server.name}
     prompt_tokens = sum(len(p) for p in prompts)

@@ -18,7 +18,11 @@ from puyu.errors import ConfigError
 from puyu.generation import SamplingParams
 from puyu.generation.constraints import json_object_grammar, json_schema_grammar, tool_call_grammar
 from puyu.generation.sampling import LIMITS
+from puyu.tokenizer.tokenizer import SAMPLING_KEYS
 from puyu.tokenizer.tool_formats import tool_format
+
+# What OpenAI's API samples with when a request sets nothing (top_k, min_p and repetition_penalty stay off)
+OPENAI_SAMPLING = {"temperature": 1.0, "top_p": 1.0}
 
 
 class _Request(BaseModel):
@@ -26,8 +30,8 @@ class _Request(BaseModel):
 
     model: str
     max_tokens: int | None = Field(default=None, **LIMITS["max_new_tokens"])
-    temperature: float = Field(default=1.0, **LIMITS["temperature"])
-    top_p: float = Field(default=1.0, **LIMITS["top_p"])
+    temperature: float | None = Field(default=None, **LIMITS["temperature"])
+    top_p: float | None = Field(default=None, **LIMITS["top_p"])
     n: int = Field(default=1, ge=1, le=16)
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -36,18 +40,20 @@ class _Request(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     # Common extensions (vLLM / LMDeploy)
-    top_k: int = Field(default=0, **LIMITS["top_k"])
-    min_p: float = Field(default=0.0, **LIMITS["min_p"])
-    repetition_penalty: float = Field(default=1.0, **LIMITS["repetition_penalty"])
+    top_k: int | None = Field(default=None, **LIMITS["top_k"])
+    min_p: float | None = Field(default=None, **LIMITS["min_p"])
+    repetition_penalty: float | None = Field(default=None, **LIMITS["repetition_penalty"])
     ignore_eos: bool = False
     loop_guard: int = Field(default=0, **LIMITS["loop_guard"])  # puyu: end a reply that repeats itself (puyu.generation.loop_guard)
 
-    def sampling(self, max_tokens: int, index: int, skip_special_tokens: bool = True, grammar: str | None = None) -> SamplingParams:
-        """SamplingParams for choice ``index`` (a given seed is offset per choice so choices differ)."""
+    def sampling(self, max_tokens: int, index: int, recommended: dict[str, float], skip_special_tokens: bool = True,
+                 grammar: str | None = None) -> SamplingParams:
+        """SamplingParams for choice ``index`` (a given seed is offset per choice so choices differ).  Sampling fields
+        the request leaves out take the model's ``recommended`` values, then OpenAI's defaults (as vLLM does)."""
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        given = {name: getattr(self, name) for name in SAMPLING_KEYS if getattr(self, name) is not None}
         return SamplingParams(
-            max_new_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
-            repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
+            max_new_tokens=max_tokens, **{**OPENAI_SAMPLING, **recommended, **given}, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, seed=None if self.seed is None else self.seed + index, stop=stop,
             ignore_eos=self.ignore_eos, skip_special_tokens=skip_special_tokens, grammar=grammar, loop_guard=self.loop_guard,
         )

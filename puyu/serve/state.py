@@ -7,6 +7,7 @@ module is a plain ``APIRouter`` with module-level handlers.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 from fastapi import Request
 
 from puyu.engine import LLMEngine
+from puyu.generation.sampling import recommended_sampling
 from puyu.model.embedder import Embedder
 from puyu.serve.bridge import Job, Running
 from puyu.serve.errors import OpenAIError
@@ -58,6 +60,11 @@ class ServerState:
     @property
     def tokenizer(self):
         return self.engine.tokenizer
+
+    @functools.cached_property
+    def recommended_sampling(self) -> dict[str, float]:
+        """What the served model's ``generation_config.json`` recommends for sampling fields a request leaves out."""
+        return recommended_sampling(self.engine.tokenizer)
 
     def run(self, jobs: list[Job]) -> Running:
         """Submit ``jobs`` (raises before any response when the engine refuses one)."""

@@ -12,6 +12,12 @@ of the messages before it (with the generation prompt) and the render that
 includes it, cut after its end-of-turn marker; a token is trained when its first
 character lies in such a span.  Templates that are not prefix-stable (they
 rewrite earlier turns when later ones arrive) raise :class:`TemplateError`.
+
+The tokenizer also carries how its model wants to be sampled when a user asks
+for nothing else (:attr:`Tokenizer.sampling_defaults`): the sampling keys of
+``generation_config.json``, or a GGUF's ``general.sampling.*`` metadata, as
+vLLM's ``--generation-config auto`` reads them.  It travels with the model
+everywhere the chat template does; :mod:`puyu.generation.sampling` applies it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from puyu.tokenizer.sentencepiece import backend_from_sentencepiece
 from puyu.tokenizer.templates import ChatTemplate
 
 ROLES = ("system", "user", "assistant", "tool")
+# generation_config.json keys a model may recommend sampling with, and their GGUF metadata names (llama.cpp's gguf-py)
+SAMPLING_KEYS = {"temperature": "general.sampling.temp", "top_p": "general.sampling.top_p", "top_k": "general.sampling.top_k",
+                 "min_p": "general.sampling.min_p", "repetition_penalty": "general.sampling.penalty_repeat"}
 
 
 @dataclass
@@ -56,6 +65,7 @@ class Tokenizer:
         pad_token: str | None = None,
         unk_token: str | None = None,
         chat_template: str | None = None,
+        sampling_defaults: dict[str, float] | None = None,
         extra_stop_ids: list[int] | None = None,
     ):
         self.backend = backend
@@ -64,6 +74,7 @@ class Tokenizer:
                                       ("pad_token", pad_token), ("unk_token", unk_token)) if v}
         self.template = ChatTemplate(chat_template, specials) if chat_template else None
         self.extra_stop_ids = list(extra_stop_ids or [])
+        self.sampling_defaults = dict(sampling_defaults or {})
 
     # ---- construction -------------------------------------------------------------
     @classmethod
@@ -88,11 +99,9 @@ class Tokenizer:
             template = (folder / "chat_template.jinja").read_text()
         elif template is None and (folder / "chat_template.json").exists():  # a processor's (vision-language folders)
             template = _json_file(folder / "chat_template.json").get("chat_template")
-        stops: list[int] = []
-        gen = folder / "generation_config.json"
-        if gen.exists():
-            eos = json.loads(gen.read_text()).get("eos_token_id")
-            stops = [eos] if isinstance(eos, int) else list(eos or [])
+        generation = _json_file(folder / "generation_config.json") if (folder / "generation_config.json").exists() else {}
+        eos = generation.get("eos_token_id")
+        stops = [eos] if isinstance(eos, int) else list(eos or [])
         return cls(
             backend,
             bos_token=_token_str(config.get("bos_token")),
@@ -100,6 +109,7 @@ class Tokenizer:
             pad_token=_token_str(config.get("pad_token")),
             unk_token=_token_str(config.get("unk_token")),
             chat_template=template,
+            sampling_defaults=_numbers(generation, {key: key for key in SAMPLING_KEYS}),
             extra_stop_ids=stops,
         )
 
@@ -119,6 +129,7 @@ class Tokenizer:
             pad_token=token("padding"),
             unk_token=token("unknown"),
             chat_template=meta.get("tokenizer.chat_template"),
+            sampling_defaults=_numbers(meta, SAMPLING_KEYS),
         )
 
     def save(self, folder: str | Path) -> None:
@@ -221,6 +232,12 @@ def _check_messages(messages: list[dict]) -> None:
             raise TemplateError(f"message {i} needs a role in {ROLES}, got {m!r:.80}")
         if m.get("content") is None and not m.get("tool_calls"):
             raise TemplateError(f"message {i} ({m['role']}) has no content")
+
+
+def _numbers(source: dict, names: dict[str, str]) -> dict[str, float]:
+    """``{key: source[names[key]]}`` for the keys whose value in ``source`` is a number."""
+    values = {key: source.get(name) for key, name in names.items()}
+    return {key: v for key, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _json_file(path: Path) -> dict:

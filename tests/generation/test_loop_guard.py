@@ -80,4 +80,4 @@ def test_the_server_request_carries_the_loop_guard():
     from puyu.serve.protocol import CompletionRequest
 
     request = CompletionRequest(model="m", prompt="hi", loop_guard=8)
-    assert request.sampling(16, 0).loop_guard == 8 and CompletionRequest(model="m", prompt="hi").sampling(16, 0).loop_guard == 0
+    assert request.sampling(16, 0, {}).loop_guard == 8 and CompletionRequest(model="m", prompt="hi").sampling(16, 0, {}).loop_guard == 0

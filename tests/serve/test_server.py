@@ -160,3 +160,26 @@ def test_prompt_lookup_server_answers_what_the_plain_one_does_and_reports_accept
         assert 0 < accepted <= drafted and metric(s, "puyu_draft_acceptance_rate") == pytest.approx(accepted / drafted)
     finally:
         stop_server(s)
+
+
+def test_requests_that_set_no_sampling_take_the_model_s_recommendation(client, tiny_server_model, tmp_path):
+    import json
+    import shutil
+
+    from openai import OpenAI
+
+    folder = shutil.copytree(tiny_server_model, tmp_path / "greedy-by-default")
+    (folder / "generation_config.json").write_text(json.dumps({"do_sample": False, "temperature": 0.0}))
+    greedy = client.chat.completions.create(model="tiny", messages=USER, temperature=0, max_tokens=16).choices[0].message.content
+    s = start_server(folder, api_key=None, log=tmp_path / "log")
+    try:
+        assert "requests that set no sampling use the model's recommended temperature=0" in s.log.read_text()
+        own = OpenAI(base_url=s.url, api_key="none", max_retries=0, timeout=120)
+        unset = [own.chat.completions.create(model="tiny", messages=USER, max_tokens=16, seed=seed).choices[0].message.content
+                 for seed in (1, 2)]
+        assert unset == [greedy, greedy]
+        hot = {own.chat.completions.create(model="tiny", messages=USER, max_tokens=16, seed=seed, temperature=1.5)
+               .choices[0].message.content for seed in (1, 2, 3)}
+        assert len(hot) > 1  # the request's own temperature wins
+    finally:
+        stop_server(s)

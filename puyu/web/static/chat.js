@@ -16,7 +16,8 @@ let pending = [];  // data: URLs of the images for the next message
 const MAX_IMAGE_BYTES = 8 << 20;
 
 function load() {
-  const empty = { messages: [], system: "", temperature: 0.7, top_p: 1, max_tokens: 512 };
+  // temperature and top_p null: the server samples as the model recommends (its generation_config.json) until moved
+  const empty = { messages: [], system: "", temperature: null, top_p: null, max_tokens: 512 };
   let saved = {};
   try { saved = JSON.parse(localStorage.getItem(STORE) || "{}"); } catch (_) { /* a damaged entry: start over */ }
   const loaded = { ...empty, ...saved };
@@ -136,8 +137,9 @@ async function reply() {
   save();
   await guard(async (signal) => {
     try {
-      const body = { model: await model(), messages, stream: true, temperature: state.temperature, top_p: state.top_p,
-                     max_tokens: state.max_tokens };
+      const body = { model: await model(), messages, stream: true, max_tokens: state.max_tokens };
+      if (state.temperature != null) body.temperature = state.temperature;
+      if (state.top_p != null) body.top_p = state.top_p;
       await postStream("/v1/chat/completions", body, (chunk) => {
         if (chunk.error) throw new Error(chunk.error.message || "the server reported an error");
         const piece = chunk.choices?.[0]?.delta?.content;
@@ -185,8 +187,8 @@ async function regenerate() {
 function bindSetting(id, key, parse) {
   const input = $(id);
   const output = $(`${id}-value`);
-  input.value = state[key];
-  if (output) output.textContent = input.value;
+  if (state[key] != null) input.value = state[key];
+  if (output) output.textContent = state[key] == null ? "model's" : input.value;
   input.addEventListener("input", () => {
     state[key] = parse(input.value);
     if (output) output.textContent = input.value;

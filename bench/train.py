@@ -16,9 +16,10 @@ lora_sft train.max_steps=N``, its default precision): the time from the command
 to the first logged step, and its tokens/s (real tokens, packed rows).
 
 ``--compile`` adds puyu with ``train.compile`` (compiled decoder layers; the warm-up steps compile).
+``--repeats N`` alternates the sides N times and reports median tok/s (a shared 2-core machine varies by 10-40%).
 
     python bench/train.py [--dtypes auto|float32,bfloat16] [--steps 10] [--batch 4] [--seq 128] [--threads 2] [--recipe-steps 3]
-                          [--compile]
+                          [--compile] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,6 +150,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--recipe-steps", type=int, default=3, help="steps of the shipped lora_sft recipe (0 = skip)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each side (alternating); the median is reported")
     parser.add_argument("--compile", action="store_true", help="also puyu with train.compile (compiled decoder layers)")
     parser.add_argument("--worker", choices=["ours", "ours-compiled", "peft"], help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
@@ -165,17 +168,20 @@ def main() -> None:
     print(describe_machine())
     print(f"precision auto -> {auto.name} ({auto.reason})")
     folder = str(convert_gguf(resolve("smollm2-135m-instruct")))
-    print(f"LoRA r=8, batch {args.batch}x{args.seq}, {args.steps} steps, {args.threads} threads")
+    print(f"LoRA r=8, batch {args.batch}x{args.seq}, {args.steps} steps, {args.threads} threads, median of {args.repeats} run(s)")
     sides = ["ours"] + (["ours-compiled"] if args.compile else []) + ["peft"]
     print(f"{'dtype':<10} {'side':<14} {'tok/s':>8} {'peak MB':>8} {'x peft':>7} {'x memory':>9}")
     for dtype in args.dtypes.split(","):
         dtype = {"auto": "bfloat16" if auto.name == "bf16" else "float32"}.get(dtype, dtype)
-        results = {}
-        for side in sides:
-            command = [sys.executable, __file__, "--worker", side, "--dtype", dtype, "--folder", folder, "--steps", str(args.steps),
-                       "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads)]
-            done = subprocess.run(command, capture_output=True, text=True, check=True)
-            results[side] = json.loads(done.stdout.strip().splitlines()[-1])
+        runs: dict[str, list[dict]] = {side: [] for side in sides}
+        for _ in range(args.repeats):  # sides alternate, so a slow minute of a shared machine hits all of them
+            for side in sides:
+                command = [sys.executable, __file__, "--worker", side, "--dtype", dtype, "--folder", folder, "--steps",
+                           str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads)]
+                done = subprocess.run(command, capture_output=True, text=True, check=True)
+                runs[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        results = {side: {"tok_s": statistics.median(r["tok_s"] for r in got), "peak_mb": max(r["peak_mb"] for r in got)}
+                   for side, got in runs.items()}
         theirs = results["peft"]
         for side in sides:
             r = results[side]

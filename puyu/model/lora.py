@@ -63,6 +63,35 @@ class LoraConfig:
             raise ConfigError(f"lora.targets {unknown or '[]'} not valid; choose from {', '.join(PROJECTIONS)}")
 
 
+class SparseDropout(nn.Dropout):
+    """``nn.Dropout`` that, on a CPU and for the small ``p`` of LoRA, draws where the dropped elements are instead of
+    one random number per element.
+
+    Why not ``nn.Dropout``: PyTorch's CPU dropout draws a Bernoulli variable per element (``bernoulli_``, serial),
+    3-5 ms for a 512 x 576 activation on 2 AVX2 cores, 6% of a LoRA step on the built-in model.  The gaps between
+    dropped elements of an i.i.d. Bernoulli(p) mask are i.i.d. Geometric(p), so drawing ``p * n`` gaps and marking
+    their running sums gives a mask with exactly the same distribution.  On other devices, for ``p > 0.25`` and
+    under ``torch.compile`` (whose fused dropout is fast) it is ``nn.Dropout``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.device.type != "cpu" or self.p > 0.25 or torch.compiler.is_compiling():
+            return super().forward(x)
+        return x.masked_fill(bernoulli_mask(x.shape, self.p), 0) * (1 / (1 - self.p))
+
+
+def bernoulli_mask(shape: torch.Size, p: float) -> torch.Tensor:
+    """A bool tensor of ``shape`` whose elements are i.i.d. True with probability ``p`` (from geometric gaps)."""
+    n = math.prod(shape)
+    batch = int(n * p + 6 * math.sqrt(n * p) + 16)  # enough gaps to pass n almost always; more are drawn when not
+    ends = torch.empty(batch, dtype=torch.float64).geometric_(p).cumsum(0)  # 1-based positions of the True elements
+    while ends[-1] <= n:
+        ends = torch.cat([ends, ends[-1] + torch.empty(batch, dtype=torch.float64).geometric_(p).cumsum(0)])
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[ends[ends <= n].long() - 1] = True
+    return mask.view(shape)
+
+
 class LoRALinear(nn.Module):
     """A frozen ``base`` layer plus a trainable low-rank update (see the module docstring)."""
 
@@ -75,7 +104,7 @@ class LoRALinear(nn.Module):
         device = device.device if device is not None else base.weight.device
         self.lora_A = nn.Linear(self.in_features, r, bias=False, device=device, dtype=torch.float32)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, device=device, dtype=torch.float32)
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout = SparseDropout(dropout) if dropout > 0 else nn.Identity()
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
 

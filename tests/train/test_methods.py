@@ -145,3 +145,29 @@ def test_compiled_layers_train_as_eager_does(tiny_recipe):
     for key in expected:
         assert torch.allclose(expected[key], got[key], atol=1e-5, rtol=1e-3), key
     assert any(v.abs().sum() > 0 for k, v in got.items() if "lora_B" in k)
+
+
+def test_sparse_dropout_mask_is_iid_bernoulli_with_the_dropout_scale():
+    from puyu.model.lora import SparseDropout, bernoulli_mask
+
+    torch.manual_seed(0)
+    p, rows, width = 0.05, 4000, 500
+    masks = torch.stack([bernoulli_mask(torch.Size([width]), p) for _ in range(rows)]).double()
+    sigma = (p * (1 - p) / masks.numel()) ** 0.5
+    assert abs(masks.mean().item() - p) < 5 * sigma
+    per_position = masks.mean(0)  # no position is favoured (the end of the range included)
+    assert (per_position - p).abs().max() < 6 * (p * (1 - p) / rows) ** 0.5
+    both = (masks[:, 1:] * masks[:, :-1]).mean().item()  # neighbours independent: P(both) = p^2
+    assert abs(both - p * p) < 5 * (p * p / masks[:, 1:].numel()) ** 0.5
+    dropout = SparseDropout(p).train()
+    x = torch.randn(64, 300, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / (1 - p))
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() / (1 - p))
+    assert torch.equal(dropout.eval()(x), x)
+    torch.manual_seed(3)
+    first = bernoulli_mask(torch.Size([7, 9]), 0.2)
+    torch.manual_seed(3)
+    assert torch.equal(first, bernoulli_mask(torch.Size([7, 9]), 0.2)) and first.shape == (7, 9)

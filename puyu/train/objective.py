@@ -74,6 +74,7 @@ def compile_training(objective: "LMObjective", device: torch.device) -> None:
         except Exception as e:
             raise ConfigError(f"train.compile on the CPU needs a C++ compiler for Inductor ({e}); install gcc or clang, "
                               "or set train.compile=false") from e
+    objective.model.attend_in_blocks = False
     for layer in objective.model.model.layers:
         layer.compile()
     objective.head_chunk = torch.compile(head_chunk)

@@ -73,6 +73,37 @@ def test_packed_rows_equal_separate_samples(tiny_llm):
     assert not mask[starts[1], starts[1] - 1] and mask[starts[1], starts[1]] and not mask[0, 1]
 
 
+def test_block_by_block_attention_equals_the_dense_mask_with_gradients(tiny_llm):
+    """On a CPU a packed batch's block-diagonal causal mask runs as one causal SDPA per example; values and gradients
+    equal those of the dense mask, and a mask of another form (a shared prefix) keeps the dense path."""
+    from puyu.model.transformer import CausalBlocks
+
+    tokenizer, model = tiny_llm.tokenizer, tiny_llm.model
+    samples = [Sample("a", CHAT), Sample("b", TOOLS), Sample("c", text="Hello world! How are you today?"), Sample("d", text="Bye.")]
+    examples, _ = tokenize_samples(samples, tokenizer, 256)
+    packed = collate(pack(examples, 96), pad_id=0)  # several rows, examples side by side, padding after some
+    blocks = CausalBlocks.from_mask(packed.mask)
+    assert blocks is not None and any(len(spans) > 1 for spans in blocks.rows)
+    assert all(spans[0][0] == 0 and spans[-1][1] == packed.tokens.shape[1] for spans in blocks.rows)
+    objective = LMObjective(model.train(False))
+    results = []
+    for in_blocks in (True, False):
+        model.attend_in_blocks = in_blocks
+        model.zero_grad()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        loss = objective(packed.tokens, packed.targets, packed.positions, packed.mask)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    model.attend_in_blocks = True
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(results[0][1], results[1][1]))
+    shared = packed.mask.clone()
+    row = next(i for i, spans in enumerate(blocks.rows) if len(spans) > 1)
+    shared[row, 0, -1, 0] = True  # the last token also sees the first example's first: not causal within blocks
+    assert CausalBlocks.from_mask(shared) is None
+
+
 def test_shared_prefix_rows_train_each_sample_as_alone(tiny_llm):
     """Chats that begin with the same system prompt share it in a row: fewer tokens, the same loss and gradients."""
     tokenizer, model = tiny_llm.tokenizer, tiny_llm.model

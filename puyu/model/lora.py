@@ -70,7 +70,7 @@ class SparseDropout(nn.Dropout):
     Why not ``nn.Dropout``: PyTorch's CPU dropout draws a Bernoulli variable per element (``bernoulli_``, serial),
     3-5 ms for a 512 x 576 activation on 2 AVX2 cores, 6% of a LoRA step on the built-in model.  The gaps between
     dropped elements of an i.i.d. Bernoulli(p) mask are i.i.d. Geometric(p), so drawing ``p * n`` gaps and marking
-    their running sums gives a mask with exactly the same distribution.  On other devices, for ``p > 0.25`` and
+    their running sums gives a mask of the same distribution (:func:`bernoulli_mask`).  On other devices, for ``p > 0.25`` and
     under ``torch.compile`` (whose fused dropout is fast) it is ``nn.Dropout``.
     """
 
@@ -81,14 +81,23 @@ class SparseDropout(nn.Dropout):
 
 
 def bernoulli_mask(shape: torch.Size, p: float) -> torch.Tensor:
-    """A bool tensor of ``shape`` whose elements are i.i.d. True with probability ``p`` (from geometric gaps)."""
+    """A bool tensor of ``shape`` whose elements are i.i.d. True with probability ``p``, from geometric gaps.
+
+    A gap is ``floor(log(1 - U) / log(1 - p)) + 1`` for a uniform ``U`` (inverse CDF), four times cheaper than
+    ``geometric_``; float32 uniforms make it exact to ~1e-7 in probability.
+    """
     n = math.prod(shape)
     batch = int(n * p + 6 * math.sqrt(n * p) + 16)  # enough gaps to pass n almost always; more are drawn when not
-    ends = torch.empty(batch, dtype=torch.float64).geometric_(p).cumsum(0)  # 1-based positions of the True elements
+    scale = 1 / math.log1p(-p)
+
+    def gaps() -> torch.Tensor:
+        return torch.rand(batch).neg_().log1p_().mul_(scale).floor_().add_(1).to(torch.int64).cumsum(0)
+
+    ends = gaps()  # 1-based positions of the True elements
     while ends[-1] <= n:
-        ends = torch.cat([ends, ends[-1] + torch.empty(batch, dtype=torch.float64).geometric_(p).cumsum(0)])
+        ends = torch.cat([ends, ends[-1] + gaps()])
     mask = torch.zeros(n, dtype=torch.bool)
-    mask[ends[ends <= n].long() - 1] = True
+    mask[ends[: int(torch.searchsorted(ends, n, right=True))] - 1] = True
     return mask.view(shape)
 
 

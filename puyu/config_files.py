@@ -83,7 +83,12 @@ def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return build(hint, value, where, key)
     if origin in (typing.Union, types.UnionType) and args:
-        return _coerce(value, args[0], where, key)
+        for arg in args[:-1]:  # the first type the value converts to; the last one's error if none
+            try:
+                return _coerce(value, arg, where, key)
+            except ConfigError:
+                pass
+        return _coerce(value, args[-1], where, key)
     if origin is list:
         value = [value] if isinstance(value, str) else value
         if not isinstance(value, list):

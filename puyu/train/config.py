@@ -77,7 +77,9 @@ class LoopConfig:
         grad_accum: micro-batches per optimizer step.
         precision: auto (bf16 on CUDA with bf16 and on CPUs with AMX, else fp32; see puyu.hardware), fp32, or bf16
             (bf16 autocast; frozen base weights stored in bf16; emulated, so slow, on CPUs without native bf16).
-        grad_checkpointing: recompute each layer in backward to save memory.
+        grad_checkpointing: recompute each layer in backward to save memory (the result is the same, each layer's
+            forward runs twice): true, false, or auto (off when one micro-batch's saved activations fit in the
+            memory available, measured at start; see puyu.train.memory).
         compile: torch.compile the decoder layers (one graph serves them all): fused norms, activations, RoPE
             and dropout. The first steps pay the compile (under a minute for the built-in model on 2 cores;
             Inductor keeps it on disk for the next run), later steps run faster; on the CPU it needs a C++ compiler.
@@ -92,7 +94,7 @@ class LoopConfig:
     batch_size: int = 4
     grad_accum: int = 1
     precision: str = "auto"
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool | str = "auto"
     compile: bool = False
     save_every: int = 50
     keep_checkpoints: int = 2
@@ -102,6 +104,8 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision {self.precision!r} is unknown; use {', '.join(PRECISIONS)}")
+        if self.grad_checkpointing not in (True, False, "auto"):
+            raise ConfigError(f"train.grad_checkpointing {self.grad_checkpointing!r} is unknown; use true, false or auto")
         if self.strategy not in ("ddp", "fsdp"):
             raise ConfigError(f"train.strategy {self.strategy!r} is unknown; use ddp or fsdp")
         for name in ("batch_size", "grad_accum", "epochs"):

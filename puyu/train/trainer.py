@@ -49,6 +49,7 @@ from puyu.tokenizer import Tokenizer
 from puyu.train import distributed as D
 from puyu.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from puyu.train.config import Recipe
+from puyu.train.memory import plan_checkpointing
 from puyu.train.monitor import Monitor, generate_samples
 from puyu.train.objective import LMObjective, compile_training, prepare_model
 from puyu.train.scratch import model_config, new_model, parameter_count
@@ -122,6 +123,7 @@ class Trainer:
         self.env = D.init_distributed(recipe.train.device)
         self.precision = resolve_precision(recipe.train.precision, self.env.device)
         self.run_dir = run_folder(recipe, resume, self.env)
+        self.seq_len = recipe.pretrain.seq_len if recipe.pretrain else recipe.data.max_length
 
     def _setup(self):
         r, env = self.recipe, self.env
@@ -134,7 +136,9 @@ class Trainer:
                 tokenizer.set_chat_template(r.chat_template)
             data = TrainData.build(r.data, tokenizer, r.seed, model.image_input)  # no global RNG draw: the init below is unchanged
         trainable = prepare_model(model, r.method, r.lora, self.precision.name, r.vision.connector, r.vision.tower)
-        model.gradient_checkpointing = r.train.grad_checkpointing
+        self.checkpointing = plan_checkpointing(r.train.grad_checkpointing, model, r.train.batch_size * self.seq_len,
+                                                self.precision.autocast(env.device), env.device)
+        model.gradient_checkpointing = self.checkpointing.on
         model.train()
         objective = LMObjective(model)
         if r.train.compile:
@@ -188,12 +192,12 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(r.to_dict(), sort_keys=False, allow_unicode=True))
         D.barrier(env)
-        seq_len = r.pretrain.seq_len if r.pretrain else r.data.max_length
         dtype = torch.bfloat16 if self.precision.name == "bf16" else torch.float32
         monitor = Monitor(self.run_dir, total, start, env.main, r.monitor.tensorboard,
-                          flops_per_token=flops_per_token(model.config, seq_len), peak_flops=peak_flops(env.device, dtype) * env.world)
+                          flops_per_token=flops_per_token(model.config, self.seq_len), peak_flops=peak_flops(env.device, dtype) * env.world)
         described = data.describe() if isinstance(data, PretrainData) else f"{len(data.rows)} training rows"
-        monitor.note(f"precision {self.precision.name} ({self.precision.reason}); {described}, {global_batch} rows per step"
+        monitor.note(f"precision {self.precision.name} ({self.precision.reason}); {described}, {global_batch} rows per step; "
+                     f"gradient checkpointing {self.checkpointing.reason}"
                      + ("; decoder layers compiled (the first steps include the compile)" if r.train.compile else ""))
         params = [p for p in module.parameters() if p.requires_grad]
         loss = float("nan")

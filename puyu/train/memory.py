@@ -20,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+from torch import nn
 
 from puyu.model.estimate import memory
 from puyu.model.transformer import Transformer
@@ -39,10 +41,9 @@ class CheckpointPlan:
     reason: str
 
 
-def saved_bytes_per_token(model: Transformer, autocast: contextlib.AbstractContextManager) -> float:
-    """Bytes that one decoder layer keeps for backward per token of a training micro-batch (measured)."""
-    layer = model.model.layers[0]
-    param = next(p for p in layer.parameters())
+def saved_bytes(model: nn.Module, forward: Callable[[], object]) -> int:
+    """Bytes of the tensors autograd keeps for backward while ``forward()`` runs, ``model``'s own parameters and
+    buffers (which exist anyway) left out; a storage saved twice counts once."""
     owned = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     saved: dict[int, int] = {}
 
@@ -52,16 +53,24 @@ def saved_bytes_per_token(model: Transformer, autocast: contextlib.AbstractConte
             saved[storage.data_ptr()] = storage.nbytes()
         return t
 
-    cos, sin = model.rope(torch.arange(PROBE_TOKENS, device=param.device)[None], torch.float32)
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+        forward()
+    return sum(saved.values())
+
+
+def saved_bytes_per_token(model: Transformer, autocast: contextlib.AbstractContextManager) -> float:
+    """Bytes that one decoder layer keeps for backward per token of a training micro-batch (measured)."""
+    layer = model.model.layers[0]
+    device = next(layer.parameters()).device
+    cos, sin = model.rope(torch.arange(PROBE_TOKENS, device=device)[None], torch.float32)
     was_training = layer.training
     layer.train()
     # A forked RNG: the probe's input and dropout draws leave the run's random stream (and so its result) unchanged.
-    with torch.random.fork_rng(devices=[param.device] if param.device.type == "cuda" else []), \
-            torch.autograd.graph.saved_tensors_hooks(count, lambda t: t), autocast:
-        layer(torch.randn(1, PROBE_TOKENS, model.config.hidden_size, device=param.device, requires_grad=True), cos, sin,
-              None, 0, None)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast:
+        x = torch.randn(1, PROBE_TOKENS, model.config.hidden_size, device=device, requires_grad=True)
+        total = saved_bytes(model, lambda: layer(x, cos, sin, None, 0, None))
     layer.train(was_training)
-    return sum(saved.values()) / PROBE_TOKENS
+    return total / PROBE_TOKENS
 
 
 def available_bytes(device: torch.device) -> int:

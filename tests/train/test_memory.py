@@ -22,20 +22,6 @@ def test_checkpointing_on_or_off_trains_the_same_adapter(tiny_recipe):
     assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
 
 
-def saved_bytes_of_a_forward(model, tokens: torch.Tensor) -> int:
-    owned = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    saved = {}
-
-    def count(t):
-        if t.untyped_storage().data_ptr() not in owned:
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
-        model(tokens, output="hidden")
-    return sum(saved.values())
-
-
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_probe_predicts_what_a_whole_forward_saves(tiny_recipe, method):
     recipe = tiny_recipe(method)
@@ -46,7 +32,7 @@ def test_probe_predicts_what_a_whole_forward_saves(tiny_recipe, method):
     per_token = memory.saved_bytes_per_token(model, torch.autocast("cpu", enabled=False))
     assert torch.equal(torch.get_rng_state(), rng)  # the probe leaves the run's random stream alone
     tokens = torch.randint(0, 300, (3, 96))
-    measured = saved_bytes_of_a_forward(model, tokens)
+    measured = memory.saved_bytes(model, lambda: model(tokens, output="hidden"))
     predicted = per_token * tokens.numel() * model.config.num_layers
     assert 0.8 * measured < predicted < 1.05 * measured, (predicted, measured)
 

@@ -11,7 +11,7 @@ import pytest
 
 from puyu.agent import Agent, builtin_tools
 from puyu.agent.models import Reply
-from puyu.agent.tuning import HELD_OUT_PROMPTS, Mix, build_agent_data, build_rows, generate_tasks, gsm8k_program
+from puyu.agent.tuning import HELD_OUT_PROMPTS, Mix, build, build_agent_data, build_rows, generate_tasks, gsm8k_program
 from puyu.agent.tuning.build import GLAIVE, GSM8K_TRAIN, Recorder, gsm8k_trajectory, output_values, shown_values, task_trajectory
 from puyu.agent.tuning.gsm8k import NotAProgram, gold_answer
 from puyu.agent.tuning.tasks import TEMPLATES, task_key
@@ -169,11 +169,41 @@ def test_the_build_counts_every_row_and_trains_assistant_turns_only(small_data_d
         assert prompt_only not in trained
 
 
+def _names(row: dict) -> list[str]:
+    return [t["function"]["name"] for t in row["tools"]]
+
+
+def test_distractor_tools_join_the_offered_set_without_changing_the_call(small_data_dir):
+    import random
+
+    schema = {"type": "function", "function": {"name": "get_stock_price", "parameters": {"type": "object", "properties": {}}}}
+    row = {"messages": [], "tools": builtin_tools(["python", "solve"]).schemas()}
+    offered = [_names(build.with_distractors(row, [schema, row["tools"][1]], random.Random(seed))) for seed in range(20)]
+    assert all(sorted(names) == ["get_stock_price", "python", "solve"] for names in offered)  # a tool already offered is not repeated
+    assert all(names.index("python") < names.index("solve") for names in offered)  # the row's own order is kept
+    assert len({names.index("get_stock_price") for names in offered}) == 3  # the distractor lands anywhere
+
+    rows, _ = build_rows(Mix(gsm8k=10, tasks=40, glaive=20, seed=0, distractors=1.0), small_data_dir, progress=False)
+    math, chats = rows[:-20], rows[-20:]
+    for chat in chats:  # every glaive chat also offers the math tools, and still calls only its own tools (or none)
+        called = {c["function"]["name"] for m in chat["messages"] for c in m.get("tool_calls") or []}
+        assert {"calculator", "solve"} <= set(_names(chat)) and not called & {"calculator", "solve", "python"}
+    assert sum(any(m.get("tool_calls") for m in chat["messages"]) for chat in chats) > 10
+    with_glaive_tool = [r for r in math if set(_names(r)) - {"python", "calculator", "solve"}]
+    assert 0.25 * len(math) < len(with_glaive_tool) < 0.75 * len(math)  # about half of distractors=1.0
+    for row in with_glaive_tool:
+        assert row["messages"][1]["tool_calls"][0]["function"]["name"] in {"python", "calculator", "solve"}
+    plain, _ = build_rows(Mix(gsm8k=10, tasks=40, glaive=20, seed=0, distractors=0.0), small_data_dir, progress=False)
+    assert all(set(_names(r)) <= {"python", "calculator", "solve"} for r in plain[:-20])
+
+
 def test_a_bad_data_dir_or_mix_is_named(tmp_path):
     with pytest.raises(ConfigError, match="PUYU_DATA_DIR"):
         build_rows(Mix(gsm8k=1, tasks=0, glaive=0), tmp_path, progress=False)
     with pytest.raises(ConfigError, match="held out"):
         Mix(glaive=299)
+    with pytest.raises(ConfigError, match="distractors"):
+        Mix(distractors=1.5)
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ GLAIVE_HELD_OUT_FROM = 250  # glaive rows 250-299 are held out for the tool-choi
 # (percentages), 44% (conversions: unit factors misremembered); with percentages and conversions twice as often,
 # conversions still failed in Chinese (pounds taken for kilograms) and linear equations worded like a percentage.
 TASK_KINDS = ("linear", "system", "percent", "convert", "percent", "convert", "linear", "convert")
-VERSION = 4  # bump when the trajectories change, so cached sets are rebuilt
+VERSION = 5  # bump when the trajectories change, so cached sets are rebuilt
 ANSWER = {"en": "The answer is {value}.", "zh": "答案是 {value}。"}
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+|/\d+)?")  # 72, -3.5, 1e-07, 7/2 (the solver's exact fractions)
 
@@ -62,17 +62,21 @@ class Mix:
         glaive: glaive chats that offer tools (from the first :data:`GLAIVE_HELD_OUT_FROM` rows).
         seed: seeds the GSM8K order, the generator, the glaive sample and the offered tool sets.
         python_only: share of python-solved rows that offer only the ``python`` tool (``--tools python``).
+        distractors: share of glaive chats also offered ``calculator`` and ``solve``, and half that share of the
+            other rows also offered one glaive tool, each at a random place in the list: the right tool has to be
+            picked by what the question asks, not by which tools are offered (see :func:`with_distractors`).
     """
 
     gsm8k: int = 60
-    tasks: int = 360
-    glaive: int = 50
+    tasks: int = 310
+    glaive: int = 80
     seed: int = 0
     python_only: float = 0.5
+    distractors: float = 0.6
 
     def __post_init__(self) -> None:
-        if min(self.gsm8k, self.tasks, self.glaive) < 0 or not 0 <= self.python_only <= 1:
-            raise ConfigError(f"a mix needs counts >= 0 and python_only in [0, 1]; got {self}")
+        if min(self.gsm8k, self.tasks, self.glaive) < 0 or not (0 <= self.python_only <= 1 and 0 <= self.distractors <= 1):
+            raise ConfigError(f"a mix needs counts >= 0 and python_only, distractors in [0, 1]; got {self}")
         if self.glaive > GLAIVE_HELD_OUT_FROM:
             raise ConfigError(f"at most {GLAIVE_HELD_OUT_FROM} glaive rows can be trained on (the rest are held out); got {self.glaive}")
 
@@ -156,6 +160,20 @@ def _offered(tool: str, rng: random.Random, python_only: float) -> list[str]:
     return [name for name in AGENT_TOOLS if name != "python"] if rng.random() < 0.4 else AGENT_TOOLS
 
 
+def with_distractors(row: dict[str, Any], extra: list[dict[str, Any]], rng: random.Random) -> dict[str, Any]:
+    """``row`` offering also the tool schemas ``extra`` (those it does not offer yet), each at a random place.
+
+    Why: tuned on math rows that offer only math tools and glaive chats that offer only their own, the built-in model
+    called ``calculator`` for all 10 weather prompts of the tool-choice benchmark when it was offered next to
+    ``get_weather`` (untuned it picked the weather tool); it had learnt "call the math tool when there is one".
+    """
+    tools, names = list(row["tools"]), {t["function"]["name"] for t in row["tools"]}
+    for schema in extra:
+        if schema["function"]["name"] not in names:
+            tools.insert(rng.randint(0, len(tools)), schema)
+    return {**row, "tools": tools}
+
+
 def gsm8k_trajectory(recorder: Recorder, row: dict, offered: list[str]) -> tuple[dict | None, str | None]:
     """``(trajectory, None)`` for a GSM8K row whose program prints the gold answer, else ``(None, reason)``."""
     try:
@@ -208,9 +226,18 @@ def build_rows(mix: Mix, data_dir: Path, progress: bool = True) -> tuple[list[di
     order = rng.sample(range(len(gsm8k)), len(gsm8k))
     bar = tqdm(total=mix.gsm8k + mix.tasks + mix.glaive, desc="agent data", unit="row", disable=not progress, dynamic_ncols=True)
 
+    with_tools = [row for row in glaive[:GLAIVE_HELD_OUT_FROM] if row.get("tools")]  # chats without tools teach no tool use
+    if mix.glaive > len(with_tools):
+        raise ConfigError(f"the glaive file has {len(with_tools)} chats with tools before row {GLAIVE_HELD_OUT_FROM}; "
+                          f"asked for {mix.glaive}")
+    other_tools = list({t["function"]["name"]: t for row in with_tools for t in row["tools"]}.values())
+    math_tools = [s for s in builtin_tools(AGENT_TOOLS).schemas() if s["function"]["name"] != "python"]
+
     def add(source: str, row: dict | None, reason: str | None) -> None:
         report.count(source, reason)
         if row is not None:
+            if source != "glaive" and rng.random() < mix.distractors / 2:
+                row = with_distractors(row, [rng.choice(other_tools)], rng)
             rows.append(row)
             bar.update()
         bar.set_postfix(kept=len(rows), dropped=sum(report.seen.values()) - len(rows), refresh=False)
@@ -223,12 +250,9 @@ def build_rows(mix: Mix, data_dir: Path, progress: bool = True) -> tuple[list[di
             add("gsm8k", *gsm8k_trajectory(recorder, gsm8k[index], _offered("python", rng, mix.python_only)))
         for task in generate_tasks(mix.tasks, mix.seed, kinds=TASK_KINDS):
             add(task.kind, *task_trajectory(recorder, task, _offered(task.tool, rng, mix.python_only)))
-    with_tools = [row for row in glaive[:GLAIVE_HELD_OUT_FROM] if row.get("tools")]  # chats without tools teach no tool use
-    if mix.glaive > len(with_tools):
-        raise ConfigError(f"the glaive file has {len(with_tools)} chats with tools before row {GLAIVE_HELD_OUT_FROM}; "
-                          f"asked for {mix.glaive}")
     for index in sorted(rng.sample(range(len(with_tools)), mix.glaive)):
-        add("glaive", with_tools[index], None)
+        chat = with_tools[index]
+        add("glaive", with_distractors(chat, math_tools, rng) if rng.random() < mix.distractors else chat, None)
     bar.close()
     return rows, report
 

@@ -30,7 +30,9 @@ HELD_OUT_EQUATIONS = {(2, 3, 10)}  # a*x + b = c of the bootcamp demo
 # {kind: {phrasings: {language: [templates]}}}; fields are filled with str.format.  Percentages come in two
 # wordings: "discount" (the price after a reduction) and "percent" (a plain share); a task picks by its numbers.
 # Many train wordings per kind: a small model learns the task, not one sentence (measured: with 2-4 wordings the
-# tuned model solved 4 of 25 held-out Chinese percentage questions, taking plain shares for discounts).
+# tuned model solved 4 of 25 held-out Chinese percentage questions, taking plain shares for discounts; with 8 plain and
+# 4 discount wordings 15 of 25, and with these 12 and 8 (降价 among them) 14 of 25: the held-out price cut "一件 N 元的
+# 商品降价 P% 后卖多少元" is still taken for a share, so the wordings alone do not teach the difference to a 135M model).
 TEMPLATES = {
     "linear": {
         "train": {"en": ["Solve {eq} for {v}.", "Find {v} if {eq}.", "Use Python to find {v}: {eq}", "What is {v} when {eq}?",
@@ -56,7 +58,8 @@ TEMPLATES = {
                          "{p}% of {n} equals what?", "Take {p}% of {n}. What do you get?"],
                   "zh": ["{n} 的 {p}% 是多少？", "计算 {n} 的百分之{p}", "{n} 的百分之{p}是多少？", "求 {n} 的 {p}%",
                          "{n} × {p}% 等于多少？", "{p}% 的 {n} 是多少？", "{n} 乘 {p}% 得多少？",
-                         "请算出 {n} 的 {p}%"]},
+                         "请算出 {n} 的 {p}%", "{n} 乘以百分之{p}是多少？", "算一下 {n} 乘 {p}% 的值",
+                         "{n} 元的 {p}% 是多少元？", "{n} 人中的 {p}% 是多少人？"]},
         "heldout": {"en": ["How much is {p}% of {n}?"], "zh": ["求 {n} 乘以 {p}% 的结果"]},
     },
     "discount": {
@@ -65,7 +68,9 @@ TEMPLATES = {
                          "A {n} dollar jacket is on sale at {p}% off; how much does it cost now?",
                          "The price {n} drops by {p}%. What is it now?"],
                   "zh": ["原价 {n} 元，打折减少 {p}%，现价是多少元？", "商品标价 {n} 元，优惠 {p}%，实付多少元？",
-                         "{n} 元的东西便宜了 {p}%，现在多少钱？", "价格 {n} 元，下降 {p}% 后是多少元？"]},
+                         "{n} 元的东西便宜了 {p}%，现在多少钱？", "价格 {n} 元，下降 {p}% 后是多少元？",
+                         "一台 {n} 元的电脑减价 {p}%，现在卖多少钱？", "{n} 元的衣服降价 {p}%，降价后多少元？",
+                         "票价 {n} 元，降低 {p}% 以后是多少元？", "工资 {n} 元减少 {p}% 后还剩多少元？"]},
         "heldout": {"en": ["After a {p}% discount, what does an item priced {n} cost?"],
                     "zh": ["一件 {n} 元的商品降价 {p}% 后卖多少元？"]},
     },

@@ -231,7 +231,7 @@ def build_rows(mix: Mix, data_dir: Path, progress: bool = True) -> tuple[list[di
         raise ConfigError(f"the glaive file has {len(with_tools)} chats with tools before row {GLAIVE_HELD_OUT_FROM}; "
                           f"asked for {mix.glaive}")
     other_tools = list({t["function"]["name"]: t for row in with_tools for t in row["tools"]}.values())
-    math_tools = [s for s in builtin_tools(AGENT_TOOLS).schemas() if s["function"]["name"] != "python"]
+    math_tools = builtin_tools(["calculator", "solve"]).schemas()  # no python: it would start a sandbox for a schema
 
     def add(source: str, row: dict | None, reason: str | None) -> None:
         report.count(source, reason)

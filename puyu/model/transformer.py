@@ -102,9 +102,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         # Explicit repeat: SDPA's enable_gqa takes the slow math path on CPU.
         k, v = k.repeat_interleave(h // kv, dim=1), v.repeat_interleave(h // kv, dim=1)
     if isinstance(mask, CausalBlocks):
-        return torch.cat([torch.cat([F.scaled_dot_product_attention(q[i : i + 1, :, s:e], k[i : i + 1, :, s:e], v[i : i + 1, :, s:e],
-                                                                    is_causal=True) for s, e in spans], dim=2)
-                          for i, spans in enumerate(mask.rows)])
+        # split, not slicing: the backward of a split is one concatenation, where each slice's backward would write
+        # its gradient into a zero tensor of the whole input and autograd would add those up.
+        rows = []
+        for qi, ki, vi, spans in zip(q.split(1), k.split(1), v.split(1), mask.rows):
+            sizes = [e - s for s, e in spans]
+            rows.append(torch.cat([F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
+                                   for qs, ks, vs in zip(qi.split(sizes, 2), ki.split(sizes, 2), vi.split(sizes, 2))], dim=2))
+        return torch.cat(rows)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
 
 

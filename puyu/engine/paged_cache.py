@@ -10,9 +10,12 @@ slots, then attends single-token (decode) sequences together in one batched
 call, each multi-token (prefill) chunk on its own, causally, and draft-verifying
 rows one by one.
 
-Gathering a sequence's keys from its blocks copies them once per layer; a
-fused paged-attention kernel would avoid that, which plain PyTorch on the CPU
-does not offer.
+Decode rows (and draft rows) of a float32 cache on a CPU where puyu's kernels
+run attend straight from the slots (:mod:`puyu.kernels.attention`: each key and
+value row read where it lies, each sequence computed alone so batching never
+changes its bits).  Elsewhere, and for prompt chunks that continue a context,
+a sequence's keys and values are gathered from its blocks (a copy per layer)
+and attended with SDPA.
 
 With ``kv_quant`` (``int8``/``int4``, LMDeploy's ``quant_policy`` 8/4) the
 slots hold uint8 rows of :mod:`puyu.engine.kv_quant` instead: keys and values
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from puyu.engine.kv_quant import KV_QUANT, check_head_dim, decode, encode, row_bytes
+from puyu.kernels.attention import paged_decode_attention, usable
 from puyu.model.config import ModelConfig
 from puyu.model.transformer import attention
 
@@ -66,6 +70,8 @@ class PagedKVCache:
         self.keys = [torch.empty(shape, dtype=store, device=device) for _ in range(config.num_layers)]
         self.values = [torch.empty(shape, dtype=store, device=device) for _ in range(config.num_layers)]
         self.num_blocks, self.block_size, self.dtype, self.kv_quant = num_blocks, block_size, dtype, kv_quant
+        # Decode rows attend straight from the slots (see the module docstring); else gathered copies and SDPA.
+        self.direct = self.bits is None and usable(dtype, torch.device(device))
 
     @staticmethod
     def bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype, kv_quant: str = "none") -> int:
@@ -111,18 +117,20 @@ class PagedBatch:
         slot_mapping: ``[N]`` slot of every scheduled token.
         num_decodes: ``Bd``: the step row starts with this many single-token (decode) sequences.
         decode_slots: ``[Bd, Lmax]`` their context slots (padded with 0).
-        decode_mask: ``[Bd, 1, 1, Lmax]`` bool, or None for a single sequence.
+        decode_lengths: ``[Bd]`` their context lengths.
+        decode_mask: ``[Bd, 1, 1, Lmax]`` bool, or None for a single sequence or a ``direct`` cache.
         prefills: the multi-token chunks, after the decodes.
         single_rows: ``(row, context slots)`` of tokens attended one by one over exactly their own context
             (speculative draft rows: computed as a lone decode step computes them).
     """
 
     def __init__(self, cache: PagedKVCache, slot_mapping: torch.Tensor, num_decodes: int,
-                 decode_slots: torch.Tensor | None, decode_mask: torch.Tensor | None, prefills: list[PrefillChunk],
-                 single_rows: list[tuple[int, torch.Tensor]] = ()):
+                 decode_slots: torch.Tensor | None, decode_lengths: torch.Tensor | None, decode_mask: torch.Tensor | None,
+                 prefills: list[PrefillChunk], single_rows: list[tuple[int, torch.Tensor]] = ()):
         self.cache = cache
         self.slot_mapping = slot_mapping
         self.num_decodes, self.decode_slots, self.decode_mask = num_decodes, decode_slots, decode_mask
+        self.decode_lengths = decode_lengths
         self.prefills = prefills
         self.single_rows = single_rows
 
@@ -138,11 +146,20 @@ class PagedBatch:
         cache.write(layer, self.slot_mapping, k[0].transpose(0, 1), v[0].transpose(0, 1))
         out = torch.empty_like(q)
         bd = self.num_decodes
-        if bd:
+        if bd and cache.direct:
+            qd = q[0, :, :bd].transpose(0, 1)  # [Bd, H, D]
+            out[0, :, :bd] = paged_decode_attention(qd, cache.keys[layer], cache.values[layer], self.decode_slots,
+                                                    self.decode_lengths).transpose(0, 1)
+        elif bd:
             qd = q[0, :, :bd].transpose(0, 1).unsqueeze(2)  # [Bd, H, 1, D]
             kd, vd = (t.permute(0, 2, 1, 3) for t in cache.gather(layer, self.decode_slots))  # [Bd, KV, Lmax, D]
             out[0, :, :bd] = attention(qd, kd, vd, self.decode_mask, causal=False).squeeze(2).transpose(0, 1)
         for row, context in self.single_rows:
+            if cache.direct:  # as a decode row: the kernel computes each sequence alone
+                length = torch.tensor([len(context)], device=q.device)
+                out[0, :, row] = paged_decode_attention(q[0, :, row][None], cache.keys[layer], cache.values[layer],
+                                                        context[None], length)[0]
+                continue
             # Exactly a lone sequence's decode step (no padding, no mask): SDPA's sums depend on the key length.
             qs = q[0, :, row : row + 1].transpose(0, 1).unsqueeze(2)
             ks, vs = (t.permute(0, 2, 1, 3) for t in cache.gather(layer, context[None]))

@@ -59,7 +59,10 @@ class ModelRunner:
     def __init__(self, model: Transformer, cache: PagedKVCache, compile: bool = False, proposer: PromptLookup | None = None):
         self.model, self.cache, self.proposer = model, cache, proposer
         self.device = model.device
-        self.compiled = torch.compile(model, dynamic=True) if compile else None
+        # Without Inductor's size/stride/alignment asserts: about 580 checks a decode step of the built-in model that
+        # Dynamo's guards already make (the inputs' shapes) or that hold by construction (the outputs of its own ops).
+        options = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
+        self.compiled = torch.compile(model, dynamic=True, options=options) if compile else None
 
     def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
         bs = self.cache.block_size
@@ -148,15 +151,17 @@ class ModelRunner:
             row += len(idx)
         return list(results.values())
 
-    def _decode_context(self, decode_slots: list[torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _decode_context(self, decode_slots: list[torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
+        """``(slots [Bd, Lmax] padded with 0, lengths [Bd], mask or None)`` of the decode rows (all None without any);
+        the mask only for several rows attended through SDPA (a ``direct`` cache needs none)."""
         if not decode_slots:
-            return None, None
-        lengths = [len(s) for s in decode_slots]
-        longest = max(lengths)
+            return None, None, None
+        lengths = torch.tensor([len(s) for s in decode_slots])
+        longest = int(lengths.max())
         padded = torch.zeros(len(decode_slots), longest, dtype=torch.long)
         for i, s in enumerate(decode_slots):
             padded[i, : len(s)] = s
         mask = None
-        if len(lengths) > 1:
-            mask = (torch.arange(longest)[None] < torch.tensor(lengths)[:, None])[:, None, None].to(self.device)
-        return padded.to(self.device), mask
+        if len(decode_slots) > 1 and not self.cache.direct:
+            mask = (torch.arange(longest)[None] < lengths[:, None])[:, None, None].to(self.device)
+        return padded.to(self.device), lengths.to(self.device), mask

@@ -24,13 +24,13 @@ import torch
 from puyu.errors import ModelLoadError
 from puyu.hardware import resolve_device, resolve_dtype
 from puyu.home import home_subdir
+from puyu.kernels import build as kernels
 from puyu.model.adapters import load_adapter
 from puyu.model.gguf_io import read_gguf
 from puyu.model.hf_io import build_model, load_folder, read_config, read_hf_config, read_quant_spec, read_weights, save_pretrained
 from puyu.model.registry import registered_sampling, resolve
 from puyu.model.transformer import Transformer
 from puyu.model.vlm.config import is_vision_language
-from puyu.quant import cpu_gemv
 from puyu.quant.calibration import LAYER_LINEARS
 from puyu.quant.weight_only import on_int4_grid
 from puyu.tokenizer import Tokenizer
@@ -119,7 +119,7 @@ def pick_quant(name_or_path: str | Path, quant: str, device: str | torch.device 
                dtype: str | torch.dtype | None = "auto") -> str:
     """``quant``, with ``auto`` decided: ``w4a16`` where it is both faster and lossless, ``none`` elsewhere.
 
-    Faster: on a CPU with puyu's int4 kernels (:mod:`puyu.quant.cpu_gemv`) decode reads a quarter of float32's bytes
+    Faster: on a CPU with puyu's int4 kernels (:mod:`puyu.kernels.gemv`) decode reads a quarter of float32's bytes
     (the built-in model: 2.2x float32's tokens/s on AVX2, 3x bf16's on AVX-512 with AMX; a long prompt's first token
     comes later with AMX, whose bf16 prefill is faster).  Lossless: the model's decoder projections already sit on
     w4a16's grid (checked on the first and last layer), as a model from a 4-bit GGUF's Q4_1 does, so only the LM head
@@ -130,7 +130,7 @@ def pick_quant(name_or_path: str | Path, quant: str, device: str | torch.device 
     if quant != "auto":
         return quant
     path = model_folder(name_or_path)
-    if (dev.type != "cpu" or not cpu_gemv.available() or read_quant_spec(path) is not None
+    if (dev.type != "cpu" or not kernels.available() or read_quant_spec(path) is not None
             or dtype not in ("auto", None) and asked != torch.float32):
         return "none"
     hf = read_hf_config(path)

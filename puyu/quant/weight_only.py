@@ -16,7 +16,7 @@ Formats (what a calibration method such as AWQ produces too, so it can fill them
 Three kernel paths compute the same formula (``kernel`` below; ``auto`` picks):
 
 * ``avx2`` (x86 CPUs with AVX2, the default there when a C compiler built it): puyu's own int4/int8 products
-  (:mod:`puyu.quant.cpu_gemv`), which quantize the activations per block of 32 to int16 and multiply integers;
+  (:mod:`puyu.kernels.gemv`), which quantize the activations per block of 32 to int16 and multiply integers;
   the weights are stored in that module's tiles of 8 output rows.  Every row is computed the same way whatever
   the batch holds, so batched and speculative decoding stay exact.  Measured on 2 AVX2 cores (Zen 3) before the
   tiled layout (which made decode products about 2x faster again): 1.5-2x faster per decode layer than
@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from puyu.errors import ConfigError, ModelLoadError
-from puyu.quant import cpu_gemv
+from puyu.kernels import build as kernels
+from puyu.kernels import gemv
 from puyu.quant.formats import IntWeight, contiguous_groups
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,10 @@ def resolve_kernel(kernel: str, device: torch.device) -> str:
     if kernel not in KERNELS:
         raise ConfigError(f"quant kernel {kernel!r} is unknown; use {', '.join(KERNELS)}")
     if kernel == "auto":
-        return ("avx2" if cpu_gemv.available() else "packed") if device.type == "cpu" else "dequantize"
+        return ("avx2" if kernels.available() else "packed") if device.type == "cpu" else "dequantize"
     if kernel in ("packed", "avx2") and device.type != "cpu":
         raise ConfigError(f"the {kernel} int4/int8 kernels run on the CPU only, the model is on {device.type}; use quant_kernel=dequantize")
-    if kernel == "avx2" and not cpu_gemv.available():
+    if kernel == "avx2" and not kernels.available():
         raise ConfigError("quant_kernel=avx2 needs an x86 CPU with AVX2 and a C compiler (cc or gcc) to build it once; the log "
                           "says which is missing; use quant_kernel=auto")
     return kernel
@@ -98,7 +99,7 @@ class Int8Linear(nn.Module):
         scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-8)
         q = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
         if self.kernel == "avx2":
-            q, scale = cpu_gemv.pack_int8(q, scale)
+            q, scale = gemv.pack_int8(q, scale)
         self.register_buffer("qweight", q)
         scale_dtype = {"packed": PACKED_ACTIVATIONS, "avx2": torch.float32}.get(self.kernel, linear.weight.dtype)
         self.register_buffer("scale", scale.to(scale_dtype))
@@ -109,7 +110,7 @@ class Int8Linear(nn.Module):
         dtype = dtype or self.scale.dtype
         q, scale = self.qweight, self.scale
         if self.kernel == "avx2":
-            q, scale = cpu_gemv.unpack_int8(q, scale, self.out_features)
+            q, scale = gemv.unpack_int8(q, scale, self.out_features)
         return q.to(dtype) * scale.to(dtype)[:, None]
 
     def _packed(self, flat: torch.Tensor) -> torch.Tensor:
@@ -121,7 +122,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "avx2":
-            y = cpu_gemv.int8_matmul(x, self.qweight, self.scale, self.out_features)
+            y = gemv.int8_matmul(x, self.qweight, self.scale, self.out_features)
         elif self.kernel == "packed":
             y = _packed_call(self._packed, x)
         else:
@@ -182,7 +183,7 @@ class Int4Linear(nn.Module):
         self.register_buffer("perm", None if perm is None else perm.to(device))
         q = q.to(device)
         if self.kernel == "avx2":  # tiles of 8 rows; w = q * scale + low with low = zero - 8 * scale
-            codes, table = cpu_gemv.pack_int4(q, scale.t(), (zero - 8 * scale).t())
+            codes, table = gemv.pack_int4(q, scale.t(), (zero - 8 * scale).t())
             self.register_buffer("scales_and_zeros", table)
             self.register_buffer("qweight", codes)
             self.bias = bias
@@ -202,7 +203,7 @@ class Int4Linear(nn.Module):
         dtype = dtype or self.scales_and_zeros.dtype
         out = self.out_features
         if self.kernel == "avx2":
-            q, scale, low = cpu_gemv.unpack_int4(self.qweight, self.scales_and_zeros, out)
+            q, scale, low = gemv.unpack_int4(self.qweight, self.scales_and_zeros, out)
             q = q.to(dtype).reshape(out, -1, self.group_size)
             return (q * scale.to(dtype)[..., None] + low.to(dtype)[..., None]).reshape(out, self.in_features)
         q = torch.stack([self.qweight & 15, self.qweight >> 4], -1).to(dtype).reshape(out, -1, self.group_size)
@@ -213,7 +214,7 @@ class Int4Linear(nn.Module):
         if self.perm is not None:
             x = x.index_select(-1, self.perm)
         if self.kernel == "avx2":
-            y = cpu_gemv.int4_matmul(x, self.qweight, self.scales_and_zeros, self.group_size, self.out_features)
+            y = gemv.int4_matmul(x, self.qweight, self.scales_and_zeros, self.group_size, self.out_features)
         elif self.kernel == "packed":
             y = _packed_call(torch.ops.aten._weight_int4pack_mm_for_cpu, x, self.qweight, self.group_size, self.scales_and_zeros)
         else:
@@ -229,7 +230,7 @@ def on_int4_grid(weight: torch.Tensor, group_size: int = 32) -> bool:
         return False
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     linear.weight = nn.Parameter(weight.detach().float().cpu(), requires_grad=False)
-    kept = Int4Linear(linear, group_size, "avx2" if cpu_gemv.available() else "dequantize").dequantize(torch.float32)
+    kept = Int4Linear(linear, group_size, "avx2" if kernels.available() else "dequantize").dequantize(torch.float32)
     return torch.allclose(kept, linear.weight, rtol=0, atol=1e-6 * linear.weight.abs().max().item())
 
 
@@ -237,7 +238,7 @@ def describe_kernel(kernel: str, mode: str) -> str:
     """The kernel path in words, for the one log line at start."""
     if kernel == "avx2":
         bits = "int4" if mode == "w4a16" else "int8"
-        return f"puyu's {bits} x int16-activation products (cpu_gemv.c, {cpu_gemv.build_name()} build)"
+        return f"puyu's {bits} x int16-activation products (puyu/kernels/gemv.c, {kernels.build_name()} build)"
     if kernel == "packed":
         name = "_weight_int4pack_mm_for_cpu" if mode == "w4a16" else "_weight_int8pack_mm"
         return (f"PyTorch's packed {name} with bf16 activations "

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from puyu import LLM
+from puyu.kernels import build as kernels
 from puyu.model import pick_quant
 from puyu.model.adapters import load_adapter, save_adapter
 from puyu.model.lora import LoraConfig, add_lora, lora_modules
-from puyu.quant import cpu_gemv
 from puyu.quant.quantize import quantize_for_inference
 from puyu.quant.weight_only import Int4Linear, Int8Linear, on_int4_grid, quantize_model
 from tests.conftest import DATASETS
@@ -29,7 +29,7 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 @torch.no_grad()
 def snap_to_int4_grid(llm: LLM, group_size: int = 32) -> None:
     """Put every decoder projection on the w4a16 grid, as the built-in model's are (quantizing it then changes nothing)."""
-    kernel = "avx2" if cpu_gemv.available() else "dequantize"  # float16 scales and minima with avx2
+    kernel = "avx2" if kernels.available() else "dequantize"  # float16 scales and minima with avx2
     for name, module in llm.model.named_modules():
         if name.rpartition(".")[2] in PROJECTIONS:
             module.weight.copy_(Int4Linear(module, group_size, kernel).dequantize(torch.float32))
@@ -105,7 +105,7 @@ def test_the_grid_check_accepts_only_weights_w4a16_keeps(tiny_llm):
     assert not on_int4_grid(nudged)
 
 
-@pytest.mark.skipif(not cpu_gemv.available(), reason="auto picks w4a16 only where puyu's int4 CPU kernels run")
+@pytest.mark.skipif(not kernels.available(), reason="auto picks w4a16 only where puyu's int4 CPU kernels run")
 def test_auto_quant_picks_w4a16_only_for_a_model_on_the_grid(tiny_model_dir, grid_model_and_adapter):
     folder, adapter = grid_model_and_adapter
     assert pick_quant(folder, "auto", "cpu") == "w4a16"
@@ -117,5 +117,5 @@ def test_auto_quant_picks_w4a16_only_for_a_model_on_the_grid(tiny_model_dir, gri
 
 
 def test_auto_quant_picks_w4a16_for_the_builtin_model():
-    expected = "w4a16" if cpu_gemv.available() else "none"
+    expected = "w4a16" if kernels.available() else "none"
     assert pick_quant("smollm2-135m-instruct", "auto", "cpu") == expected

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from puyu.quant import cpu_gemv
+from puyu.kernels import build as kernels
 from puyu.quant.weight_only import Int4Linear, Int8Linear, quantize_model
 from tests.conftest import DATASETS
 
-CPU_KERNELS = ["avx2", "packed", "dequantize"] if cpu_gemv.available() else ["packed", "dequantize"]  # every path selectable here
+CPU_KERNELS = ["avx2", "packed", "dequantize"] if kernels.available() else ["packed", "dequantize"]  # every path selectable here
 
 
 @pytest.mark.parametrize("kernel", CPU_KERNELS)
@@ -64,7 +64,7 @@ def test_a_packed_kernel_off_the_cpu_or_an_unknown_kernel_is_refused():
     from puyu.errors import ConfigError
     from puyu.quant.weight_only import resolve_kernel
 
-    assert resolve_kernel("auto", torch.device("cpu")) == ("avx2" if cpu_gemv.available() else "packed")
+    assert resolve_kernel("auto", torch.device("cpu")) == ("avx2" if kernels.available() else "packed")
     assert resolve_kernel("auto", torch.device("cuda")) == "dequantize"
     with pytest.raises(ConfigError, match="CPU only"):
         resolve_kernel("packed", torch.device("cuda"))

@@ -1,4 +1,4 @@
-/* Weight-only int4/int8 matrix products for x86 CPUs with AVX2 + FMA (puyu.quant.cpu_gemv builds and loads this).
+/* Weight-only int4/int8 matrix products for x86 CPUs with AVX2 + FMA (puyu.kernels.build builds and loads this).
  *
  * y[M, N] = x[M, K] @ W[N, K]^T.  The weights are stored in tiles of 8 output rows, so that each 32-bit lane of an
  * AVX2 vector belongs to one output row: a product is a broadcast activation pair times a vector of 8 rows' weight
@@ -18,7 +18,7 @@
  * int8 activations measured a logits cosine of 0.997 against the float reference on a model with outlier channels,
  * int16 keeps it above 0.999.  The group sums of x stay in float for the low term.  Each activation row is computed by
  * the same operations whatever else the call holds, so batched and speculative decoding give the bits of single rows.
- * Built twice where the CPU has AVX-512 with VNNI (puyu.quant.cpu_gemv picks the build): there two neighbouring tiles
+ * Built twice where the CPU has AVX-512 with VNNI (puyu.kernels.build picks the build): there two neighbouring tiles
  * share one 512-bit vector and vpdpwssd fuses each multiply-add with its accumulation, half the instructions per
  * product of the AVX2 build.  Integer sums are exact and each lane's float steps are the same, so both builds give
  * the same bits.

@@ -13,10 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from puyu.quant import cpu_gemv
+from puyu.kernels import build as kernels
+from puyu.kernels import gemv
 from puyu.quant.weight_only import Int4Linear, Int8Linear, resolve_kernel
 
-needs_avx2 = pytest.mark.skipif(not cpu_gemv.available(), reason="no AVX2 or no C compiler on this machine")
+needs_avx2 = pytest.mark.skipif(not kernels.available(), reason="no AVX2 or no C compiler on this machine")
 
 
 def _relative_error(y: torch.Tensor, reference: torch.Tensor) -> float:
@@ -44,34 +45,45 @@ def test_avx2_products_match_the_dequantized_weights(in_features, group_size, ro
 def test_the_tiled_layouts_give_back_what_was_packed():
     torch.manual_seed(0)
     q, scale, low = torch.randint(0, 16, (21, 128), dtype=torch.uint8), torch.rand(21, 4), torch.randn(21, 4)
-    codes, table = cpu_gemv.pack_int4(q, scale, low)
+    codes, table = gemv.pack_int4(q, scale, low)
     assert codes.shape == (3, 16, 8) and table.shape == (3, 4, 2, 8)
-    back = cpu_gemv.unpack_int4(codes, table, 21)
+    back = gemv.unpack_int4(codes, table, 21)
     assert torch.equal(back[0], q) and torch.equal(back[1], scale.half()) and torch.equal(back[2], low.half())
     # the nibble order the C kernel reads: input 2i of a chunk at bit 4i, input 2i + 1 at bit 16 + 4i
     word = int(codes[0, 0, 0]) & 0xFFFFFFFF
     assert [(word >> s) & 15 for s in (0, 16, 4, 20, 8, 24, 12, 28)] == q[0, :8].tolist()
     w8 = torch.randint(-127, 128, (13, 64), dtype=torch.int8)
-    codes8, scale8 = cpu_gemv.pack_int8(w8, torch.rand(13))
-    assert codes8.shape == (2, 32, 8, 2) and torch.equal(cpu_gemv.unpack_int8(codes8, scale8, 13)[0], w8)
+    codes8, scale8 = gemv.pack_int8(w8, torch.rand(13))
+    assert codes8.shape == (2, 32, 8, 2) and torch.equal(gemv.unpack_int8(codes8, scale8, 13)[0], w8)
 
 
 @needs_avx2
 @pytest.mark.parametrize("group_size", [32, 64, 96])
-def test_every_build_this_cpu_runs_gives_the_same_bits(monkeypatch, group_size):
+def test_every_build_this_cpu_runs_gives_the_same_bits(group_size):
     """The AVX-512 VNNI build (where this CPU has it) against the AVX2 build: integer sums are exact and each lane's
     float steps the same, so the bits are equal."""
-    real = cpu_gemv._library
     torch.manual_seed(group_size)
     linear = nn.Linear(192, 8 * 5 + 3)  # pairs of tiles, a lone full tile and a partial one
     x = torch.randn(9, 192)
     outputs = []
-    for build in cpu_gemv.builds_here():
-        assert real(build) is not None and real(build).build == build
-        monkeypatch.setattr(cpu_gemv, "_library", lambda name=None, build=build: real(build))
-        outputs.append([layer(x) for layer in (Int4Linear(linear, group_size, kernel="avx2"), Int8Linear(linear, kernel="avx2"))])
+    try:
+        for build in kernels.builds_here():
+            kernels.use_build(build)
+            outputs.append([layer(x) for layer in (Int4Linear(linear, group_size, kernel="avx2"), Int8Linear(linear, kernel="avx2"))])
+    finally:
+        kernels.use_build(kernels.build_name())
     for other in outputs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(outputs[0], other))
+
+
+def test_bad_inputs_to_the_ops_raise_clear_errors():
+    if not kernels.available():
+        pytest.skip("no AVX2 or no compilers on this machine")
+    codes, table = gemv.pack_int4(torch.randint(0, 16, (8, 64), dtype=torch.uint8), torch.rand(8, 2), torch.rand(8, 2))
+    with pytest.raises(RuntimeError, match="multiples of 32"):
+        gemv.int4_matmul(torch.randn(2, 48), codes, table, 32, 8)
+    with pytest.raises(RuntimeError, match="float tensor"):
+        gemv.int4_matmul(torch.ones(2, 64, dtype=torch.long), codes, table, 32, 8)
 
 
 @needs_avx2
@@ -123,24 +135,25 @@ def test_compiled_avx2_decode_gives_the_eager_tokens(tiny_llm):
 
 def test_without_a_compiler_auto_falls_back_to_the_packed_kernels(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    monkeypatch.setattr(cpu_gemv.shutil, "which", lambda name: None)
-    cpu_gemv._library.cache_clear()
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(kernels.shutil, "which", lambda name: None)
+    kernels._library.cache_clear()
     try:
-        with caplog.at_level(logging.INFO, logger="puyu.quant.cpu_gemv"):
-            assert not cpu_gemv.available()
+        with caplog.at_level(logging.INFO, logger="puyu.kernels.build"):
+            assert not kernels.available()
         assert resolve_kernel("auto", torch.device("cpu")) == "packed"
-        assert "PyTorch's packed kernels" in caplog.text
+        assert "PyTorch's own kernels" in caplog.text
     finally:
-        cpu_gemv._library.cache_clear()
+        kernels._library.cache_clear()
 
 
 @needs_avx2
 def test_a_damaged_cached_library_is_built_again(tmp_path):
     """A new process (dlopen keeps a loaded library by name, so only a new process reads the file again)."""
     env = {**os.environ, "PUYU_HOME": str(tmp_path)}
-    check = [sys.executable, "-c", "from puyu.quant import cpu_gemv; print(cpu_gemv.available())"]
+    check = [sys.executable, "-c", "from puyu.kernels import build; print(build.available())"]
     assert subprocess.run(check, env=env, capture_output=True, text=True, check=True).stdout.strip() == "True"
-    [built] = (tmp_path / "kernels").glob("cpu_gemv-*.so")
+    [built] = (tmp_path / "kernels").glob("kernels-*.so")
     built.write_bytes(b"not a library")
     assert subprocess.run(check, env=env, capture_output=True, text=True, check=True).stdout.strip() == "True"
     assert built.read_bytes()[:4] == b"\x7fELF"

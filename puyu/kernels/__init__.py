@@ -1,0 +1,5 @@
+"""puyu's own CPU kernels: C compiled once per machine and registered as torch ops (:mod:`puyu.kernels.build`).
+
+- :mod:`puyu.kernels.gemv` — int4/int8 weight-only matrix products (the ``avx2`` quantization kernel);
+- :mod:`puyu.kernels.attention` — decode attention straight from the paged key/value cache.
+"""

@@ -20,7 +20,9 @@ Two graphs cover all decode steps: one sequence, or several (always with a
 padding mask, so that a batch of equal lengths needs no third).  Compiled
 without "duck sizing", which would otherwise tie the batch size to any model
 dimension of the same value seen while compiling (two KV heads and two
-sequences) and recompile later.
+sequences) and recompile later.  Floats (norm epsilons, RoPE scaling) are
+constants of the graph and the cache tensors' shapes static: as graph inputs
+they cost Dynamo a Python shape guard per step that grew with the layers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch._dynamo.config as dynamo_config
 import torch.fx.experimental._config as shape_config
 
 from puyu.engine.paged_cache import PagedBatch, PagedKVCache, PrefillChunk
@@ -63,6 +66,9 @@ class ModelRunner:
         # Dynamo's guards already make (the inputs' shapes) or that hold by construction (the outputs of its own ops).
         options = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
         self.compiled = torch.compile(model, dynamic=True, options=options) if compile else None
+        if compile:  # the cache's size is fixed: one shape, where a symbol per tensor would each need a guard per step
+            for store in cache.keys + cache.values:
+                torch._dynamo.mark_static(store)
 
     def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
         bs = self.cache.block_size
@@ -121,7 +127,7 @@ class ModelRunner:
                 images.scatter(embeds[0], begin, end, offset)
             logits = self.model(None, pos, cache=batch, logits_to_keep=keep, inputs_embeds=embeds)[0].float()
         elif self.compiled is not None and not prefills and not prompt_rows and not single_rows:
-            with shape_config.patch(use_duck_shape=False):
+            with shape_config.patch(use_duck_shape=False), dynamo_config.patch(specialize_float=True):
                 logits = self.compiled(step, pos, cache=batch, logits_to_keep=keep)[0].float()
         else:
             logits = self.model(step, pos, cache=batch, logits_to_keep=keep)[0].float()

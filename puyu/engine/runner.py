@@ -21,8 +21,9 @@ padding mask, so that a batch of equal lengths needs no third).  Compiled
 without "duck sizing", which would otherwise tie the batch size to any model
 dimension of the same value seen while compiling (two KV heads and two
 sequences) and recompile later.  Floats (norm epsilons, RoPE scaling) are
-constants of the graph and the cache tensors' shapes static: as graph inputs
-they cost Dynamo a Python shape guard per step that grew with the layers.
+constants of the graph: as graph inputs they cost a tensor and a guard each per
+step.  (The cache tensors' shapes stay dynamic: the cache is sized from free
+memory, so a static size would miss the compile cache at the next start.)
 """
 
 from __future__ import annotations
@@ -66,9 +67,6 @@ class ModelRunner:
         # Dynamo's guards already make (the inputs' shapes) or that hold by construction (the outputs of its own ops).
         options = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
         self.compiled = torch.compile(model, dynamic=True, options=options) if compile else None
-        if compile:  # the cache's size is fixed: one shape, where a symbol per tensor would each need a guard per step
-            for store in cache.keys + cache.values:
-                torch._dynamo.mark_static(store)
 
     def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
         bs = self.cache.block_size

@@ -5,7 +5,7 @@ AOT-autograd graphs, the C++ it builds) on disk; by default in a temporary
 folder that is shared by everything and cleaned by the system.  The engine
 points it, while it compiles at start, at a folder of its own keyed by what
 the compiled code depends on: the model's configuration, dtype, quantization
-and kernel path, the layers of an unmerged adapter, the torch version and the
+and kernel path, the layers of an unmerged adapter, Inductor's settings, the torch version and the
 CPU (its ATen dispatch level and flags).  A second start of the same configuration then loads instead of
 building, which on 2 CPU cores is most of the compile time.
 
@@ -34,6 +34,7 @@ from typing import Iterator
 import torch
 
 from puyu.engine.config import EngineConfig
+from puyu.engine.runner import inductor_options
 from puyu.hardware import cpu_features
 from puyu.home import home_subdir
 from puyu.model.lora import LoRALinear
@@ -54,6 +55,7 @@ def compile_key(model: Transformer, config: EngineConfig) -> dict:
         "device": model.device.type,
         "quant": [config.quant, config.quant_group_size, _kernel(model, config), config.kv_quant],
         "adapter": _adapter_shape(model),
+        "inductor": inductor_options(model.device),
         "torch": torch.__version__,
         "cpu": [torch.backends.cpu.get_cpu_capability(), *cpu_features().names()],
     }

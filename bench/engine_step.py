@@ -2,10 +2,12 @@
 
 Built-in model, 2 threads, the dtype ``puyu serve`` picks (``auto``) unless ``--dtype``.
 
-1. Profile: 32 single-stream decode steps of each ``--quant`` setting under
-   ``torch.profiler``; the table groups the self CPU time by what it is
-   (quantized matmuls, dense matmuls, attention, norms/activations, sampling,
-   and the rest: dispatch and Python) as milliseconds per step.
+1. Profile: 32 decode steps of each ``--quant`` setting (and the last one with
+   the step compiled, unless ``--skip-compile``) at each ``--profile-batches``
+   size under ``torch.profiler``; the table groups the self CPU time by what it
+   is (the compiled graph's fused kernels and wrapper, Dynamo's guards,
+   quantized matmuls, dense matmuls, attention, norms/activations, sampling, and
+   the rest: dispatch and Python) as milliseconds per step.
 2. Start-up of ``--compile`` in fresh processes with an empty ``PUYU_HOME``:
    the first start (cold) and the second (from the compile cache), and whether
    both give the eager engine's greedy tokens.
@@ -22,8 +24,8 @@ Built-in model, 2 threads, the dtype ``puyu serve`` picks (``auto``) unless ``--
    layer (activation quantization included) and its bare ``torch._int_mm``.
 
     python bench/engine_step.py [--quant none,w8a16,w4a16] [--dtype auto] [--skip-compile] [--skip-profile] [--skip-speculative]
-                                [--throughput none/none,w8a8/none,none/int8,none/int4,w8a8/int8] [--kv-mib 64] [--context 512]
-                                [--gemm]
+                                [--profile-batches 1,8] [--throughput none/none,w8a8/none,none/int8,none/int4,w8a8/int8] [--kv-mib 64]
+                                [--context 512] [--gemm]
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("PUYU_DATA_DIR", ROOT.parent / "shared" / "datasets"))
-GROUPS = [("quantized matmul", ("int4pack", "int8pack")), ("dense matmul", ("aten::mm", "aten::addmm", "aten::linear", "aten::bmm")),
+GROUPS = [("compiled graph: fused ops", ("compiledfxgraph", "graph_")),
+          ("dynamo guards, inputs", ("torchdynamo cache lookup", "pregraph bytecode", "aotdispatcher")),
+          ("quantized matmul", ("int4pack", "int8pack", "puyu::int4_matmul", "puyu::int8_matmul")),
+          ("dense matmul", ("aten::mm", "aten::addmm", "aten::linear", "aten::bmm")),
           ("attention", ("attention", "softmax", "index_select", "index_copy", "gather")),
           ("norm / activation / rope", ("rsqrt", "pow", "mean", "silu", "mul", "add", "cat", "neg", "cos", "sin")),
           ("sampling", ("argmax", "topk", "sort"))]
@@ -57,34 +62,38 @@ def engine(quant: str, dtype: str, **config):
     return LLMEngine(model, tokenizer, EngineConfig(quant=quant, quant_calib=calib, **config)), tokenizer
 
 
-def profile_part(quants: list[str], dtype: str) -> None:
+def profile_part(quants: list[str], dtype: str, batches: list[int], compiled: bool) -> None:
+    """ms per decode step of each setting (and the last one compiled) at each batch size, grouped by what it is."""
     from torch.profiler import ProfilerActivity, profile
 
     from puyu.generation import SamplingParams
 
-    print(f"\n{'ms per decode step':24}" + "".join(f"{q:>10}" for q in quants))
+    settings = [(q, False) for q in quants] + ([(quants[-1], True)] if compiled else [])
+    columns = [f"{q}{'+c' if c else ''} b{b}" for q, c in settings for b in batches]
+    print(f"\n{'ms per decode step':28}" + "".join(f"{c:>14}" for c in columns))
     table: dict[str, dict[str, float]] = {}
-    for quant in quants:
-        eng, tok = engine(quant, dtype)
+    for quant, compile in settings:
+        eng, tok = engine(quant, dtype, compile=compile)
         prompt = tok.render([{"role": "user", "content": "Write a long story about a dragon."}], add_generation_prompt=True).ids
         params = SamplingParams(max_new_tokens=33, temperature=0, ignore_eos=True)
-        eng.generate([prompt], params)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            started = time.perf_counter()
-            eng.generate([prompt], params)
-            wall = (time.perf_counter() - started) * 1e3 / 33
-        groups: dict[str, float] = defaultdict(float)
-        for event in prof.key_averages():
-            name = event.key.lower()
-            group = next((g for g, keys in GROUPS if any(k in name for k in keys)), None)
-            if group:
-                groups[group] += event.self_cpu_time_total / 1e3 / 33
-        groups["dispatch, Python, other"] = wall - sum(groups.values())
-        groups["whole step (wall)"] = wall
-        table[quant] = groups
+        for batch in batches:
+            eng.generate([prompt] * batch, params)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                started = time.perf_counter()
+                eng.generate([prompt] * batch, params)
+                wall = (time.perf_counter() - started) * 1e3 / 33
+            groups: dict[str, float] = defaultdict(float)
+            for event in prof.key_averages():
+                name = event.key.lower()
+                group = next((g for g, keys in GROUPS if any(k in name for k in keys)), None)
+                if group:
+                    groups[group] += event.self_cpu_time_total / 1e3 / 33
+            groups["dispatch, Python, other"] = wall - sum(groups.values())
+            groups["whole step (wall)"] = wall
+            table[f"{quant}{'+c' if compile else ''} b{batch}"] = groups
         eng.shutdown()
     for group in [g for g, _ in GROUPS] + ["dispatch, Python, other", "whole step (wall)"]:
-        print(f"{group:24}" + "".join(f"{table[q].get(group, 0.0):10.2f}" for q in quants))
+        print(f"{group:28}" + "".join(f"{table[c].get(group, 0.0):14.2f}" for c in columns))
 
 
 STARTUP = """
@@ -216,6 +225,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--skip-profile", action="store_true")
+    parser.add_argument("--profile-batches", default="1,8", help="decode batch sizes of the profile")
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--skip-speculative", action="store_true")
     parser.add_argument("--throughput", default="none/none,w8a8/none,none/int8,none/int4,w8a8/int8",
@@ -230,7 +240,7 @@ def main() -> None:
     print(describe_machine())
     quants = args.quant.split(",")
     if not args.skip_profile:
-        profile_part(quants, args.dtype)
+        profile_part(quants, args.dtype, [int(b) for b in args.profile_batches.split(",")], not args.skip_compile)
     if not args.skip_speculative:
         speculative_part(quants[-1], args.dtype, args.prompts)
     if not args.skip_compile:

@@ -118,7 +118,6 @@ class LLMEngine:
             if any(r.finish_reason == "error" for r in results):  # a failed step is logged and ends its requests
                 raise ConfigError("torch.compile of the decode step failed (the error is logged above); "
                                   "run without compile, or install a C++ compiler (gcc) for Inductor")
-        self.runner.warmed_up = True
         self.totals = dict.fromkeys(self.totals, 0)
         log.warning("decode step compiled in %.0f s (cache: %s)", time.perf_counter() - start, cache.folder)
 

@@ -4,6 +4,7 @@ abort, async streaming, prompt log-probabilities, and clear refusals."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 
 import pytest
@@ -139,6 +140,28 @@ def test_compiled_decode_gives_the_eager_tokens_and_compiles_only_at_start(tiny_
     assert alone[0].token_ids == eager[0].token_ids
     assert counters["stats"]["unique_graphs"] == graphs  # both decode shapes were compiled when the engine started
     assert compiled.totals["requests"] == 9  # the warm-up requests are not counted
+
+
+def test_compiled_engines_on_two_models_in_one_process_each_decode_their_own_tokens(tiny_llm):
+    """Dynamo's guards on the model are not checked (``runner._compiled_forward``), so each engine must run graphs of
+    its own: a second model (other weights, fused projections) in the same process must not reuse the first's."""
+    other = copy.deepcopy(tiny_llm.model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    other.fuse_projections()
+    batch = prompts(tiny_llm.tokenizer, 4)
+    tokens = {}
+    for name, model in (("first", tiny_llm.model), ("other", other)):
+        for compile in (False, True):
+            engine = LLMEngine(model, tiny_llm.tokenizer, EngineConfig(compile=compile))
+            try:
+                tokens[name, compile] = [r.token_ids for r in engine.generate(batch, GREEDY)]
+            finally:
+                engine.shutdown()
+    assert tokens["first", True] == tokens["first", False] and tokens["other", True] == tokens["other", False]
+    assert tokens["first", False] != tokens["other", False]
 
 
 def test_a_second_compiled_engine_loads_from_the_compile_cache_with_the_same_tokens(tiny_llm, engine_factory, tmp_path, monkeypatch):

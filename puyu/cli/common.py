@@ -9,9 +9,10 @@ import sys
 import time
 
 log = logging.getLogger("puyu")
-QUANT_HELP = ("quantize at load: w8a16/w4a16 round-to-nearest, w8a8 SmoothQuant, auto: w4a16 on a CPU where the model's "
-              "weights already sit on its int4 grid (the built-in model: lossless but for the int8 LM head, ~3x the "
-              "decode speed), none elsewhere; a folder from puyu quantize needs none (default: auto)")
+QUANT_HELP = ("quantize at load: w8a16/w4a16 round-to-nearest, w4a8 (w4a16's weights with int8 activations, llama.cpp's "
+              "Q4_1 x Q8_1 scheme: faster batched and prompt products on x86), w8a8 SmoothQuant, auto: w4a16 on a CPU where "
+              "the model's weights already sit on its int4 grid (the built-in model: lossless but for the int8 LM head, ~3x "
+              "the decode speed), none elsewhere; a folder from puyu quantize needs none (default: auto)")
 
 
 def add_model_args(parser: argparse.ArgumentParser, optional: bool = True, quant: bool = False) -> None:
@@ -29,7 +30,7 @@ def add_model_args(parser: argparse.ArgumentParser, optional: bool = True, quant
     parser.add_argument("--chat-template", default=None, help="override the model's template: chatml, internlm2, llama3 or a Jinja file")
     parser.add_argument("--adapter", default=None, help="a LoRA adapter folder (PEFT format, e.g. from puyu train) merged into the model")
     if quant:
-        parser.add_argument("--quant", default="auto", choices=["auto", "none", "w8a16", "w4a16", "w8a8"],
+        parser.add_argument("--quant", default="auto", choices=["auto", "none", "w8a16", "w4a16", "w4a8", "w8a8"],
                             help=QUANT_HELP)
 
 

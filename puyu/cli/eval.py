@@ -95,7 +95,7 @@ def register(sub, common) -> None:
     p.add_argument("--dtype", default=None, help="local/hf: auto, float32, bfloat16 (default: auto for local, float32 for hf)")
     p.add_argument("--device", default=None, help="local: auto, cpu, cuda (default: auto)")
     p.add_argument("--chat-template", default=None, help="local: override the model's chat template")
-    p.add_argument("--quant", choices=["w8a16", "w4a16", "w8a8"], default=None,
+    p.add_argument("--quant", choices=["w8a16", "w4a16", "w4a8", "w8a8"], default=None,
                    help="local: quantize at load as puyu serve --quant does (a folder from puyu quantize needs none)")
     p.add_argument("--kv-quant", choices=["int8", "int4"], default=None,
                    help="local: score and generate through an int8/int4 KV cache, as puyu serve --kv-quant does")

@@ -5,9 +5,9 @@ AOT-autograd graphs, the C++ it builds) on disk; by default in a temporary
 folder that is shared by everything and cleaned by the system.  The engine
 points it, while it compiles at start, at a folder of its own keyed by what
 the compiled code depends on: the model's configuration, dtype, quantization
-and kernel path, the layers of an unmerged adapter, Inductor's settings, the torch version and the
-CPU (its ATen dispatch level and flags).  A second start of the same configuration then loads instead of
-building, which on 2 CPU cores is most of the compile time.
+and kernel path, the layers of an unmerged adapter, Inductor's settings, puyu's ops (their schemas: the C++ wrapper
+calls them with the arguments they had), the torch version and the CPU (its ATen dispatch level and flags).  A second
+start of the same configuration then loads instead of building, which on 2 CPU cores is most of the compile time.
 
 The folder is trusted only through its manifest (written after a compile
 succeeded: the key and a SHA-256 of every file).  A folder without one (a
@@ -37,6 +37,7 @@ from puyu.engine.config import EngineConfig
 from puyu.engine.runner import inductor_options
 from puyu.hardware import cpu_features
 from puyu.home import home_subdir
+from puyu.kernels import build as kernels
 from puyu.model.lora import LoRALinear
 from puyu.model.transformer import Transformer
 from puyu.quant.weight_only import resolve_kernel
@@ -56,6 +57,7 @@ def compile_key(model: Transformer, config: EngineConfig) -> dict:
         "quant": [config.quant, config.quant_group_size, _kernel(model, config), config.kv_quant],
         "adapter": _adapter_shape(model),
         "inductor": inductor_options(model.device),
+        "ops": kernels.ops_signature(),
         "torch": torch.__version__,
         "cpu": [torch.backends.cpu.get_cpu_capability(), *cpu_features().names()],
     }
@@ -63,7 +65,7 @@ def compile_key(model: Transformer, config: EngineConfig) -> dict:
 
 def _kernel(model: Transformer, config: EngineConfig) -> str:
     """The weight-only kernel path ``auto`` stands for here (it changes the graph: puyu's AVX2 ops or PyTorch's)."""
-    return resolve_kernel(config.quant_kernel, model.device) if config.quant in ("w8a16", "w4a16") else config.quant_kernel
+    return resolve_kernel(config.quant_kernel, model.device) if config.quant in ("w8a16", "w4a16", "w4a8") else config.quant_kernel
 
 
 def _adapter_shape(model: Transformer) -> str:

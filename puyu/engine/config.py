@@ -25,7 +25,9 @@ class EngineConfig:
         max_num_batched_tokens: most tokens computed in one step; longer prompts are prefilled in chunks.
         max_queue: most requests in the engine, running or waiting; beyond it new ones are refused (HTTP 429).
         prefix_caching: reuse the KV blocks of prompts that share a prefix.
-        quant: quantization at load: none, w8a16 (int8 weights per output channel), w4a16 (int4 group-wise), or w8a8
+        quant: quantization at load: none, w8a16 (int8 weights per output channel), w4a16 (int4 group-wise), w4a8
+            (w4a16's weights, activations quantized per block of 32 to int8 instead of int16 in puyu's CPU kernels:
+            llama.cpp's Q4_1 x Q8_1 scheme, about 1.8x the batched and prompt products on AVX-512 VNNI, 1.3x on AVX2), or w8a8
             (SmoothQuant: int8 weights and per-token int8 activations through an int8 GEMM, after a short calibration on
             quant_calib); puyu serve's auto (w4a16 where it is faster and lossless) is decided before the model loads.
         quant_calib: calibration text for quant=w8a8: a .jsonl (a 'text' field per row) or .txt file (default: the
@@ -33,10 +35,10 @@ class EngineConfig:
         kv_quant: KV-cache storage: none (the model's dtype), int8 or int4 (LMDeploy's quant_policy 8/4: per token and
             head, asymmetric, float16 scale and zero beside the codes); with 64-wide heads 1.9x (int8) or 3.6x (int4) the
             tokens of a bf16 cache in the same memory, 3.8x or 7.1x those of a float32 one.
-        quant_group_size: input channels per int4 group (w4a16).
-        quant_kernel: how quantized layers compute: auto (w8a16/w4a16: puyu's AVX2/AVX-512 int4/int8 kernels on an x86
+        quant_group_size: input channels per int4 group (w4a16, w4a8).
+        quant_kernel: how quantized layers compute: auto (w8a16/w4a16/w4a8: puyu's AVX2/AVX-512 int4/int8 kernels on an x86
             CPU, PyTorch's packed kernels on other CPUs, dequantize elsewhere; w8a8: the int8 GEMM torch._int_mm), avx2,
-            packed (w8a16/w4a16), or dequantize (the reference path).
+            packed (w8a16/w4a16/w4a8), or dequantize (the reference path).
         compile: torch.compile the decode step (steps without prompt tokens): on the CPU it fuses the many small
             per-layer ops, about 1.35x faster decode, after a one-off compile when the engine starts (about a
             minute on 2 AVX-512 cores, four to five on 2 AVX2 cores; needs a C++ compiler).

@@ -10,12 +10,15 @@ slots, then attends single-token (decode) sequences together in one batched
 call, each multi-token (prefill) chunk on its own, causally, and draft-verifying
 rows one by one.
 
-Decode rows (and draft rows) of a float32 cache on a CPU where puyu's kernels
-run attend straight from the slots (:mod:`puyu.kernels.attention`: each key and
-value row read where it lies, each sequence computed alone so batching never
-changes its bits).  Elsewhere, and for prompt chunks that continue a context,
-a sequence's keys and values are gathered from its blocks (a copy per layer)
-and attended with SDPA.
+On a float32 cache on a CPU where puyu's kernels run (a ``direct`` cache), every
+row of a step (decode, prompt chunk and draft tokens alike) attends straight from
+the slots through one kernel call (:class:`RowBatch`, :mod:`puyu.kernels.attention`:
+each key and value row read where it lies, each row computed alone as a lone
+decode step computes it, so neither batching nor how a prompt is chunked changes
+its bits, and the step is tensors only: the compiled step covers prompts too).
+Elsewhere (:class:`PagedBatch`) prompt chunks attend with SDPA, over a gathered
+copy of their context when they continue one, and decode rows over gathered
+copies too.
 
 With ``kv_quant`` (``int8``/``int4``, LMDeploy's ``quant_policy`` 8/4) the
 slots hold uint8 rows of :mod:`puyu.engine.kv_quant` instead: keys and values
@@ -109,30 +112,8 @@ class PrefillChunk:
     context_slots: torch.Tensor | None  # slots of positions [0, past + n) when past > 0
 
 
-class PagedBatch:
-    """One step's attention metadata over a :class:`PagedKVCache` (see the module docstring).
-
-    Args:
-        cache: the storage.
-        slot_mapping: ``[N]`` slot of every scheduled token.
-        num_decodes: ``Bd``: the step row starts with this many single-token (decode) sequences.
-        decode_slots: ``[Bd, Lmax]`` their context slots (padded with 0).
-        decode_lengths: ``[Bd]`` their context lengths.
-        decode_mask: ``[Bd, 1, 1, Lmax]`` bool, or None for a single sequence or a ``direct`` cache.
-        prefills: the multi-token chunks, after the decodes.
-        single_rows: ``(row, context slots)`` of tokens attended one by one over exactly their own context
-            (speculative draft rows: computed as a lone decode step computes them).
-    """
-
-    def __init__(self, cache: PagedKVCache, slot_mapping: torch.Tensor, num_decodes: int,
-                 decode_slots: torch.Tensor | None, decode_lengths: torch.Tensor | None, decode_mask: torch.Tensor | None,
-                 prefills: list[PrefillChunk], single_rows: list[tuple[int, torch.Tensor]] = ()):
-        self.cache = cache
-        self.slot_mapping = slot_mapping
-        self.num_decodes, self.decode_slots, self.decode_mask = num_decodes, decode_slots, decode_mask
-        self.decode_lengths = decode_lengths
-        self.prefills = prefills
-        self.single_rows = single_rows
+class _Step:
+    """The cache protocol's hooks a paged step needs none of (its slots are set before the model runs)."""
 
     def begin(self, new: int, device: torch.device) -> None:
         pass
@@ -140,26 +121,41 @@ class PagedBatch:
     def end(self, new: int) -> None:
         pass
 
+
+class PagedBatch(_Step):
+    """One step's attention metadata over a :class:`PagedKVCache` that is not ``direct`` (see the module docstring).
+
+    Args:
+        cache: the storage.
+        slot_mapping: ``[N]`` slot of every scheduled token.
+        num_decodes: ``Bd``: the step row starts with this many single-token (decode) sequences.
+        decode_slots: ``[Bd, Lmax]`` their context slots (padded with 0).
+        decode_mask: ``[Bd, 1, 1, Lmax]`` bool, or None for a single sequence.
+        prefills: the multi-token chunks, after the decodes.
+        single_rows: ``(row, context slots)`` of tokens attended one by one over exactly their own context
+            (speculative draft rows: computed as a lone decode step computes them).
+    """
+
+    def __init__(self, cache: PagedKVCache, slot_mapping: torch.Tensor, num_decodes: int,
+                 decode_slots: torch.Tensor | None, decode_mask: torch.Tensor | None,
+                 prefills: list[PrefillChunk], single_rows: list[tuple[int, torch.Tensor]] = ()):
+        self.cache = cache
+        self.slot_mapping = slot_mapping
+        self.num_decodes, self.decode_slots, self.decode_mask = num_decodes, decode_slots, decode_mask
+        self.prefills = prefills
+        self.single_rows = single_rows
+
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``q`` ``[1, H, N, D]``, ``k``/``v`` ``[1, KV, N, D]`` of the step row -> ``[1, H, N, D]``."""
         cache = self.cache
         cache.write(layer, self.slot_mapping, k[0].transpose(0, 1), v[0].transpose(0, 1))
         out = torch.empty_like(q)
         bd = self.num_decodes
-        if bd and cache.direct:
-            qd = q[0, :, :bd].transpose(0, 1)  # [Bd, H, D]
-            out[0, :, :bd] = paged_decode_attention(qd, cache.keys[layer], cache.values[layer], self.decode_slots,
-                                                    self.decode_lengths).transpose(0, 1)
-        elif bd:
+        if bd:
             qd = q[0, :, :bd].transpose(0, 1).unsqueeze(2)  # [Bd, H, 1, D]
             kd, vd = (t.permute(0, 2, 1, 3) for t in cache.gather(layer, self.decode_slots))  # [Bd, KV, Lmax, D]
             out[0, :, :bd] = attention(qd, kd, vd, self.decode_mask, causal=False).squeeze(2).transpose(0, 1)
         for row, context in self.single_rows:
-            if cache.direct:  # as a decode row: the kernel computes each sequence alone
-                length = torch.tensor([len(context)], device=q.device)
-                out[0, :, row] = paged_decode_attention(q[0, :, row][None], cache.keys[layer], cache.values[layer],
-                                                        context[None], length)[0]
-                continue
             # Exactly a lone sequence's decode step (no padding, no mask): SDPA's sums depend on the key length.
             qs = q[0, :, row : row + 1].transpose(0, 1).unsqueeze(2)
             ks, vs = (t.permute(0, 2, 1, 3) for t in cache.gather(layer, context[None]))
@@ -175,3 +171,26 @@ class PagedBatch:
                 op = attention(qp, kp, vp, mask[None, None], causal=False)
             out[:, :, chunk.start : chunk.end] = op
         return out
+
+
+class RowBatch(_Step):
+    """One step's attention over a ``direct`` cache: every row attends alone over its own context.
+
+    Args:
+        cache: the storage (``direct``).
+        slot_mapping: ``[N]`` slot of every scheduled token.
+        contexts: ``[C, L]`` the slots of each scheduled sequence's context up to its last token this step (padded).
+        lengths: ``[N]`` how many of its sequence's context slots each row attends (its position + 1).
+        rows: ``[N]`` which row of ``contexts`` each row's sequence is.
+    """
+
+    def __init__(self, cache: PagedKVCache, slot_mapping: torch.Tensor, contexts: torch.Tensor, lengths: torch.Tensor,
+                 rows: torch.Tensor):
+        self.cache, self.slot_mapping, self.contexts, self.lengths, self.rows = cache, slot_mapping, contexts, lengths, rows
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``q`` ``[1, H, N, D]``, ``k``/``v`` ``[1, KV, N, D]`` of the step row -> ``[1, H, N, D]``."""
+        cache = self.cache
+        cache.write(layer, self.slot_mapping, k[0].transpose(0, 1), v[0].transpose(0, 1))
+        out = paged_decode_attention(q[0].transpose(0, 1), cache.keys[layer], cache.values[layer], self.contexts, self.lengths, self.rows)
+        return out.transpose(0, 1)[None]

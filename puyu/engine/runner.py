@@ -7,20 +7,24 @@ only where logits are needed: the last token of every sequence that samples
 this step, and every prompt position of requests that asked for prompt
 log-probabilities.
 
-With ``compile``, steps that only decode (the steady state of serving) run
-through ``torch.compile(model, dynamic=True)``: eager PyTorch spends most of a
-CPU decode step dispatching some 25 small ops per layer, which Inductor fuses.
-Steps with prompt tokens stay eager (their shapes vary too much to pay off),
-and so do steps that verify speculative drafts (:mod:`puyu.engine.speculative`):
-a drafted sequence's pending token and draft tokens each attend alone over
-exactly their own context, as one-at-a-time eager decoding computes them, and
-the draft is kept up to the first token the model would not have chosen.
-Image prompts prefill (eagerly) the vectors of their image tokens in place of the placeholders' embeddings.
-Two graphs cover all decode steps: one sequence, or several (through SDPA
-always with a padding mask, so that a batch of equal lengths needs no third; a
-``direct`` cache needs none).  Compiled without "duck sizing", which would
-otherwise tie the batch size to any model dimension of the same value seen while
-compiling (two KV heads and two sequences) and recompile later.  Dynamo checks
+With ``compile``, steps run through ``torch.compile(model, dynamic=True)``: eager
+PyTorch spends most of a CPU decode step dispatching some 25 small ops per layer,
+which Inductor fuses.  On a ``direct`` cache (float32 on a CPU where puyu's kernels
+run: :class:`~puyu.engine.paged_cache.RowBatch`) every step is tensors only and
+compiled: decodes, prompt chunks, mixed steps, draft verification and prompt
+log-probabilities; two graphs cover them (one row; several, padded to at least two
+sequences, context slots and logits rows so that Dynamo never specializes a size
+of 1 into a third graph compiled in the middle of serving).  Elsewhere only steps
+that only decode are compiled (two graphs: one sequence, or several through SDPA
+always with a padding mask), and prompt chunks and steps that verify speculative
+drafts (:mod:`puyu.engine.speculative`) stay eager.  A drafted sequence's pending
+token and draft tokens each attend alone over exactly their own context, as
+one-at-a-time decoding computes them, and the draft is kept up to the first token
+the model would not have chosen.  Image prompts prefill (eagerly) the vectors of
+their image tokens in place of the placeholders' embeddings.  Compiled without
+"duck sizing", which would otherwise tie the batch size to any model dimension of
+the same value seen while compiling (two KV heads and two sequences) and
+recompile later.  Dynamo checks
 only its guards on a step's inputs, not the ~4300 on the model, which does not
 change while the engine runs (see :func:`_compiled_forward`): the whole set cost
 1.0-1.5 ms of every step of the built-in model, 0.2 ms are left.  Floats (norm
@@ -38,7 +42,7 @@ import torch
 import torch._dynamo.config as dynamo_config
 import torch.fx.experimental._config as shape_config
 
-from puyu.engine.paged_cache import PagedBatch, PagedKVCache, PrefillChunk
+from puyu.engine.paged_cache import PagedBatch, PagedKVCache, PrefillChunk, RowBatch
 from puyu.engine.sequence import Sequence
 from puyu.engine.speculative import PromptLookup
 from puyu.generation.output import TokenLogprob
@@ -114,13 +118,12 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, scheduled: list[tuple[Sequence, int]]) -> list[StepResult]:
         """Run one step; ``n`` of each ``(sequence, n)`` counts its pending tokens plus its draft."""
-        tokens, positions, slots, prefills = [], [], [], []
-        decode_slots, sample_at, drafted, prompt_rows = [], [], [], []
+        tokens, positions, slots = [], [], []
+        sample_at, drafted, prompt_rows, image_chunks = [], [], [], []
         width = 0
-        # Decodes first: the attention then slices them off the row instead of indexing.  A drafted sequence's
+        # Decodes first: the SDPA path then slices them off the row instead of indexing.  A drafted sequence's
         # tokens follow, each attended alone over its own context: computed exactly as one-at-a-time decoding.
         scheduled = sorted(scheduled, key=lambda item: 0 if item[1] == 1 and item[0].num_computed else 1 if item[0].draft else 2)
-        single_rows, image_chunks = [], []
         for seq, n in scheduled:
             start, past = width, seq.num_computed
             if seq.images is not None and past < len(seq.prompt):
@@ -128,13 +131,6 @@ class ModelRunner:
             tokens += seq.step_tokens(n)
             positions.append(torch.arange(past, past + n))
             slots.append(self._slots(seq, past, past + n))
-            if n == 1 and past > 0:
-                decode_slots.append(self._slots(seq, 0, past + 1))
-            elif seq.draft:
-                single_rows += [(start + j, self._slots(seq, 0, past + j + 1).to(self.device)) for j in range(n)]
-            else:
-                context = self._slots(seq, 0, past + n).to(self.device) if past else None
-                prefills.append(PrefillChunk(start, start + n, past, context))
             if seq.prompt_logprobs is not None and past < len(seq.prompt) - 1:
                 last = min(past + n, len(seq.prompt) - 1)
                 prompt_rows.append((seq, past, list(range(start, start + last - past))))
@@ -144,16 +140,15 @@ class ModelRunner:
                 sample_at.append((seq, start + n - 1))
             width += n
 
-        batch = PagedBatch(
-            self.cache,
-            torch.cat(slots).to(self.device),
-            len(decode_slots),
-            *self._decode_context(decode_slots),
-            prefills,
-            single_rows,
-        )
         draft_rows = [i for _, idx in drafted for i in idx]
         rows = [i for _, i in sample_at] + draft_rows + [i for _, _, idx in prompt_rows for i in idx]
+        slot_mapping = torch.cat(slots).to(self.device)
+        if self.cache.direct:
+            batch = self._row_batch(scheduled, slot_mapping)
+            # unused logits rows (the last one again), up to two (one): see _row_batch
+            rows += [rows[-1] if rows else width - 1] * ((2 if width > 1 else 1) - len(rows))
+        else:
+            batch = self._paged_batch(scheduled, slot_mapping)
         step = torch.tensor([tokens], device=self.device)
         pos = torch.cat(positions)[None].to(self.device)
         keep = torch.tensor(rows, dtype=torch.long, device=self.device)
@@ -162,7 +157,7 @@ class ModelRunner:
             for images, begin, end, offset in image_chunks:
                 images.scatter(embeds[0], begin, end, offset)
             logits = self.model(None, pos, cache=batch, logits_to_keep=keep, inputs_embeds=embeds)[0].float()
-        elif self.compiled is not None and not prefills and not prompt_rows and not single_rows:
+        elif self.compiled is not None and (self.cache.direct or not (batch.prefills or batch.single_rows or prompt_rows)):
             with shape_config.patch(use_duck_shape=False), dynamo_config.patch(specialize_float=True):
                 logits = self.compiled(self.model, step, pos, cache=batch, logits_to_keep=keep)[0].float()
         else:
@@ -193,17 +188,54 @@ class ModelRunner:
             row += len(idx)
         return list(results.values())
 
-    def _decode_context(self, decode_slots: list[torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
-        """``(slots [Bd, Lmax] padded with 0, lengths [Bd], mask or None)`` of the decode rows (all None without any);
-        the mask only for several rows attended through SDPA (a ``direct`` cache needs none)."""
+    def _row_batch(self, scheduled: list[tuple[Sequence, int]], slot_mapping: torch.Tensor) -> RowBatch:
+        """Every row over its own context, one row of context slots per sequence (a ``direct`` cache).
+
+        Steps of more than one token always have at least two context rows of at least two slots (and the caller keeps
+        at least two logits rows): the compiled step then has one graph for all of them, where Dynamo would otherwise
+        specialize a size of 1 into a graph of its own, compiled in the middle of serving the first time it occurs.
+        """
+        contexts, lengths, rows = [], [], []
+        for seq, n in scheduled:
+            past = seq.num_computed
+            rows += [len(contexts)] * n
+            lengths.append(torch.arange(past + 1, past + n + 1))
+            contexts.append(self._slots(seq, 0, past + n))
+        several = len(rows) > 1
+        longest = max(2 if several else 1, max(len(c) for c in contexts))
+        padded = torch.zeros(max(2 if several else 1, len(contexts)), longest, dtype=torch.long)
+        for i, c in enumerate(contexts):
+            padded[i, : len(c)] = c
+        return RowBatch(self.cache, slot_mapping, padded.to(self.device), torch.cat(lengths).to(self.device),
+                        torch.tensor(rows, device=self.device))
+
+    def _paged_batch(self, scheduled: list[tuple[Sequence, int]], slot_mapping: torch.Tensor) -> PagedBatch:
+        """Decode rows over gathered copies of their contexts, prompt chunks and draft rows through SDPA."""
+        decode_slots, prefills, single_rows = [], [], []
+        start = 0
+        for seq, n in scheduled:
+            past = seq.num_computed
+            if n == 1 and past > 0:
+                decode_slots.append(self._slots(seq, 0, past + 1))
+            elif seq.draft:
+                single_rows += [(start + j, self._slots(seq, 0, past + j + 1).to(self.device)) for j in range(n)]
+            else:
+                context = self._slots(seq, 0, past + n).to(self.device) if past else None
+                prefills.append(PrefillChunk(start, start + n, past, context))
+            start += n
+        return PagedBatch(self.cache, slot_mapping, len(decode_slots), *self._decode_context(decode_slots), prefills, single_rows)
+
+    def _decode_context(self, decode_slots: list[torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(slots [Bd, Lmax] padded with 0, mask or None)`` of the decode rows (both None without any); the mask only
+        for several rows."""
         if not decode_slots:
-            return None, None, None
+            return None, None
         lengths = torch.tensor([len(s) for s in decode_slots])
         longest = int(lengths.max())
         padded = torch.zeros(len(decode_slots), longest, dtype=torch.long)
         for i, s in enumerate(decode_slots):
             padded[i, : len(s)] = s
         mask = None
-        if len(decode_slots) > 1 and not self.cache.direct:
+        if len(decode_slots) > 1:
             mask = (torch.arange(longest)[None] < lengths[:, None])[:, None, None].to(self.device)
-        return padded.to(self.device), lengths.to(self.device), mask
+        return padded.to(self.device), mask

@@ -94,21 +94,24 @@ static int pair(const float *q, const float *keys, const float *values, const in
     return 0;
 }
 
-/* q [B, H, D], keys/values [S, KV, D], slots [B, L] (row b's first lengths[b] entries are its context), out [B, H, D]. */
+/* q [B, H, D], keys/values [S, KV, D], slots [C, L], out [B, H, D]: query row b attends the first lengths[b] entries
+ * of slots row rows[b] (rows NULL: row b), so the rows of one sequence (a prompt chunk's tokens, draft tokens) share
+ * its row of slots, each with its own length: every row computed as a lone decode step computes it. */
 int puyu_paged_decode_attention(const float *q, int64_t B, int64_t H, int64_t KV, int64_t D, const float *keys,
-                                const float *values, int64_t S, const int64_t *slots, int64_t L, const int64_t *lengths,
-                                float scale, float *out, int threads) {
+                                const float *values, int64_t S, const int64_t *slots, int64_t C, int64_t L,
+                                const int64_t *rows, const int64_t *lengths, float scale, float *out, int threads) {
     for (int64_t i = 0; i < B; i++) {
-        if (lengths[i] < 1 || lengths[i] > L) return 3;
+        const int64_t row = rows ? rows[i] : i;
+        if (row < 0 || row >= C || lengths[i] < 1 || lengths[i] > L) return 3;
         for (int64_t t = 0; t < lengths[i]; t++)
-            if (slots[i * L + t] < 0 || slots[i * L + t] >= S) return 3;
+            if (slots[row * L + t] < 0 || slots[row * L + t] >= S) return 3;
     }
     const int64_t G = H / KV;
     int failed = 0;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(max : failed)
+#pragma omp parallel for num_threads(threads) schedule(static, 1) reduction(max : failed)
     for (int64_t item = 0; item < B * KV; item++) {
         const int64_t b = item / KV, j = item % KV, offset = (b * H + j * G) * D;
-        const int code = pair(q + offset, keys, values, slots + b * L, lengths[b], KV, j, G, D, scale, out + offset);
+        const int code = pair(q + offset, keys, values, slots + (rows ? rows[b] : b) * L, lengths[b], KV, j, G, D, scale, out + offset);
         failed = code > failed ? code : failed;
     }
     return failed;

@@ -47,10 +47,18 @@ _OPS_FLAGS = ["-O2", "-std=c++20", "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_AB
               *(f"-I{path}" for path in cpp_extension.include_paths()), *(f"-L{path}" for path in cpp_extension.library_paths()),
               "-lc10", "-ltorch_cpu"]
 
+SCHEMAS = ("int4_matmul(Tensor x, Tensor codes, Tensor table, int group_size, int n, int activation_bits=16) -> Tensor",
+           "int8_matmul(Tensor x, Tensor codes, Tensor scale, int n) -> Tensor",
+           "paged_decode_attention(Tensor q, Tensor keys, Tensor values, Tensor slots, Tensor lengths, Tensor? rows=None) -> Tensor")
 LIBRARY = torch.library.Library("puyu", "DEF")
-LIBRARY.define("int4_matmul(Tensor x, Tensor codes, Tensor table, int group_size, int n) -> Tensor")
-LIBRARY.define("int8_matmul(Tensor x, Tensor codes, Tensor scale, int n) -> Tensor")
-LIBRARY.define("paged_decode_attention(Tensor q, Tensor keys, Tensor values, Tensor slots, Tensor lengths) -> Tensor")
+for _schema in SCHEMAS:
+    LIBRARY.define(_schema)
+
+
+def ops_signature() -> str:
+    """A digest of the ops' schemas and their C++ registration: compiled graphs that call them (Inductor's C++ wrapper
+    passes the arguments a schema had when it compiled) are valid only with the same (part of the compile cache key)."""
+    return hashlib.sha256("\n".join(SCHEMAS).encode() + OPS_SOURCE.read_bytes()).hexdigest()[:16]
 
 
 def _compilers() -> tuple[str, str] | None:

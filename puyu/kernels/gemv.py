@@ -56,7 +56,7 @@ def _padded(rows: torch.Tensor) -> torch.Tensor:
 
 
 @torch.library.register_fake("puyu::int4_matmul", lib=LIBRARY)
-def _(x, codes, table, group_size, n):
+def _(x, codes, table, group_size, n, activation_bits=16):
     return x.new_empty(*x.shape[:-1], n)
 
 
@@ -68,9 +68,21 @@ def _(x, codes, scale, n):
 _INT4, _INT8 = torch.ops.puyu.int4_matmul.default, torch.ops.puyu.int8_matmul.default
 
 
-def int4_matmul(x: torch.Tensor, codes: torch.Tensor, table: torch.Tensor, group_size: int, n: int) -> torch.Tensor:
-    """``x @ W.T`` for the ``n`` output rows of :func:`pack_int4`'s ``codes`` and ``table``."""
-    return _INT4(x, codes, table, group_size, n)
+def int4_matmul(x: torch.Tensor, codes: torch.Tensor, table: torch.Tensor, group_size: int, n: int,
+                activation_bits: int = 16) -> torch.Tensor:
+    """``x @ W.T`` for the ``n`` output rows of :func:`pack_int4`'s ``codes`` and ``table``, the activations quantized
+    per block of 32 to int16 (``activation_bits`` 16, w4a16) or int8 (8, w4a8: llama.cpp's Q4_1 x Q8_1 scheme)."""
+    return _INT4(x, codes, table, group_size, n, activation_bits)
+
+
+def quantize_activations(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """``x`` ``[..., K]`` through the kernels' activation quantization and back (blocks of 32, symmetric, round to
+    nearest even): the reference the kernels are tested against, and what other devices compute for w4a8."""
+    top = 2 ** (bits - 1) - 1
+    blocks = x.float().unflatten(-1, (-1, 32))
+    amax = blocks.abs().amax(-1, keepdim=True)
+    codes = torch.where(amax > 0, blocks * (top / amax), 0).round()
+    return (codes * (amax / top)).flatten(-2).to(x.dtype)
 
 
 def int8_matmul(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:

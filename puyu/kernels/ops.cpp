@@ -13,11 +13,12 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 
-using Int4Kernel = int (*)(const float *, int64_t, int64_t, const uint32_t *, const uint16_t *, int64_t, int64_t, float *, int);
+using Int4Kernel = int (*)(const float *, int64_t, int64_t, const uint32_t *, const uint16_t *, int64_t, int64_t, int, float *, int);
 using Int8Kernel = int (*)(const float *, int64_t, int64_t, const int8_t *, const float *, int64_t, float *, int);
 using AttentionKernel = int (*)(const float *, int64_t, int64_t, int64_t, int64_t, const float *, const float *, int64_t,
-                                const int64_t *, int64_t, const int64_t *, float, float *, int);
+                                const int64_t *, int64_t, int64_t, const int64_t *, const int64_t *, float, float *, int);
 static Int4Kernel int4_kernel = nullptr;
 static Int8Kernel int8_kernel = nullptr;
 static AttentionKernel attention_kernel = nullptr;
@@ -44,11 +45,14 @@ static std::pair<at::Tensor, at::Tensor> prepare(const at::Tensor &x, int64_t n,
     return {flat, at::empty(sizes, flat.options())};
 }
 
-static at::Tensor int4_matmul(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &table, int64_t group_size, int64_t n) {
+static at::Tensor int4_matmul(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &table, int64_t group_size, int64_t n,
+                              int64_t activation_bits) {
+    TORCH_CHECK(activation_bits == 8 || activation_bits == 16, "int4 matmul: activation_bits must be 8 or 16");
     auto [flat, y] = prepare(x, n, int4_kernel != nullptr, "int4 matmul");
     const int64_t k = x.size(-1);
     check(int4_kernel(flat.data_ptr<float>(), flat.numel() / k, k, static_cast<const uint32_t *>(codes.data_ptr()),
-                      static_cast<const uint16_t *>(table.data_ptr()), n, group_size, y.data_ptr<float>(), at::get_num_threads()),
+                      static_cast<const uint16_t *>(table.data_ptr()), n, group_size, static_cast<int>(activation_bits),
+                      y.data_ptr<float>(), at::get_num_threads()),
           "int4 matmul");
     return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
 }
@@ -62,10 +66,11 @@ static at::Tensor int8_matmul(const at::Tensor &x, const at::Tensor &codes, cons
     return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
 }
 
-/* q [B, H, D] float32; keys/values [S, KV, D] float32 (one layer of the paged cache); slots [B, L] int64 (row b's
- * context in its first lengths[b] entries); lengths [B] int64 -> [B, H, D], scaled by 1/sqrt(D). */
+/* q [B, H, D] float32; keys/values [S, KV, D] float32 (one layer of the paged cache); slots [C, L] int64; lengths [B]
+ * int64; rows [B] int64 or none (C = B): query b's context is the first lengths[b] entries of slots row rows[b]
+ * -> [B, H, D], scaled by 1/sqrt(D). */
 static at::Tensor paged_decode_attention(const at::Tensor &q, const at::Tensor &keys, const at::Tensor &values,
-                                         const at::Tensor &slots, const at::Tensor &lengths) {
+                                         const at::Tensor &slots, const at::Tensor &lengths, const std::optional<at::Tensor> &rows) {
     const char *what = "paged decode attention";
     TORCH_CHECK(attention_kernel != nullptr, what, ": the kernels were not loaded (puyu.kernels.build loads them)");
     TORCH_CHECK(q.dim() == 3 && keys.dim() == 3 && values.sizes() == keys.sizes() && slots.dim() == 2 && lengths.dim() == 1,
@@ -74,13 +79,18 @@ static at::Tensor paged_decode_attention(const at::Tensor &q, const at::Tensor &
                 what, ": float32 tensors only");
     TORCH_CHECK(slots.scalar_type() == at::kLong && lengths.scalar_type() == at::kLong, what, ": int64 slots and lengths");
     const int64_t B = q.size(0), H = q.size(1), D = q.size(2), KV = keys.size(1);
-    TORCH_CHECK(keys.size(2) == D && H % KV == 0 && slots.size(0) == B && lengths.size(0) == B, what, ": shapes disagree");
+    TORCH_CHECK(keys.size(2) == D && H % KV == 0 && lengths.size(0) == B && (rows.has_value() || slots.size(0) == B), what,
+                ": shapes disagree");
+    TORCH_CHECK(!rows.has_value() || (rows->dim() == 1 && rows->size(0) == B && rows->scalar_type() == at::kLong), what,
+                ": rows must be int64 [B]");
     TORCH_CHECK(keys.is_contiguous() && values.is_contiguous(), what, ": the cache must be contiguous");
     at::Tensor qc = q.contiguous(), sc = slots.contiguous(), lc = lengths.contiguous();
+    at::Tensor rc = rows.has_value() ? rows->contiguous() : at::Tensor();
     at::Tensor out = at::empty_like(qc);
     if (B == 0) return out;
     const int code = attention_kernel(qc.data_ptr<float>(), B, H, KV, D, keys.data_ptr<float>(), values.data_ptr<float>(),
-                                      keys.size(0), sc.data_ptr<int64_t>(), sc.size(1), lc.data_ptr<int64_t>(),
+                                      keys.size(0), sc.data_ptr<int64_t>(), sc.size(0), sc.size(1),
+                                      rows.has_value() ? rc.data_ptr<int64_t>() : nullptr, lc.data_ptr<int64_t>(),
                                       1.0f / std::sqrt(static_cast<float>(D)), out.data_ptr<float>(), at::get_num_threads());
     TORCH_CHECK(code != 3, what, ": a slot or a length is out of range");
     TORCH_CHECK(code != 2, what, ": out of memory");

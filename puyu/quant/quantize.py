@@ -21,7 +21,7 @@ from puyu.quant.weight_only import apply_int_weights, is_quantized, quantize_mod
 
 METHODS = ("rtn", "awq", "gptq")
 DEFAULT_FORMAT = {"rtn": "gptq", "awq": "awq", "gptq": "gptq"}
-INFERENCE_MODES = ("none", "w8a16", "w4a16", "w8a8")  # --quant at load (quantize_for_inference)
+INFERENCE_MODES = ("none", "w8a16", "w4a16", "w4a8", "w8a8")  # --quant at load (quantize_for_inference)
 
 
 def quantize_weights(model: nn.Module, method: str, spec: QuantSpec, tokens: torch.Tensor | None = None, progress: bool = True,
@@ -64,11 +64,11 @@ def apply_weights(model: nn.Module, weights: dict[str, IntWeight], kernel: str =
 
 def quantize_for_inference(model: nn.Module, tokenizer, mode: str, group_size: int = 32, kernel: str = "auto",
                            calib: str | None = None) -> None:
-    """``--quant MODE`` at load, in place: w8a16/w4a16 round-to-nearest, or w8a8 SmoothQuant calibrated on ``calib``.
+    """``--quant MODE`` at load, in place: w8a16/w4a16/w4a8 round-to-nearest, or w8a8 SmoothQuant calibrated on ``calib``.
 
     q/k/v and gate/up are fused first (fewer, wider int kernels), so the model is for inference only afterwards.
     LoRA adapters the loader kept unmerged (``load_model(..., quantized=True)``) stay in float beside the int
-    weights for w8a16/w4a16, and are merged before w8a8.
+    weights for w8a16/w4a16/w4a8, and are merged before w8a8.
 
     Raises:
         ConfigError: an unknown mode, or the model is already quantized (a quantized folder, or quantized before).

@@ -16,7 +16,8 @@ Formats (what a calibration method such as AWQ produces too, so it can fill them
 Three kernel paths compute the same formula (``kernel`` below; ``auto`` picks):
 
 * ``avx2`` (x86 CPUs with AVX2, the default there when a C compiler built it): puyu's own int4/int8 products
-  (:mod:`puyu.kernels.gemv`), which quantize the activations per block of 32 to int16 and multiply integers;
+  (:mod:`puyu.kernels.gemv`), which quantize the activations per block of 32 to int16 (int8 for w4a8, whose weights
+  are w4a16's: llama.cpp's Q4_1 x Q8_1 products, twice the products per instruction) and multiply integers;
   the weights are stored in that module's tiles of 8 output rows.  Every row is computed the same way whatever
   the batch holds, so batched and speculative decoding stay exact.  Measured on 2 AVX2 cores (Zen 3) before the
   tiled layout (which made decode products about 2x faster again): 1.5-2x faster per decode layer than
@@ -34,6 +35,8 @@ Three kernel paths compute the same formula (``kernel`` below; ``auto`` picks):
 * ``dequantize`` (any device; the default off the CPU): rebuild the weight in the
   activation dtype each call and use the dense matmul.  Correct everywhere and
   the reference the packed path is tested against; not fast for decode.
+
+The other paths leave w4a8's activations unquantized: it computes as w4a16 there.
 """
 
 from __future__ import annotations
@@ -180,6 +183,7 @@ class Int4Linear(nn.Module):
                 scale, zero = scale.repeat_interleave(group_size // sub, 0), zero.repeat_interleave(group_size // sub, 0)
                 group_size = sub
         self.group_size = group_size
+        self.activation_bits = 16  # 8 for w4a8 (quantize_model); only the avx2 kernels quantize activations
         self.register_buffer("perm", None if perm is None else perm.to(device))
         q = q.to(device)
         if self.kernel == "avx2":  # tiles of 8 rows; w = q * scale + low with low = zero - 8 * scale
@@ -214,7 +218,7 @@ class Int4Linear(nn.Module):
         if self.perm is not None:
             x = x.index_select(-1, self.perm)
         if self.kernel == "avx2":
-            y = gemv.int4_matmul(x, self.qweight, self.scales_and_zeros, self.group_size, self.out_features)
+            y = gemv.int4_matmul(x, self.qweight, self.scales_and_zeros, self.group_size, self.out_features, self.activation_bits)
         elif self.kernel == "packed":
             y = _packed_call(torch.ops.aten._weight_int4pack_mm_for_cpu, x, self.qweight, self.group_size, self.scales_and_zeros)
         else:
@@ -237,10 +241,11 @@ def on_int4_grid(weight: torch.Tensor, group_size: int = 32) -> bool:
 def describe_kernel(kernel: str, mode: str) -> str:
     """The kernel path in words, for the one log line at start."""
     if kernel == "avx2":
-        bits = "int4" if mode == "w4a16" else "int8"
-        return f"puyu's {bits} x int16-activation products (puyu/kernels/gemv.c, {kernels.build_name()} build)"
+        bits = "int4" if mode in ("w4a16", "w4a8") else "int8"
+        activations = "int8" if mode == "w4a8" else "int16"
+        return f"puyu's {bits} x {activations}-activation products (puyu/kernels/gemv.c, {kernels.build_name()} build)"
     if kernel == "packed":
-        name = "_weight_int4pack_mm_for_cpu" if mode == "w4a16" else "_weight_int8pack_mm"
+        name = "_weight_int4pack_mm_for_cpu" if mode in ("w4a16", "w4a8") else "_weight_int8pack_mm"
         return (f"PyTorch's packed {name} with bf16 activations "
                 f"({torch.backends.cpu.get_cpu_capability()} dispatch; its float32 path is scalar)")
     return "dequantize per call + dense matmul (correct, not fast)"
@@ -252,7 +257,7 @@ def is_quantized(model: nn.Module) -> bool:
 
 
 def quantize_model(model: nn.Module, mode: str, group_size: int = 64, kernel: str = "auto") -> int:
-    """Replace the decoder's projections and the LM head in place (``mode``: w8a16 or w4a16); an unmerged LoRA
+    """Replace the decoder's projections and the LM head in place (``mode``: w8a16, w4a16 or w4a8); an unmerged LoRA
     adapter's base layer is replaced inside its wrapper, and the adapter keeps computing in float beside it.
 
     The embedding stays in full precision (a tied LM head gets its own quantized copy, int8 in both modes).
@@ -272,15 +277,16 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = 64, kernel: st
             role = name.rpartition(".")[2] if child_name == "base" else child_name
             if role not in TARGETS or not isinstance(child, nn.Linear):
                 continue
-            if mode == "w4a16" and child.in_features % group_size:
+            if mode != "w8a16" and child.in_features % group_size:
                 log.warning("%s.%s: %d inputs is not a multiple of %d; left unquantized", name, child_name, child.in_features, group_size)
                 continue
-            # The LM head stays int8 in w4a16 (llama.cpp keeps its output layer at 6-8 bits too):
-            # int4 there costs far more accuracy than the bandwidth it saves.
+            # The LM head stays int8 with int16 activations in w4a16 and w4a8 (llama.cpp keeps its output layer at 6-8
+            # bits too): int4 there costs far more accuracy than the bandwidth it saves.
             if mode == "w8a16" or role == "lm_head":
                 quantized = Int8Linear(child, kernel)
             else:
                 quantized = Int4Linear(child, group_size, kernel)
+                quantized.activation_bits = 8 if mode == "w4a8" else 16
             setattr(module, child_name, quantized)
             replaced, used = replaced + 1, quantized.kernel
     if used:

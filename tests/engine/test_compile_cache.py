@@ -67,3 +67,16 @@ def test_keys_that_differ_get_their_own_folders_and_expectations_come_from_this_
     cold = json.loads((a.folder / MANIFEST).read_text())["cold_s"]
     assert b.expected_seconds(b.check()) == cold  # a new setting is expected to take as long as this machine's last cold compile
 
+
+
+def test_the_key_changes_with_puyus_op_schemas(tiny_llm, monkeypatch):
+    """Inductor's C++ wrapper calls puyu's ops with the arguments their schemas had when it compiled: a cache made
+    before an op gained an argument must not be used (it failed in the dispatcher at the first step)."""
+    from puyu.engine.compile_cache import compile_key
+    from puyu.engine.config import EngineConfig
+    from puyu.kernels import build
+
+    before = compile_key(tiny_llm.model, EngineConfig(compile=True))
+    monkeypatch.setattr(build, "SCHEMAS", (*build.SCHEMAS[:-1], build.SCHEMAS[-1].replace("Tensor lengths", "Tensor lengths, int x=0")))
+    after = compile_key(tiny_llm.model, EngineConfig(compile=True))
+    assert before.pop("ops") != after.pop("ops") and before == after

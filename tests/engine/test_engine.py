@@ -142,6 +142,31 @@ def test_compiled_decode_gives_the_eager_tokens_and_compiles_only_at_start(tiny_
     assert compiled.totals["requests"] == 9  # the warm-up requests are not counted
 
 
+def test_every_step_runs_compiled_on_a_direct_cache_with_the_eager_tokens(tiny_llm, engine_factory):
+    """On a cache the kernels attend from, prompt chunks, mixed steps, draft verification and prompt log-probabilities
+    run the compiled step too, through the graphs compiled at start (one row; several), with the eager tokens."""
+    from torch._dynamo.utils import counters
+
+    batch = [tiny_llm.tokenizer.encode("the quick brown fox jumps over the lazy dog " * (1 + i % 3) + str(i)) for i in range(6)]
+    config = {"max_num_batched_tokens": 24, "speculative": "prompt_lookup", "max_num_seqs": 4}  # chunks, drafts, arrivals
+    eager = engine_factory(**config)
+    expected = [r.token_ids for r in eager.generate(batch, GREEDY)]
+    scored = eager.generate(batch[:2], GREEDY, prompt_logprobs=1)
+    compiled = engine_factory(compile=True, **config)
+    assert compiled.cache.direct
+    graphs, steps, calls = counters["stats"]["unique_graphs"], compiled.totals["steps"], []
+    step = compiled.runner.compiled
+    compiled.runner.compiled = lambda *args, **kwargs: calls.append(1) or step(*args, **kwargs)
+    assert [r.token_ids for r in compiled.generate(batch, GREEDY)] == expected
+    again = compiled.generate(batch[:2], GREEDY, prompt_logprobs=1)
+    assert [r.token_ids for r in again] == [r.token_ids for r in scored]
+    scores = [[p and (p.token, round(p.logprob, 4)) for p in r.prompt_logprobs] for r in (*again, *scored)]
+    assert scores[:2] == scores[2:]
+    assert compiled.stats()["accepted_draft_tokens"] > 0
+    assert len(calls) == compiled.totals["steps"] - steps  # no step ran eagerly
+    assert counters["stats"]["unique_graphs"] == graphs  # and none compiled a graph after the start
+
+
 def test_compiled_engines_on_two_models_in_one_process_each_decode_their_own_tokens(tiny_llm):
     """Dynamo's guards on the model are not checked (``runner._compiled_forward``), so each engine must run graphs of
     its own: a second model (other weights, fused projections) in the same process must not reuse the first's."""

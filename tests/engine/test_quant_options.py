@@ -1,4 +1,4 @@
-"""The engine with every ``quant`` (none, w8a16, w4a16, w8a8) and ``kv_quant`` (none, int8, int4) option on a tiny model:
+"""The engine with every ``quant`` (none, w8a16, w4a16, w4a8, w8a8) and ``kv_quant`` (none, int8, int4) option on a tiny model:
 the option takes effect, batching never changes a greedy output, speculative drafts stay exact, blocks come back."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tests.engine.test_engine import prompts
 
 CALIB = str(DATASETS / "pretrain/llamafactory_text/c4_demo.jsonl")
 GREEDY = SamplingParams(max_new_tokens=10, temperature=0, ignore_eos=True)
-LAYER = {"w8a16": Int8Linear, "w4a16": Int4Linear, "w8a8": W8A8Linear}
+LAYER = {"w8a16": Int8Linear, "w4a16": Int4Linear, "w4a8": Int4Linear, "w8a8": W8A8Linear}
 
 
 def make_engine(llm, quant: str = "none", kv_quant: str = "none", **config) -> LLMEngine:
@@ -29,7 +29,8 @@ def make_engine(llm, quant: str = "none", kv_quant: str = "none", **config) -> L
 
 # Every option at least once, each quantized cache under weight and activation quantization too ((none, none) is what
 # tests/engine/test_engine.py runs).
-COMBINATIONS = [("none", "int8"), ("none", "int4"), ("w8a16", "int8"), ("w4a16", "int4"), ("w8a8", "none"), ("w8a8", "int4")]
+COMBINATIONS = [("none", "int8"), ("none", "int4"), ("w8a16", "int8"), ("w4a16", "int4"), ("w4a8", "none"), ("w8a8", "none"),
+                ("w8a8", "int4")]
 
 
 def test_the_combinations_cover_every_option():

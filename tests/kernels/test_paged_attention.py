@@ -50,6 +50,26 @@ def test_each_sequence_gets_the_same_bits_alone_in_a_batch_and_compiled():
     assert torch.equal(compiled(q, keys, values, table, lengths), together)
 
 
+def test_rows_of_one_sequence_share_its_context_row_each_with_its_own_length():
+    """A prompt chunk: its query rows name their sequence's row of slots and attend its first position + 1 entries,
+    causally; each row gets the bits a lone decode step over that prefix gets (so chunking never changes a token)."""
+    q, keys, values, table, _ = _case(7, 9, 3, 64, seed=4)
+    contexts = table[:2, :40]
+    rows, lengths = torch.tensor([0, 0, 0, 0, 0, 1, 1]), torch.tensor([36, 37, 38, 39, 40, 1, 2])
+    out = paged_decode_attention(q, keys, values, contexts, lengths, rows)
+    for b in range(7):
+        n, row = int(lengths[b]), int(rows[b])
+        alone = paged_decode_attention(q[b : b + 1], keys, values, contexts[row : row + 1, :n], lengths[b : b + 1])
+        assert torch.equal(out[b], alone[0])
+    torch.testing.assert_close(out, _reference(q, keys, values, contexts[rows], lengths), rtol=1e-5, atol=2e-6)
+    compiled = torch.compile(lambda *a: paged_decode_attention(*a) * 1, dynamic=True)
+    assert torch.equal(compiled(q, keys, values, contexts, lengths, rows), out)
+    with pytest.raises(RuntimeError, match="out of range"):
+        paged_decode_attention(q, keys, values, contexts, lengths, rows + 1)  # a row past the context rows
+    with pytest.raises(RuntimeError, match="rows must be int64"):
+        paged_decode_attention(q, keys, values, contexts, lengths, rows[:3])
+
+
 def test_large_scores_do_not_overflow_and_padding_is_never_read():
     q, keys, values, table, lengths = _case(2, 4, 2, 32, seed=2)
     q = q * 50  # scores in the thousands: softmax subtracts the maximum

@@ -44,6 +44,32 @@ def test_avx2_products_match_the_dequantized_weights(in_features, group_size, ro
         assert torch.equal(layer(x[:1]), y[:1]) and torch.equal(layer(x[-3:]), y[-3:])
 
 
+def _w4a8(linear: nn.Linear, group_size: int) -> Int4Linear:
+    layer = Int4Linear(linear, group_size, kernel="avx2")
+    layer.activation_bits = 8
+    return layer
+
+
+@needs_avx2
+@pytest.mark.parametrize("in_features, group_size", [(192, 32), (192, 64), (192, 96), (256, 128)])
+@pytest.mark.parametrize("rows", [1, 4, 5, 70])
+def test_int8_activation_products_are_the_quantized_activations_times_the_weights(in_features, group_size, rows):
+    """w4a8: the activations rounded per block of 32 to int8 (llama.cpp's Q8_1), times the int4 weights as they are;
+    the low term uses the sum of the rounded activations, so the reference is one plain matmul."""
+    torch.manual_seed(rows)
+    linear = nn.Linear(in_features, 80 + rows % 8, bias=True)
+    x = torch.randn(rows, in_features) * torch.linspace(0.1, 4.0, in_features)  # unequal channels, as in a model
+    layer = _w4a8(linear, group_size)
+    weight = layer.dequantize(torch.float32)
+    y = layer(x)
+    reference = nn.functional.linear(gemv.quantize_activations(x, 8), weight, linear.bias)
+    assert _relative_error(y, reference) < 1e-5
+    # int8 rounding is coarser than int16's: farther from the float product, still close
+    assert 1e-4 < _relative_error(y, nn.functional.linear(x, weight, linear.bias)) < 2e-2
+    assert torch.equal(layer(x[:1]), y[:1]) and torch.equal(layer(x[-3:]), y[-3:])
+    assert torch.equal(torch.compile(layer, dynamic=False)(x), y)
+
+
 def test_the_tiled_layouts_give_back_what_was_packed():
     torch.manual_seed(0)
     q, scale, low = torch.randint(0, 16, (21, 128), dtype=torch.uint8), torch.rand(21, 4), torch.randn(21, 4)
@@ -71,7 +97,8 @@ def test_every_build_this_cpu_runs_gives_the_same_bits(group_size):
     try:
         for build in kernels.builds_here():
             kernels.use_build(build)
-            outputs.append([layer(x) for layer in (Int4Linear(linear, group_size, kernel="avx2"), Int8Linear(linear, kernel="avx2"))])
+            layers = (Int4Linear(linear, group_size, kernel="avx2"), _w4a8(linear, group_size), Int8Linear(linear, kernel="avx2"))
+            outputs.append([layer(x) for layer in layers])
     finally:
         kernels.use_build(kernels.build_name())
     for other in outputs[1:]:
@@ -86,6 +113,8 @@ def test_bad_inputs_to_the_ops_raise_clear_errors():
         gemv.int4_matmul(torch.randn(2, 48), codes, table, 32, 8)
     with pytest.raises(RuntimeError, match="float tensor"):
         gemv.int4_matmul(torch.ones(2, 64, dtype=torch.long), codes, table, 32, 8)
+    with pytest.raises(RuntimeError, match="activation_bits must be 8 or 16"):
+        gemv.int4_matmul(torch.randn(2, 64), codes, table, 32, 8, activation_bits=4)
 
 
 @needs_avx2

@@ -49,7 +49,7 @@ def _step(cache: PagedKVCache, q, k, v, lengths: list[int]) -> torch.Tensor:
     mask = (torch.arange(longest)[None] < torch.tensor(decodes)[:, None])[:, None, None]
     context = len(decodes) * 256 + torch.arange(prefill)
     chunk = PrefillChunk(len(decodes), len(slots), prefill - 7, context)
-    batch = PagedBatch(cache, torch.tensor(slots), len(decodes), decode_slots, torch.tensor(decodes), mask, [chunk])
+    batch = PagedBatch(cache, torch.tensor(slots), len(decodes), decode_slots, mask, [chunk])
     return batch.attend(0, q, k, v)
 
 

@@ -79,16 +79,18 @@ def test_a_vocabulary_sized_int8_layer_runs_in_slices_with_the_same_values():
     assert torch.equal(int8(x), torch.ops.aten._weight_int8pack_mm(x, int8.qweight, int8.scale))
 
 
-def test_quantize_model_replaces_projections_and_keeps_the_embedding(tiny_llm):
+@pytest.mark.parametrize("mode, activation_bits", [("w4a16", 16), ("w4a8", 8)])
+def test_quantize_model_replaces_projections_and_keeps_the_embedding(tiny_llm, mode, activation_bits):
     model = copy.deepcopy(tiny_llm.model)
-    replaced = quantize_model(model, "w4a16", group_size=32)
+    replaced = quantize_model(model, mode, group_size=32)
     assert replaced == 2 * 7 + 1
     assert isinstance(model.lm_head, Int8Linear) and isinstance(model.model.layers[0].mlp.up_proj, Int4Linear)
+    assert model.model.layers[0].mlp.up_proj.activation_bits == activation_bits  # the int8 LM head keeps int16 activations
     assert isinstance(model.model.embed_tokens, nn.Embedding)
 
 
 @pytest.mark.builtin
-@pytest.mark.parametrize("mode, min_cosine, min_top1", [("w8a16", 0.998, 0.9), ("w4a16", 0.99, 0.85)])
+@pytest.mark.parametrize("mode, min_cosine, min_top1", [("w8a16", 0.998, 0.9), ("w4a16", 0.99, 0.85), ("w4a8", 0.99, 0.85)])
 def test_builtin_model_stays_close_to_bf16_on_real_text(builtin_llm, mode, min_cosine, min_top1):
     text = (DATASETS / "pretrain" / "llamafactory_text" / "wiki_demo.txt").read_text().splitlines()[0][:2000]
     ids = torch.tensor([builtin_llm.tokenizer.encode(text)[:256]])

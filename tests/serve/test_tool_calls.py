@@ -69,7 +69,7 @@ class ScriptedModel(torch.nn.Module):
         logits = self.inner(tokens, positions, cache=cache, logits_to_keep=logits_to_keep)
         forced = torch.full_like(logits, -1e9)
         for row, position in enumerate(positions[0, logits_to_keep].tolist()):
-            forced[0, row, self.script[min(position - self.prompt_len + 1, len(self.script) - 1)]] = 0
+            forced[0, row, self.script[min(max(position - self.prompt_len + 1, 0), len(self.script) - 1)]] = 0
         return forced
 
 

@@ -14,8 +14,8 @@ output tokens/s, time to first token and inter-token latency p50/p99, for
 1.0 to match), plus transformers ``generate`` with static batches of the same
 size in-process.  ``puyu serve`` runs each ``--quant`` (default w4a16, and w4a8: llama.cpp's Q4_1 x Q8_1 scheme, what
 llama-server computes with the Q4_1 GGUF) with ``--compile`` unless ``--no-compile``.
-Prints ratios ours / peer, and the server's single stream over part 1's in-process
-rate of the same setting (the target: within 10%; below, the server path loses speed it should not).
+Prints ratios ours / peer, and the server's single stream over the same requests run in-process on part 1's engine
+of the same setting (the target: within 10%; below, the server path loses speed it should not).
 
     python bench/serve.py [--concurrency 1,8,32] [--max-tokens 128] [--quant w4a16,w4a8] [--no-compile]
                           [--llama-server /path/to/llama-server] [--llama-python /path/to/venv/bin/python]
@@ -89,8 +89,22 @@ def weight_bytes_per_token(model) -> int:
     return total
 
 
-def decode_part(tokens: int, llama_python: str | None, compiled: list[str]) -> dict[str, float]:
-    """Part 1; returns the in-process tok/s of each setting (``compiled``: the quantizations also run compiled)."""
+def single_stream_workload(engine, tokenizer, max_tokens: int) -> float:
+    """Output tok/s of part 2's concurrency-1 requests (the same prompts, template and limits) run one after another on
+    ``engine`` in this process: what the server adds on top of the engine is the gap to the server's figure."""
+    from puyu.generation import SamplingParams
+
+    params = SamplingParams(max_new_tokens=max_tokens, temperature=0)
+    ids = [tokenizer.render([{"role": "user", "content": q}], add_generation_prompt=True).ids for q in prompts(8)]
+    began, total = time.perf_counter(), 0
+    for prompt in ids:
+        total += len(engine.generate([prompt], params)[0].token_ids)
+    return total / (time.perf_counter() - began)
+
+
+def decode_part(tokens: int, llama_python: str | None, compiled: list[str], max_tokens: int) -> dict[str, float]:
+    """Part 1; returns the in-process tok/s of each setting (``compiled``: the quantizations also run compiled, and
+    part 2's single-stream workload too, ``"<setting> workload"``)."""
     from puyu.engine import EngineConfig, LLMEngine
     from puyu.generation import SamplingParams
     from puyu.model import load_model
@@ -124,6 +138,9 @@ def decode_part(tokens: int, llama_python: str | None, compiled: list[str]) -> d
         bound = bw * 1e9 / per_token
         rates[name] = rate
         print(f"{name:18} {rate:8.1f} {per_token / 1e6:9.1f} {bound:12.1f} {rate / bound:9.2f}   ({str(model.dtype)[6:]})")
+        if compile:  # part 2's single-stream workload, in-process: the server check's reference
+            rates[f"{name} workload"] = single_stream_workload(engine, tokenizer, max_tokens)
+            print(f"  (part 2's single-stream requests in-process: {rates[f'{name} workload']:.1f} tok/s)")
         engine.shutdown()
     if llama_python:
         code = (
@@ -274,10 +291,10 @@ def http_part(levels: list[int], max_tokens: int, quants: list[str], compile: bo
                   f"{r.get('itl p50', float('nan')):8.3f} {r.get('itl p99', float('nan')):8.3f}")
     for name, quant in zip(ours, quants):
         served = f"{quant} + compile" if compile else quant
-        if served in in_process and 1 in results[name]:
-            # One HTTP stream pays prefill and HTTP on top of what part 1 times (decode alone): the target is within 10%;
-            # far below that, the server path (threads, cache size, prefill) costs something it should not.
-            ratio = results[name][1]["tok/s"] / in_process[served]
+        if f"{served} workload" in in_process and 1 in results[name]:
+            # The same requests in-process (part 1): the target is within 10%; far below that, the server path
+            # (threads, HTTP, cache size) costs something it should not.
+            ratio = results[name][1]["tok/s"] / in_process[f"{served} workload"]
             verdict = "ok" if ratio >= 0.9 else "SERVER PATH MORE THAN 10% SLOWER THAN IN-PROCESS"
             print(f"server c=1 / in-process single stream ({served}): {ratio:.2f} ({verdict})")
     for name, by_level in results.items():
@@ -300,7 +317,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     quants = args.quant.split(",")
-    rates = decode_part(args.decode_tokens, args.llama_python, quants if args.compile else []) if not args.skip_decode else {}
+    compiled = quants if args.compile else []
+    rates = decode_part(args.decode_tokens, args.llama_python, compiled, args.max_tokens) if not args.skip_decode else {}
     if not args.skip_http:
         http_part([int(c) for c in args.concurrency.split(",")], args.max_tokens, quants, args.compile, args.llama_python,
                   rates, args.llama_server)

@@ -118,7 +118,7 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, scheduled: list[tuple[Sequence, int]]) -> list[StepResult]:
         """Run one step; ``n`` of each ``(sequence, n)`` counts its pending tokens plus its draft."""
-        tokens, positions, slots = [], [], []
+        tokens, positions = [], []
         sample_at, drafted, prompt_rows, image_chunks = [], [], [], []
         width = 0
         # Decodes first: the SDPA path then slices them off the row instead of indexing.  A drafted sequence's
@@ -130,7 +130,6 @@ class ModelRunner:
                 image_chunks.append((seq.images, past, past + n, start))
             tokens += seq.step_tokens(n)
             positions.append(torch.arange(past, past + n))
-            slots.append(self._slots(seq, past, past + n))
             if seq.prompt_logprobs is not None and past < len(seq.prompt) - 1:
                 last = min(past + n, len(seq.prompt) - 1)
                 prompt_rows.append((seq, past, list(range(start, start + last - past))))
@@ -142,13 +141,12 @@ class ModelRunner:
 
         draft_rows = [i for _, idx in drafted for i in idx]
         rows = [i for _, i in sample_at] + draft_rows + [i for _, _, idx in prompt_rows for i in idx]
-        slot_mapping = torch.cat(slots).to(self.device)
         if self.cache.direct:
-            batch = self._row_batch(scheduled, slot_mapping)
+            batch = self._row_batch(scheduled)
             # unused logits rows (the last one again), up to two (one): see _row_batch
             rows += [rows[-1] if rows else width - 1] * ((2 if width > 1 else 1) - len(rows))
         else:
-            batch = self._paged_batch(scheduled, slot_mapping)
+            batch = self._paged_batch(scheduled)
         step = torch.tensor([tokens], device=self.device)
         pos = torch.cat(positions)[None].to(self.device)
         keep = torch.tensor(rows, dtype=torch.long, device=self.device)
@@ -188,33 +186,35 @@ class ModelRunner:
             row += len(idx)
         return list(results.values())
 
-    def _row_batch(self, scheduled: list[tuple[Sequence, int]], slot_mapping: torch.Tensor) -> RowBatch:
+    def _row_batch(self, scheduled: list[tuple[Sequence, int]]) -> RowBatch:
         """Every row over its own context, one row of context slots per sequence (a ``direct`` cache).
 
         Steps of more than one token always have at least two context rows of at least two slots (and the caller keeps
         at least two logits rows): the compiled step then has one graph for all of them, where Dynamo would otherwise
         specialize a size of 1 into a graph of its own, compiled in the middle of serving the first time it occurs.
         """
-        contexts, lengths, rows = [], [], []
+        contexts, lengths, rows, new = [], [], [], []
         for seq, n in scheduled:
             past = seq.num_computed
             rows += [len(contexts)] * n
             lengths.append(torch.arange(past + 1, past + n + 1))
             contexts.append(self._slots(seq, 0, past + n))
+            new.append(contexts[-1][past:])  # where this step's tokens go
         several = len(rows) > 1
         longest = max(2 if several else 1, max(len(c) for c in contexts))
         padded = torch.zeros(max(2 if several else 1, len(contexts)), longest, dtype=torch.long)
         for i, c in enumerate(contexts):
             padded[i, : len(c)] = c
-        return RowBatch(self.cache, slot_mapping, padded.to(self.device), torch.cat(lengths).to(self.device),
+        return RowBatch(self.cache, torch.cat(new).to(self.device), padded.to(self.device), torch.cat(lengths).to(self.device),
                         torch.tensor(rows, device=self.device))
 
-    def _paged_batch(self, scheduled: list[tuple[Sequence, int]], slot_mapping: torch.Tensor) -> PagedBatch:
+    def _paged_batch(self, scheduled: list[tuple[Sequence, int]]) -> PagedBatch:
         """Decode rows over gathered copies of their contexts, prompt chunks and draft rows through SDPA."""
-        decode_slots, prefills, single_rows = [], [], []
+        slots, decode_slots, prefills, single_rows = [], [], [], []
         start = 0
         for seq, n in scheduled:
             past = seq.num_computed
+            slots.append(self._slots(seq, past, past + n))
             if n == 1 and past > 0:
                 decode_slots.append(self._slots(seq, 0, past + 1))
             elif seq.draft:
@@ -223,6 +223,7 @@ class ModelRunner:
                 context = self._slots(seq, 0, past + n).to(self.device) if past else None
                 prefills.append(PrefillChunk(start, start + n, past, context))
             start += n
+        slot_mapping = torch.cat(slots).to(self.device)
         return PagedBatch(self.cache, slot_mapping, len(decode_slots), *self._decode_context(decode_slots), prefills, single_rows)
 
     def _decode_context(self, decode_slots: list[torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -11,10 +11,11 @@ Built-in model, 2 threads, the dtype ``puyu serve`` picks (``auto``) unless ``--
 2. Start-up of ``--compile`` in fresh processes with an empty ``PUYU_HOME``:
    the first start (cold) and the second (from the compile cache), and whether
    both give the eager engine's greedy tokens.
-3. Prompt-lookup speculative decoding on prompts that invite copying (RAG-style
-   questions over a passage, "repeat", "summarize" — Alpaca demo rows): output
-   tok/s with and without, the acceptance rate, and whether the tokens are
-   identical.
+3. Speculative decoding, output tok/s with and without, the acceptance rate,
+   and whether the tokens are identical: prompt lookup on prompts that invite
+   copying (RAG-style questions over a passage, "repeat", "summarize" — Alpaca
+   demo rows), and a draft model (the float32 model drafted by its own w4a8
+   copy) on chat prompts.
 4. Quantized settings (``--throughput``, ``QUANT/KV_QUANT`` pairs): greedy decode
    tok/s of one stream and aggregate over 32 concurrent streams, and how many
    sequences of ``--context`` tokens fit in the same KV memory (``--kv-mib``).
@@ -139,27 +140,43 @@ def copying_prompts(tok, count: int) -> list[list[int]]:
                        add_generation_prompt=True).ids for i, r in enumerate(rows)]
 
 
-def speculative_part(quant: str, dtype: str, count: int) -> None:
+def chat_prompts(tok, count: int) -> list[list[int]]:
+    rows = json.loads((DATA / "sft/llamafactory_demo/alpaca_en_demo.json").read_text())[200 : 200 + count]
+    return [tok.render([{"role": "user", "content": r["instruction"]}], add_generation_prompt=True).ids for r in rows]
+
+
+def speculative_part(quant: str, dtype: str, count: int, compile: bool) -> None:
+    """Prompt lookup on copying prompts (``quant``, ``dtype``); the float32 model drafted by its own w4a8 copy on chat
+    prompts (compiled unless ``--skip-compile``); one request at a time, greedy."""
+    draft = {"draft_model": "smollm2-135m-instruct", "draft_quant": "w4a8", "num_speculative_tokens": 5, "compile": compile}
+    compare_speculative(f"prompt lookup, {count} copying prompts one at a time ({quant}, dtype {dtype})", copying_prompts,
+                        count, quant, dtype, {}, {"speculative": "prompt_lookup"})
+    compare_speculative(f"draft model: float32 served, drafted by its own w4a8 copy (5 tokens), {count} chat prompts one at "
+                        f"a time{', compiled' if compile else ''}", chat_prompts, count, "none", "float32",
+                        {"compile": compile}, draft)
+
+
+def compare_speculative(title: str, prompts, count: int, quant: str, dtype: str, plain: dict, fast: dict) -> None:
     from puyu.generation import SamplingParams
 
     params = SamplingParams(max_new_tokens=96, temperature=0)
-    print(f"\nprompt lookup, {count} copying prompts one at a time ({quant}, dtype {dtype})")
+    print(f"\n{title}")
     outputs = {}
-    for mode in ("none", "prompt_lookup"):
-        eng, tok = engine(quant, dtype, speculative=mode)
-        batch = copying_prompts(tok, count)
+    for mode, config in (("plain", plain), ("speculative", fast)):
+        eng, tok = engine(quant, dtype, **config)
+        batch = prompts(tok, count)
         eng.generate(batch[:1], SamplingParams(max_new_tokens=4, temperature=0))
-        started, results = time.perf_counter(), []
+        started, results, before = time.perf_counter(), [], eng.stats()
         for prompt in batch:
             results += eng.generate([prompt], params)
         wall = time.perf_counter() - started
-        stats = eng.stats()
+        stats = {key: value - before[key] for key, value in eng.stats().items() if key in before}
         outputs[mode] = [r.token_ids for r in results]
         tokens = sum(len(r.token_ids) for r in results)
-        accepted = f", accepted {stats['accepted_draft_tokens']}/{stats['draft_tokens']} drafts" if mode != "none" else ""
-        print(f"  {mode:14} {tokens / wall:7.1f} tok/s end to end, {tokens / stats['steps']:.2f} tokens per step{accepted}")
+        accepted = f", accepted {stats['accepted_draft_tokens']}/{stats['draft_tokens']} drafts" if fast is config else ""
+        print(f"  {mode:12} {tokens / wall:7.1f} tok/s end to end, {tokens / stats['steps']:.2f} tokens per step{accepted}")
         eng.shutdown()
-    print(f"  identical tokens: {outputs['none'] == outputs['prompt_lookup']}")
+    print(f"  identical tokens: {outputs['plain'] == outputs['speculative']}")
 
 
 def throughput_part(settings: list[str], dtype: str, kv_mib: float, context: int) -> None:
@@ -242,7 +259,7 @@ def main() -> None:
     if not args.skip_profile:
         profile_part(quants, args.dtype, [int(b) for b in args.profile_batches.split(",")], not args.skip_compile)
     if not args.skip_speculative:
-        speculative_part(quants[-1], args.dtype, args.prompts)
+        speculative_part(quants[-1], args.dtype, args.prompts, not args.skip_compile)
     if not args.skip_compile:
         startup_part(quants[-1], args.dtype)
     if args.throughput:

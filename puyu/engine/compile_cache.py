@@ -5,9 +5,11 @@ AOT-autograd graphs, the C++ it builds) on disk; by default in a temporary
 folder that is shared by everything and cleaned by the system.  The engine
 points it, while it compiles at start, at a folder of its own keyed by what
 the compiled code depends on: the model's configuration, dtype, quantization
-and kernel path, the layers of an unmerged adapter, Inductor's settings, puyu's ops (their schemas: the C++ wrapper
-calls them with the arguments they had), the torch version and the CPU (its ATen dispatch level and flags).  A second
-start of the same configuration then loads instead of building, which on 2 CPU cores is most of the compile time.
+and kernel path, the layers of an unmerged adapter, the draft model of
+speculative decoding, Inductor's settings, puyu's ops (their schemas: the C++
+wrapper calls them with the arguments they had), the torch version and the CPU
+(its ATen dispatch level and flags).  A second start of the same configuration
+then loads instead of building, which on 2 CPU cores is most of the compile time.
 
 The folder is trusted only through its manifest (written after a compile
 succeeded: the key and a SHA-256 of every file).  A folder without one (a
@@ -48,9 +50,10 @@ MANIFEST = "manifest.json"
 COLD_GUESS_S = {"AVX512": 200.0, "AVX2": 330.0}
 
 
-def compile_key(model: Transformer, config: EngineConfig) -> dict:
-    """What the compiled code depends on; any change gives another folder."""
-    return {
+def compile_key(model: Transformer, config: EngineConfig, draft: Transformer | None = None) -> dict:
+    """What the compiled code depends on (``draft``: the draft model, compiled in the same start); any change gives
+    another folder."""
+    key = {
         "model": asdict(model.config),
         "dtype": str(model.dtype),
         "device": model.device.type,
@@ -61,6 +64,10 @@ def compile_key(model: Transformer, config: EngineConfig) -> dict:
         "torch": torch.__version__,
         "cpu": [torch.backends.cpu.get_cpu_capability(), *cpu_features().names()],
     }
+    if draft is not None:
+        kernel = resolve_kernel(config.quant_kernel, draft.device) if config.draft_quant != "none" else ""
+        key["draft"] = {"model": asdict(draft.config), "dtype": str(draft.dtype), "quant": [config.draft_quant, kernel]}
+    return key
 
 
 def _kernel(model: Transformer, config: EngineConfig) -> str:

@@ -9,7 +9,8 @@ from puyu.errors import ConfigError
 from puyu.quant.quantize import INFERENCE_MODES
 from puyu.quant.weight_only import KERNELS as QUANT_KERNELS
 
-SPECULATIVE = ("none", "prompt_lookup")
+SPECULATIVE = ("none", "prompt_lookup", "draft_model")
+DRAFT_QUANT = ("none", "w8a16", "w4a16", "w4a8")
 
 
 @dataclass
@@ -42,10 +43,16 @@ class EngineConfig:
         compile: torch.compile the decode step (steps without prompt tokens): on the CPU it fuses the many small
             per-layer ops, about 1.35x faster decode, after a one-off compile when the engine starts (about a
             minute on 2 AVX-512 cores, four to five on 2 AVX2 cores; needs a C++ compiler).
-        speculative: none, or prompt_lookup: greedy requests draft tokens copied from their own context (n-gram
+        speculative: none; prompt_lookup: greedy requests draft tokens copied from their own context (n-gram
             match) and verify them in one step; identical output, several tokens per step where the answer quotes
-            its prompt (RAG, summaries, code edits).
-        num_speculative_tokens: most draft tokens per sequence and step (prompt_lookup).
+            its prompt (RAG, summaries, code edits); draft_model: the draft_model decodes the drafts (the default
+            when draft_model is given).
+        num_speculative_tokens: most draft tokens per sequence and step.
+        draft_model: the draft model of speculative=draft_model: a registered name, a Hugging Face folder or a .gguf
+            file with the served model's vocabulary (a smaller model of its family, or the served model itself with
+            draft_quant); greedy outputs stay the served model's own.
+        draft_quant: quantize the draft model at load: none, w8a16, w4a16 or w4a8 (w4a8 of the served model itself
+            drafts a float32 or bf16 model cheaply).
     """
 
     block_size: int = 16
@@ -63,6 +70,8 @@ class EngineConfig:
     compile: bool = False
     speculative: str = "none"
     num_speculative_tokens: int = 4
+    draft_model: str | None = None
+    draft_quant: str = "none"
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.max_queue < 1:
@@ -80,6 +89,13 @@ class EngineConfig:
             raise ConfigError(f"engine: quant_calib is calibration text for quant=w8a8; quant is {self.quant!r}")
         if self.speculative not in SPECULATIVE:
             raise ConfigError(f"engine: speculative must be one of {', '.join(SPECULATIVE)}, got {self.speculative!r}")
+        if self.draft_model and self.speculative == "none":
+            self.speculative = "draft_model"
+        if (self.speculative == "draft_model") != bool(self.draft_model):
+            raise ConfigError("engine: speculative=draft_model needs a draft_model (a name, folder or .gguf), and a "
+                              f"draft_model needs speculative=draft_model (speculative is {self.speculative!r})")
+        if self.draft_quant not in DRAFT_QUANT:
+            raise ConfigError(f"engine: draft_quant must be one of {', '.join(DRAFT_QUANT)}, got {self.draft_quant!r}")
         if not 1 <= self.num_speculative_tokens <= 16:
             raise ConfigError(f"engine: num_speculative_tokens must be 1-16, got {self.num_speculative_tokens}")
         if self.quant_kernel not in QUANT_KERNELS:

@@ -36,11 +36,12 @@ import torch
 from puyu.engine.blocks import BlockManager
 from puyu.engine.compile_cache import CompileCache, compile_key
 from puyu.engine.config import EngineConfig
+from puyu.engine.draft_model import DraftModel
 from puyu.engine.paged_cache import PagedKVCache
 from puyu.engine.runner import ModelRunner
 from puyu.engine.scheduler import Scheduler
 from puyu.engine.sequence import Sequence, StepEvent
-from puyu.engine.speculative import PromptLookup
+from puyu.engine.speculative import PromptLookup, Proposer
 from puyu.errors import ConfigError, ContextLengthError, QueueFullError
 from puyu.generation.output import Completion, SequenceOutput
 from puyu.generation.sampling import SamplingParams
@@ -69,6 +70,7 @@ class LLMEngine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, config: EngineConfig | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.config = config = config or EngineConfig()
+        self.draft: Transformer | None = None  # the draft model of speculative=draft_model
         if config.quant != "none":
             quantize_for_inference(model, tokenizer, config.quant, config.quant_group_size, config.quant_kernel, config.quant_calib)
         self.max_model_len = model.config.max_position_embeddings
@@ -85,7 +87,7 @@ class LLMEngine:
         self.cache = PagedKVCache(model.config, num_blocks, config.block_size, model.dtype, model.device, config.kv_quant)
         self.kv_cache_bytes = num_blocks * per_block
         self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching)
-        proposer = PromptLookup(config.num_speculative_tokens) if config.speculative == "prompt_lookup" else None
+        proposer = self._proposer(num_blocks * config.block_size)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens, proposer)
         self.runner = ModelRunner(model, self.cache, config.compile, proposer)
         self.stop_ids = set(tokenizer.stop_token_ids)
@@ -105,15 +107,37 @@ class LLMEngine:
         if config.compile:
             self._compile_decode()
 
+    def _proposer(self, num_tokens: int) -> Proposer | None:
+        """The speculative proposer of ``config.speculative`` (a draft model's cache holds ``num_tokens`` tokens)."""
+        config = self.config
+        if config.speculative == "prompt_lookup":
+            return PromptLookup(config.num_speculative_tokens)
+        if config.speculative != "draft_model":
+            return None
+        from puyu.model import load_model
+
+        quantized = config.draft_quant != "none"
+        draft, draft_tokenizer = load_model(config.draft_model, "auto" if quantized else self.model.dtype, self.model.device,
+                                            quantized=quantized)
+        if draft_tokenizer.backend.get_vocab() != self.tokenizer.backend.get_vocab():
+            raise ConfigError(f"the draft model {config.draft_model} has another vocabulary than the served model "
+                              f"({draft_tokenizer.vocab_size} and {self.tokenizer.vocab_size} tokens): a draft model must "
+                              "share the served model's tokenizer (a smaller model of the same family, or the same model)")
+        if quantized:
+            quantize_for_inference(draft, draft_tokenizer, config.draft_quant, config.quant_group_size, config.quant_kernel)
+        self.draft = draft
+        return DraftModel(draft, config.num_speculative_tokens, num_tokens, config.block_size, config.compile)
+
     def _compile_decode(self) -> None:
         """Compile both decode graphs now (one sequence; several) so that no request waits for it."""
-        cache = CompileCache(compile_key(self.model, self.config))
+        cache = CompileCache(compile_key(self.model, self.config, self.draft))
         with cache.active() as verdict:
             expected = cache.expected_seconds(verdict) if verdict != "user" else None
             log.warning("compiling the decode step (torch.compile, %s): expect about %s", _CACHE_WORDS.get(verdict, verdict),
                         f"{expected / 60:.1f} min" if expected else "1-5 min on 2 CPU cores")
             start = time.perf_counter()
-            params = SamplingParams(max_new_tokens=3, temperature=0, ignore_eos=True)
+            # Long enough for a draft model's lone decode steps (its one-row graph) after its catch-up step.
+            params = SamplingParams(max_new_tokens=3 + self.config.num_speculative_tokens, temperature=0, ignore_eos=True)
             results = self.generate([[0, 1, 2]], params) + self.generate([[3, 4, 5], [6, 7, 8, 9, 10]], params)
             if any(r.finish_reason == "error" for r in results):  # a failed step is logged and ends its requests
                 raise ConfigError("torch.compile of the decode step failed (the error is logged above); "

@@ -44,7 +44,7 @@ import torch.fx.experimental._config as shape_config
 
 from puyu.engine.paged_cache import PagedBatch, PagedKVCache, PrefillChunk, RowBatch
 from puyu.engine.sequence import Sequence
-from puyu.engine.speculative import PromptLookup
+from puyu.engine.speculative import Proposer
 from puyu.generation.output import TokenLogprob
 from puyu.generation.sampling import sample_next
 from puyu.model.transformer import Transformer
@@ -105,7 +105,7 @@ def _compiled_forward(device: torch.device):
 
 
 class ModelRunner:
-    def __init__(self, model: Transformer, cache: PagedKVCache, compile: bool = False, proposer: PromptLookup | None = None):
+    def __init__(self, model: Transformer, cache: PagedKVCache, compile: bool = False, proposer: Proposer | None = None):
         self.model, self.cache, self.proposer = model, cache, proposer
         self.device = model.device
         self.compiled = _compiled_forward(self.device) if compile else None

@@ -12,9 +12,11 @@ its blocks are freed and it waits at the front of the queue to be recomputed.
 A sequence that cannot get a block even alone ends with ``length``: the cache
 is smaller than its context.  Never an out-of-memory crash.
 
-With a speculative proposer, a decoding sequence may also get a draft (its
-step then computes ``1 + len(draft)`` tokens), only from the step's spare token
-budget and free blocks: a draft never preempts anything.
+With a speculative proposer, decoding sequences may also get drafts (a
+drafted sequence's step computes ``1 + len(draft)`` tokens), asked for all at
+once after the prompts were admitted (a draft model decodes them as one batch),
+only from the step's spare token budget and free blocks: a draft never delays a
+prompt or preempts anything.
 
 After the step, :meth:`Scheduler.computed` records the new cache contents and
 offers full blocks to the prefix cache; :meth:`Scheduler.finish` frees a
@@ -28,13 +30,13 @@ from collections import deque
 
 from puyu.engine.blocks import BlockManager, block_hashes
 from puyu.engine.sequence import Sequence, Status
-from puyu.engine.speculative import PromptLookup
+from puyu.engine.speculative import Proposer
 
 log = logging.getLogger(__name__)
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int, proposer: PromptLookup | None = None):
+    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int, proposer: Proposer | None = None):
         self.blocks, self.proposer = blocks, proposer
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -69,6 +71,8 @@ class Scheduler:
 
     def finish(self, seq: Sequence) -> None:
         """Free a finished or aborted sequence's blocks and forget it."""
+        if self.proposer is not None:
+            self.proposer.forget(seq)
         self.blocks.release(seq.block_table)
         seq.block_table = []
         seq.status = Status.FINISHED
@@ -82,6 +86,7 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         scheduled: list[tuple[Sequence, int]] = []
         starved: list[Sequence] = []
+        decoding: list[int] = []  # indices into scheduled of the sequences that may get a draft
         # Decodes first (one token each keeps inter-token latency low), then prompt chunks; oldest first.
         for seq in sorted(self.running, key=lambda s: (s.remaining > 1, s.arrival)):
             if seq.status is not Status.RUNNING or budget == 0:
@@ -93,7 +98,8 @@ class Scheduler:
                     break
                 self._preempt(max(victims, key=lambda s: s.arrival))
             else:
-                n += self._draft(seq, budget - n)
+                if seq.remaining == 1 and seq.num_computed:
+                    decoding.append(len(scheduled))
                 scheduled.append((seq, n))
                 budget -= n
                 continue
@@ -121,18 +127,25 @@ class Scheduler:
             self.running.append(seq)
             scheduled.append((seq, n))
             budget -= n
+        if self.proposer is not None and decoding and budget > 0:
+            self._draft(scheduled, decoding, budget)
         return scheduled, starved
 
-    def _draft(self, seq: Sequence, spare: int) -> int:
-        """Give a decoding ``seq`` a draft within ``spare`` tokens and the free blocks; its length."""
-        if self.proposer is None or seq.remaining != 1 or not seq.num_computed:
-            return 0
-        # The pending token and the kept draft are all generated: stay within max_new_tokens.
-        draft = self.proposer.propose(seq, min(spare, seq.max_new_tokens - seq.num_generated - 1))
-        if not draft or not self._grow(seq, seq.num_computed + 1 + len(draft)):
-            return 0
-        seq.draft = draft
-        return len(draft)
+    def _draft(self, scheduled: list[tuple[Sequence, int]], decoding: list[int], spare: int) -> None:
+        """Give the decoding sequences ``scheduled[i]`` (``i`` in ``decoding``) drafts within ``spare`` tokens and the
+        free blocks, oldest first."""
+        requests = []
+        for i in decoding:
+            seq = scheduled[i][0]
+            # The pending token and the kept draft are all generated: stay within max_new_tokens.
+            limit = min(self.proposer.k, spare, seq.max_new_tokens - seq.num_generated - 1)
+            requests.append((seq, limit))
+            spare -= max(limit, 0)
+        for i, draft in zip(decoding, self.proposer.propose_all(requests)):
+            seq = scheduled[i][0]
+            if draft and self._grow(seq, seq.num_computed + 1 + len(draft)):
+                seq.draft = draft
+                scheduled[i] = (seq, 1 + len(draft))
 
     def computed(self, seq: Sequence, n: int) -> None:
         """``n`` more tokens of ``seq`` now have keys/values; offer newly full blocks to the prefix cache."""

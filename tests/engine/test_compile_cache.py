@@ -80,3 +80,16 @@ def test_the_key_changes_with_puyus_op_schemas(tiny_llm, monkeypatch):
     monkeypatch.setattr(build, "SCHEMAS", (*build.SCHEMAS[:-1], build.SCHEMAS[-1].replace("Tensor lengths", "Tensor lengths, int x=0")))
     after = compile_key(tiny_llm.model, EngineConfig(compile=True))
     assert before.pop("ops") != after.pop("ops") and before == after
+
+
+def test_the_key_names_the_draft_model_only_when_there_is_one(tiny_llm):
+    """A draft model's graphs are compiled into the same folder: another draft (or its quantization) is another folder,
+    and a start without one keeps the folder it had before draft models existed."""
+    from puyu.engine.compile_cache import compile_key
+    from puyu.engine.config import EngineConfig
+
+    config = EngineConfig(compile=True, draft_model="draft")
+    plain = compile_key(tiny_llm.model, config)
+    drafted = compile_key(tiny_llm.model, config, tiny_llm.model)
+    quantized = compile_key(tiny_llm.model, EngineConfig(compile=True, draft_model="draft", draft_quant="w4a8"), tiny_llm.model)
+    assert "draft" not in plain and drafted.pop("draft") != quantized.pop("draft") and plain == drafted == quantized

@@ -143,12 +143,15 @@ def test_full_queue_answers_429_and_shutdown_drains_running_requests(tiny_server
         stop_server(s)
 
 
-def test_prompt_lookup_server_answers_what_the_plain_one_does_and_reports_acceptance(client, tiny_server_model, tmp_path):
+@pytest.mark.parametrize("flags", [("--speculative", "prompt_lookup"), ("--draft-model", "SELF", "--draft-quant", "w4a8")])
+def test_a_speculative_server_answers_what_the_plain_one_does_and_reports_acceptance(client, tiny_server_model, tmp_path, flags):
+    """Prompt lookup, and the served model drafting for itself through its int4 copy (a draft model)."""
     from openai import OpenAI
 
     messages = [{"role": "user", "content": "the quick brown fox jumps over the lazy dog " * 3}]
     plain = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=40)
-    s = start_server(tiny_server_model, "--speculative", "prompt_lookup", api_key=None, log=tmp_path / "log")
+    flags = [str(tiny_server_model) if flag == "SELF" else flag for flag in flags]
+    s = start_server(tiny_server_model, *flags, api_key=None, log=tmp_path / "log")
     try:
         fast = OpenAI(base_url=s.url, api_key="none", max_retries=0, timeout=120)
         answer = fast.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=40)

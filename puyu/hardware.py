@@ -72,13 +72,22 @@ class CpuFeatures:
 
 @functools.lru_cache(maxsize=1)
 def cpu_features() -> CpuFeatures:
-    """This CPU's flags (PyTorch's cpuinfo; all False where it cannot tell)."""
+    """This CPU's flags (PyTorch's cpuinfo; all False where it cannot tell), capped by PyTorch's dispatch level.
+
+    ``ATEN_CPU_CAPABILITY=avx2`` (or ``default``) makes PyTorch's kernels and Inductor's generated code use at most
+    AVX2 (or no vector instructions); puyu then uses no more either (its kernel build, the dtype ``auto`` picks, the
+    compile cache's key): the whole product runs as on an AVX2 CPU, which is how AVX2 figures are measured on an
+    AVX-512 machine, and a way round an AVX-512 problem.
+    """
     cpu = torch.cpu
     probe = lambda name: bool(getattr(cpu, name, lambda: False)())  # noqa: E731  private but stable since torch 2.1
     arm = platform.machine().lower() in ("aarch64", "arm64")
     arm_bf16 = arm and torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return CpuFeatures(avx2=probe("_is_avx2_supported"), avx512=probe("_is_avx512_supported"), vnni=probe("_is_vnni_supported"),
-                       avx512_bf16=probe("_is_avx512_bf16_supported"), amx=probe("_is_amx_tile_supported"), arm_bf16=arm_bf16)
+    capability = torch.backends.cpu.get_cpu_capability()
+    wide = arm or capability not in ("AVX2", "DEFAULT")  # AVX-512 allowed
+    return CpuFeatures(avx2=probe("_is_avx2_supported") and capability != "DEFAULT", avx512=wide and probe("_is_avx512_supported"),
+                       vnni=wide and probe("_is_vnni_supported"), avx512_bf16=wide and probe("_is_avx512_bf16_supported"),
+                       amx=wide and probe("_is_amx_tile_supported"), arm_bf16=arm_bf16)
 
 
 def describe_machine() -> str:

@@ -90,3 +90,18 @@ def test_real_flags_are_read_and_described():
     assert f"native bf16 {'yes' if features.native_bf16 else 'no'}" in line and torch.__version__ in line
     if features.avx512:
         assert features.avx2  # every AVX-512 CPU has AVX2
+
+
+@pytest.mark.skipif(not hardware.cpu_features().avx2, reason="an x86 CPU with AVX2")
+def test_pytorchs_dispatch_cap_caps_what_puyu_uses_too():
+    """ATEN_CPU_CAPABILITY=avx2 on any AVX2 CPU: no AVX-512 flag, the AVX2 kernel build, float32 by ``auto``."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from puyu import hardware; from puyu.kernels.build import builds_here; import torch\n"
+            "f = hardware.cpu_features()\n"
+            "print(torch.backends.cpu.get_cpu_capability(), f.names(), builds_here(), hardware.resolve_dtype('auto', torch.device('cpu')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}).stdout.split()
+    assert out == ["AVX2", "['avx2']", "['avx2']", "torch.float32"]

@@ -112,6 +112,8 @@ class LLMEngine:
         config = self.config
         if config.speculative == "prompt_lookup":
             return PromptLookup(config.num_speculative_tokens)
+        if config.speculative == "auto":  # see EngineConfig.speculative
+            return PromptLookup(config.num_speculative_tokens, max_running=2) if self.cache.direct else None
         if config.speculative != "draft_model":
             return None
         from puyu.model import load_model

@@ -127,7 +127,8 @@ class Scheduler:
             self.running.append(seq)
             scheduled.append((seq, n))
             budget -= n
-        if self.proposer is not None and decoding and budget > 0:
+        limit = self.proposer.max_running if self.proposer is not None else None
+        if self.proposer is not None and decoding and budget > 0 and (limit is None or len(self.running) <= limit):
             self._draft(scheduled, decoding, budget)
         return scheduled, starved
 

@@ -42,6 +42,7 @@ class Proposer:
 
     k: int = 4  # most draft tokens per sequence and step
     backoff: int = 0  # steps without drafting after a draft of which nothing was accepted
+    max_running: int | None = None  # no drafts while more sequences than this run (None: always)
 
     def eligible(self, seq: Sequence) -> bool:
         state = seq.output.state
@@ -78,6 +79,7 @@ class PromptLookup(Proposer):
     max_ngram: int = 3
     min_ngram: int = 1
     backoff: int = 8
+    max_running: int | None = None
 
     def propose_all(self, requests: list[tuple[Sequence, int]]) -> list[list[int]]:
         drafts = []

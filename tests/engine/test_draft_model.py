@@ -17,7 +17,7 @@ from tests.conftest import DATASETS, make_hf_model
 
 
 def _run(model, tokenizer, batch, params, **config):
-    engine = LLMEngine(copy.deepcopy(model), tokenizer, EngineConfig(**config))
+    engine = LLMEngine(copy.deepcopy(model), tokenizer, EngineConfig(**{"speculative": "none", **config}))
     try:
         return engine.generate(batch, params), engine
     finally:

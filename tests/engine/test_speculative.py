@@ -24,7 +24,7 @@ def test_the_continuation_of_the_most_recent_longest_match_is_proposed():
 
 
 def _run(model, tokenizer, batch, params, together: bool = True, **config):
-    engine = LLMEngine(model, tokenizer, EngineConfig(**config))
+    engine = LLMEngine(model, tokenizer, EngineConfig(**{"speculative": "none", **config}))  # plain unless asked
     try:
         results = engine.generate(batch, params) if together else [engine.generate([p], params)[0] for p in batch]
         return results, engine.stats()
@@ -92,3 +92,18 @@ def test_builtin_model_gives_identical_greedy_outputs_on_50_real_prompts(builtin
     assert [r.token_ids for r in fast] == [r.token_ids for r in plain]
     print(f"accepted {stats['accepted_draft_tokens']} of {stats['draft_tokens']} draft tokens")
     assert stats["accepted_draft_tokens"] > 0
+
+
+def test_auto_drafts_by_prompt_lookup_for_a_lone_stream_only_and_only_where_verification_is_exact(tiny_llm):
+    """auto: prompt lookup while at most 2 sequences run, on a float32 cache the kernels attend from; none on bf16."""
+    tok = tiny_llm.tokenizer
+    batch = [tok.encode("the quick brown fox jumps over the lazy dog " * 3 + str(i)) for i in range(6)]
+    params = SamplingParams(max_new_tokens=30, temperature=0, ignore_eos=True)
+    plain, _ = _run(tiny_llm.model, tok, batch[:1], params)
+    alone, stats = _run(tiny_llm.model, tok, batch[:1], params, speculative="auto")
+    assert alone[0].token_ids == plain[0].token_ids and stats["accepted_draft_tokens"] > 0
+    _, crowd = _run(tiny_llm.model, tok, batch, params, speculative="auto")  # 6 running: no drafts
+    assert crowd["draft_tokens"] == 0
+    engine = LLMEngine(copy.deepcopy(tiny_llm.model).to(torch.bfloat16), tok, EngineConfig())
+    assert engine.config.speculative == "auto" and engine.scheduler.proposer is None  # bf16: batching is not bit-exact
+    engine.shutdown()

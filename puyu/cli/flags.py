@@ -37,7 +37,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, group: str |
     the command resolves before building ``cls`` (``serve``'s ``--quant auto``; None: after loading the model, as
     ``chat``'s sampling, which the model's recommendation fills)."""
     target = parser.add_argument_group(group) if group else parser
-    docs = _field_docs(cls)
+    docs = {name: text.replace("%", "%%") for name, text in _field_docs(cls).items()}  # argparse %-formats help
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")

@@ -75,3 +75,15 @@ def test_chat_command_help_says_where_unset_sampling_comes_from(capsys):
     with pytest.raises(SystemExit):
         main(["chat", "--help"])
     assert "the model's recommendation, else 0.7" in " ".join(capsys.readouterr().out.split())
+
+
+def test_every_command_prints_its_help(capsys):
+    """Help texts come from docstrings: a '%' in one (``+8-15%``) must not break argparse's formatting."""
+    from puyu.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.choices and "serve" in a.choices).choices
+    for name in commands:
+        with pytest.raises(SystemExit) as exit:
+            main([name, "--help"])
+        assert exit.value.code == 0, name
+    assert "+8-15%" in " ".join(capsys.readouterr().out.split())

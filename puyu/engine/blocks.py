@@ -79,6 +79,16 @@ class BlockManager:
             blocks.append(block)
         return blocks
 
+    def extend(self, table: list[int], num_tokens: int) -> bool:
+        """Append fresh blocks to the block table ``table`` until it holds ``num_tokens`` tokens; False (nothing taken)
+        when not enough are free."""
+        need = self.blocks_for(num_tokens) - len(table)
+        if need > len(self.free):
+            return False
+        if need > 0:
+            table += self.allocate(need)
+        return True
+
     def release(self, blocks: list[int]) -> None:
         for block in reversed(blocks):  # the tail of a sequence is the least likely to be shared
             self.ref[block] -= 1

@@ -59,7 +59,7 @@ class DraftModel(Proposer):
         while active:
             room = []
             for seq, shadow, limit in active:
-                if self._grow(shadow.seq, len(shadow.seq.tokens)):
+                if self.blocks.extend(shadow.seq.block_table, len(shadow.seq.tokens)):
                     room.append((seq, shadow, limit))
                 else:
                     self.forget(seq)  # the draft cache is full: this request goes on with the draft so far
@@ -86,14 +86,6 @@ class DraftModel(Proposer):
         shadow.seq.num_computed = min(shadow.seq.num_computed, agree)
         shadow.seq.tokens, shadow.synced = list(theirs), len(theirs)
         return shadow
-
-    def _grow(self, shadow: Sequence, upto: int) -> bool:
-        need = self.blocks.blocks_for(upto) - len(shadow.block_table)
-        if need > self.blocks.num_free:
-            return False
-        if need > 0:
-            shadow.block_table += self.blocks.allocate(need)
-        return True
 
     def forget(self, seq: Sequence) -> None:
         shadow = self.shadows.pop(id(seq), None)

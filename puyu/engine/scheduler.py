@@ -52,13 +52,7 @@ class Scheduler:
 
     def _grow(self, seq: Sequence, upto: int) -> bool:
         """Give ``seq`` blocks for ``upto`` tokens; False when not enough are free."""
-        need = self.blocks.blocks_for(upto) - len(seq.block_table)
-        if need <= 0:
-            return True
-        if need > self.blocks.num_free:
-            return False
-        seq.block_table += self.blocks.allocate(need)
-        return True
+        return self.blocks.extend(seq.block_table, upto)
 
     def _preempt(self, seq: Sequence) -> None:
         self.blocks.release(seq.block_table)
@@ -127,14 +121,15 @@ class Scheduler:
             self.running.append(seq)
             scheduled.append((seq, n))
             budget -= n
-        limit = self.proposer.max_running if self.proposer is not None else None
-        if self.proposer is not None and decoding and budget > 0 and (limit is None or len(self.running) <= limit):
+        if self.proposer is not None and decoding and budget > 0:
             self._draft(scheduled, decoding, budget)
         return scheduled, starved
 
     def _draft(self, scheduled: list[tuple[Sequence, int]], decoding: list[int], spare: int) -> None:
         """Give the decoding sequences ``scheduled[i]`` (``i`` in ``decoding``) drafts within ``spare`` tokens and the
-        free blocks, oldest first."""
+        free blocks, oldest first; none while more sequences run than the proposer drafts for."""
+        if self.proposer.max_running is not None and len(self.running) > self.proposer.max_running:
+            return
         requests = []
         for i in decoding:
             seq = scheduled[i][0]

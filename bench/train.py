@@ -38,14 +38,14 @@ from pathlib import Path
 import torch
 
 DATA = "sft/llamafactory_demo/alpaca_en_demo.json"
+DATA_DIR = Path(os.environ.get("PUYU_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 
 
 def batches(tokenizer, count: int, batch: int, seq: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``count`` batches of (ids [batch, seq], labels [batch, seq] with -100 off the assistant tokens), unshifted."""
     from puyu.data import read_samples
 
-    data_dir = Path(os.environ.get("PUYU_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
-    samples = read_samples(data_dir / DATA)[: count * batch]
+    samples = read_samples(DATA_DIR / DATA)[: count * batch]
     pad = tokenizer.eos_id
     out = []
     for start in range(0, count * batch, batch):
@@ -127,7 +127,7 @@ def run_recipe(steps: int) -> tuple[float, float, str]:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         command = [sys.executable, "-m", "puyu", "train", "lora_sft", f"train.max_steps={steps}", f"output_dir={run}",
-                   "train.save_every=0", "monitor.sample_prompts=[]", "monitor.tensorboard=false"]
+                   f"data.data_dir={DATA_DIR}", "train.save_every=0", "monitor.sample_prompts=[]", "monitor.tensorboard=false"]
         start = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         first = None

@@ -17,13 +17,16 @@ The one place where puyu decides by hardware.  Everything that picks a dtype
   AVX512-BF16 cores), and float32 keeps batched and speculative decoding exact.
 - :func:`resolve_precision` — training (``auto``/``fp32``/``bf16``), with the
   reason in words: ``auto`` is bf16 (autocast) on CUDA GPUs with bf16 and on
-  CPUs with AMX bf16 matrix units, float32 elsewhere.  Training differs from
-  inference because a CPU with AVX512-BF16 but no AMX computes bf16 natively
-  yet trains slower in bf16 autocast than in float32 (measured with
-  ``bench/train.py`` on 2 AVX512-BF16 cores: LoRA 171 vs 270 tok/s; the shipped
-  ``lora_sft`` recipe 116 vs 133 tok/s), while its decode is memory-bound and
-  gains from bf16.  Forcing bf16 where it is emulated still runs, after a
-  warning that names the cost and the flag to change it.
+  x86 CPUs with bf16 dot products (AVX512-BF16 or AMX), float32 elsewhere.
+  Measured on 2 AVX512-BF16 cores without AMX (Zen 4): the shipped
+  ``lora_sft`` recipe 302 vs 213 tokens/s, agent tuning 287 vs 187,
+  ``bench/train.py`` LoRA 397 vs 273, ``bench/pretrain.py`` 4213 vs 2839 (an
+  earlier build trained slower in bf16 there: each new row count of the LM
+  head's last chunk built a fresh oneDNN bf16 kernel; see
+  ``puyu.train.objective.ROW_ALIGN``).  Arm's BF16 is not measured for
+  training, so ``auto`` keeps float32 there.  Forcing bf16 where it is
+  emulated still runs, after a warning that names the cost and the flag to
+  change it.
 - :func:`cpu_features` / :func:`describe_machine` — the CPU's relevant flags,
   read through PyTorch's cpuinfo (cross-platform, no /proc parsing), for
   logs and benchmark headers.
@@ -130,10 +133,12 @@ def _bf16_reason(device: torch.device) -> str:
 
 
 def fast_bf16_training(device: torch.device) -> bool:
-    """Whether bf16 autocast trains faster than float32 on ``device``: CUDA with bf16, or a CPU with AMX."""
+    """Whether bf16 autocast trains faster than float32 on ``device``: CUDA with bf16, or an x86 CPU with
+    AVX512-BF16 or AMX (see the module docstring for the figures)."""
     if device.type == "cuda":
         return native_bf16(device)
-    return device.type == "cpu" and cpu_features().amx
+    features = cpu_features()
+    return device.type == "cpu" and (features.amx or features.avx512_bf16)
 
 
 def warn_if_emulated(dtype: torch.dtype, device: torch.device, flag: str) -> None:
@@ -192,7 +197,7 @@ def resolve_precision(precision: str, device: torch.device, flag: str = "train.p
         if fast_bf16_training(device):
             return Precision("bf16", f"auto: {reason}")
         if native_bf16(device):
-            reason += ", but without AMX bf16 trains slower than float32 here"
+            reason += ", but bf16 training is not measured on this kind of CPU (force it with train.precision=bf16)"
         return Precision("fp32", f"auto: {reason}")
     if precision == "bf16":
         warn_if_emulated(torch.bfloat16, device, flag)

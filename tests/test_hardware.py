@@ -43,14 +43,14 @@ def test_auto_dtype_is_bf16_with_native_bf16(flags, features):
     assert resolve_dtype("bfloat16", CPU, quantized=True) == torch.bfloat16  # an explicit choice stands
 
 
-def test_auto_training_precision_is_bf16_only_with_amx(flags):
-    flags(AMX)
-    precision = resolve_precision("auto", CPU)
-    assert precision.name == "bf16" and "natively (AMX)" in precision.reason
-    for features in (AVX512_BF16, CpuFeatures(arm_bf16=True)):  # native bf16, but autocast trains slower than fp32
+def test_auto_training_precision_is_bf16_with_x86_bf16_dot_products(flags):
+    for features, which in ((AMX, "AMX"), (AVX512_BF16, "AVX512-BF16")):
         flags(features)
         precision = resolve_precision("auto", CPU)
-        assert precision.name == "fp32" and "natively" in precision.reason and "slower than float32" in precision.reason
+        assert precision.name == "bf16" and f"natively ({which})" in precision.reason
+    flags(CpuFeatures(arm_bf16=True))  # native bf16, but training in it is not measured there
+    precision = resolve_precision("auto", CPU)
+    assert precision.name == "fp32" and "natively" in precision.reason and "not measured" in precision.reason
 
 
 def test_forced_bf16_on_emulating_cpu_warns_with_cost_and_flag_but_runs(flags, caplog):

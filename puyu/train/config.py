@@ -75,7 +75,7 @@ class LoopConfig:
         max_steps: optimizer steps to run (0 = epochs decide).
         batch_size: rows per micro-batch on each process.
         grad_accum: micro-batches per optimizer step.
-        precision: auto (bf16 on CUDA with bf16 and on CPUs with AMX, else fp32; see puyu.hardware), fp32, or bf16
+        precision: auto (bf16 on CUDA with bf16 and on CPUs with AVX512-BF16 or AMX, else fp32; see puyu.hardware), fp32, or bf16
             (bf16 autocast; frozen base weights stored in bf16; emulated, so slow, on CPUs without native bf16).
         grad_checkpointing: recompute each layer in backward to save memory (the result is the same, each layer's
             forward runs twice): true, false, or auto (off when one micro-batch's saved activations fit in the

@@ -98,3 +98,24 @@ def test_hidden_output_is_the_normed_final_state_and_the_head_gives_the_logits(t
         assert torch.equal(ours.head(hidden[:, keep]), ours(ids, logits_to_keep=keep))
     with pytest.raises(ValueError, match="output"):
         ours(ids, output="probs")
+
+
+def test_short_bf16_training_spans_attend_in_fp32_long_ones_and_inference_in_bf16():
+    """Under bf16 autocast on the CPU, training attention over short spans is SDPA in fp32 rounded to bf16 (PyTorch's
+    CPU bf16 kernel is slower there); longer spans and inference keep autocast's bf16 SDPA."""
+    import torch.nn.functional as F
+
+    from puyu.model.transformer import SHORT_SPAN, attention
+
+    torch.manual_seed(0)
+    for length, grad in ((SHORT_SPAN, True), (SHORT_SPAN + 1, True), (SHORT_SPAN, False)):
+        q, k, v = (torch.randn(1, 4, length, 16, requires_grad=grad) for _ in range(3))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = attention(q, k, v, None, causal=True)
+            in_bf16 = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        in_fp32 = F.scaled_dot_product_attention(q, k, v, is_causal=True).to(torch.bfloat16)
+        assert out.dtype == torch.bfloat16
+        assert torch.equal(out, in_fp32 if grad and length <= SHORT_SPAN else in_bf16)
+        if grad:
+            out.float().sum().backward()
+            assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))

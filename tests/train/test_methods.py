@@ -114,7 +114,7 @@ def test_objective_equals_cross_entropy_of_the_model_logits(tiny_recipe, method)
 def test_fused_head_cross_entropy_matches_the_reference(monkeypatch):
     import puyu.train.objective as objective
 
-    monkeypatch.setattr(objective, "HEAD_CHUNK", 3)  # several chunks
+    monkeypatch.setattr(objective, "head_chunk_rows", lambda hidden, itemsize, trains: 3)  # several chunks
     torch.manual_seed(0)
     hidden = torch.randn(10, 16, requires_grad=True)
     weight = torch.randn(50, 16, requires_grad=True)

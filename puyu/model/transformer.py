@@ -123,7 +123,7 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
     backward cost up to twice the fp32 kernel's (measured on 2 Zen 4 cores, 9 heads of 64: 128 queries 2.9 ms
     bf16 against 1.5 ms through fp32, 256 about even, 1024 bf16 faster); packed training rows are mostly such spans.
     """
-    if q.device.type == "cpu" and q.requires_grad and q.shape[-2] <= SHORT_SPAN:
+    if q.device.type == "cpu" and q.shape[-2] <= SHORT_SPAN and (q.requires_grad or k.requires_grad or v.requires_grad):
         autocast = torch.is_autocast_enabled("cpu")
         dtype = torch.get_autocast_dtype("cpu") if autocast else q.dtype
         if dtype == torch.bfloat16:

@@ -98,6 +98,36 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         # so the cached keys/values are not copied per group.
         out = F.scaled_dot_product_attention(q.reshape(b, kv, h // kv, d), k, v, attn_mask=mask)
         return out.reshape(b, h, 1, d)
+    queries = max(e - s for spans in mask.rows for s, e in spans) if isinstance(mask, CausalBlocks) else t
+    back = _fp32_training_attention(q, k, v, queries)
+    if back is None:
+        return _attend(q, k, v, mask, causal)
+    with torch.autocast(q.device.type, enabled=False):
+        return _attend(q.float(), k.float(), v.float(), mask, causal).to(back)
+
+
+SHORT_SPAN = 256  # at most this many queries: bf16 training attention computes in fp32 on the CPU
+
+
+def _fp32_training_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, queries: int) -> torch.dtype | None:
+    """bf16 (the dtype to return in) when a training step on the CPU would attend in bf16 over spans of at most
+    :data:`SHORT_SPAN` ``queries``: then SDPA runs in fp32, once per call (before the grouped-query repeat).
+
+    Why: PyTorch's CPU flash attention converts bf16 blocks on every pass, so for short spans its forward and
+    backward cost up to twice the fp32 kernel's (measured on 2 Zen 4 cores, 9 heads of 64: 128 queries 2.9 ms
+    bf16 against 1.5 ms through fp32, 256 about even, 1024 bf16 faster); packed training rows are mostly such spans.
+    """
+    if q.device.type != "cpu" or queries > SHORT_SPAN or not (q.requires_grad or k.requires_grad or v.requires_grad):
+        return None
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+    return dtype if dtype == torch.bfloat16 else None
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | CausalBlocks | None,
+            causal: bool) -> torch.Tensor:
+    """:func:`attention` past its one-query shortcut: grouped-query heads repeated, then SDPA (block by block for
+    :class:`CausalBlocks`)."""
+    h, kv = q.shape[1], k.shape[1]
     if kv != h:
         # Explicit repeat: SDPA's enable_gqa takes the slow math path on CPU.
         k, v = k.repeat_interleave(h // kv, dim=1), v.repeat_interleave(h // kv, dim=1)
@@ -107,29 +137,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         rows = []
         for qi, ki, vi, spans in zip(q.split(1), k.split(1), v.split(1), mask.rows):
             sizes = [e - s for s, e in spans]
-            rows.append(torch.cat([_sdpa(qs, ks, vs, None, True)
+            rows.append(torch.cat([F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
                                    for qs, ks, vs in zip(qi.split(sizes, 2), ki.split(sizes, 2), vi.split(sizes, 2))], dim=2))
         return torch.cat(rows)
-    return _sdpa(q, k, v, mask, causal and mask is None)
-
-
-SHORT_SPAN = 256  # at most this many queries: bf16 training attention computes in fp32 on the CPU (see _sdpa)
-
-
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
-    """SDPA; in training on the CPU, bf16 spans of up to :data:`SHORT_SPAN` queries go through it in fp32.
-
-    Why: PyTorch's CPU flash attention converts bf16 blocks on every pass, so for short spans its forward and
-    backward cost up to twice the fp32 kernel's (measured on 2 Zen 4 cores, 9 heads of 64: 128 queries 2.9 ms
-    bf16 against 1.5 ms through fp32, 256 about even, 1024 bf16 faster); packed training rows are mostly such spans.
-    """
-    if q.device.type == "cpu" and q.shape[-2] <= SHORT_SPAN and (q.requires_grad or k.requires_grad or v.requires_grad):
-        autocast = torch.is_autocast_enabled("cpu")
-        dtype = torch.get_autocast_dtype("cpu") if autocast else q.dtype
-        if dtype == torch.bfloat16:
-            with torch.autocast("cpu", enabled=False):
-                return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=causal).to(dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
 
 
 class KVCache:

@@ -62,7 +62,8 @@ def python_tool(sandbox: PythonSandbox) -> Tool:
 
         Args:
             code: Python source; print the values you need (the last expression is shown too). Plots saved
-                with matplotlib's plt.savefig('name.png') are shown to the user.
+                with matplotlib's plt.savefig('name.png') are shown to the user. Units: from puyu.sandbox.units
+                import convert; convert(5, 'feet', 'm') or convert(2, '斤', '克').
         """
         before = _images(sandbox.workdir)
         result = sandbox.run(code)

@@ -94,7 +94,12 @@ def test_the_generator_is_seeded_bilingual_and_never_asks_the_evaluation_prompts
     assert {t.language for t in tasks} == {"en", "zh"} and {t.kind for t in tasks} == {"linear", "system", "percent", "convert"}
     assert {t.tool for t in tasks} == {"python", "solve", "calculator"}
     assert {t.kind for t in tasks if t.tool == "solve"} == {"linear", "system"}
-    assert {t.kind for t in tasks if t.tool == "calculator"} == {"percent", "convert"}
+    assert {t.kind for t in tasks if t.tool == "calculator"} == {"percent"}
+    conversions = [t for t in tasks if t.kind == "convert"]  # through python's convert(), the units copied from the question
+    assert {t.tool for t in conversions} == {"python"}
+    assert all(re.search(r"convert\(([\d.]+), ", t.arguments["code"])[1] in t.question for t in conversions)
+    assert all(re.search(r"convert\([\d.]+, '[\u4e00-\u9fff]+', '[\u4e00-\u9fff]+'\)", t.arguments["code"])
+               for t in conversions if t.language == "zh")
     weighted = generate_tasks(60, seed=3, kinds=("linear", "convert", "convert"))
     assert [t.kind for t in weighted].count("convert") == 40
     assert all(re.search(r"[\u4e00-\u9fff]", t.question) for t in tasks if t.language == "zh")

@@ -47,7 +47,7 @@ GLAIVE_HELD_OUT_FROM = 250  # glaive rows 250-299 are held out for the tool-choi
 # (percentages), 44% (conversions: unit factors misremembered); with percentages and conversions twice as often,
 # conversions still failed in Chinese (pounds taken for kilograms) and linear equations worded like a percentage.
 TASK_KINDS = ("linear", "system", "percent", "convert", "percent", "convert", "linear", "convert")
-VERSION = 5  # bump when the trajectories change, so cached sets are rebuilt
+VERSION = 6  # bump when the trajectories change, so cached sets are rebuilt
 ANSWER = {"en": "The answer is {value}.", "zh": "答案是 {value}。"}
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+|/\d+)?")  # 72, -3.5, 1e-07, 7/2 (the solver's exact fractions)
 

@@ -213,7 +213,7 @@ def _read(path: Path, what: str) -> list[dict]:
 
 
 def _cache_key(mix: Mix, files: list[Path]) -> str:
-    digest = hashlib.sha256(json.dumps([VERSION, asdict(mix)]).encode())
+    digest = hashlib.sha256(json.dumps([VERSION, TASK_KINDS, asdict(mix)]).encode())  # the kinds too: a changed share rebuilds
     for path in files:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

@@ -76,7 +76,8 @@ TEMPLATES = {
     },
     "convert": {
         "train": {"en": ["Convert {q} {src} to {dst}.", "How many {dst} are in {q} {src}?", "What is {q} {src} in {dst}?",
-                         "Express {q} {src} in {dst}.", "Change {q} {src} into {dst}."],
+                         "Express {q} {src} in {dst}.", "Change {q} {src} into {dst}.",
+                         "I have {q} {src}. How much is that in {dst}?", "{q} {src} = ? {dst}"],
                   "zh": ["把 {q} {src_zh}换算成{dst_zh}", "{q} {src_zh}等于多少{dst_zh}？", "{q} {src_zh}合多少{dst_zh}？",
                          "请把 {q} {src_zh}转换为{dst_zh}", "{q} {src_zh}换成{dst_zh}是多少？"]},
         "heldout": {"en": ["{q} {src} is how many {dst}?"], "zh": ["{q} {src_zh}是多少{dst_zh}？"]},

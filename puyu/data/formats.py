@@ -7,7 +7,8 @@ optional ``tools``) or raw ``text``.  Files are ``.json`` (a list of rows),
 blank lines).  Row formats, detected per row when ``fmt="auto"``:
 
 - ``alpaca``: ``instruction``, optional ``input``, ``output``, optional ``system`` and ``history`` ([[q, a], ...]);
-- ``openai``: ``messages`` (system/user/assistant/tool, ``tool_calls``), optional ``tools`` (list or JSON string);
+- ``openai``: ``messages`` (system/user/assistant/tool, ``tool_calls``, ``weight`` 0 on an assistant message that is
+  shown but not trained), optional ``tools`` (list or JSON string);
 - ``sharegpt``: ``conversations`` of ``{from, value}`` (human/gpt/system/function_call/observation),
   optional ``system`` and ``tools``;
 - ``xtuner``: ``conversation`` of ``{system?, input, output}`` turns (XTuner's single-turn/multi-turn format);

@@ -10,7 +10,8 @@ Jinja template and tokenized in one piece (so ids equal what serving sees).
 Each assistant message's character span is the difference between the render
 of the messages before it (with the generation prompt) and the render that
 includes it, cut after its end-of-turn marker; a token is trained when its first
-character lies in such a span.  Templates that are not prefix-stable (they
+character lies in such a span.  An assistant message with ``"weight": 0`` (OpenAI's
+fine-tuning format) is shown but not trained.  Templates that are not prefix-stable (they
 rewrite earlier turns when later ones arrive) raise :class:`TemplateError`.
 
 The tokenizer also carries how its model wants to be sampled when a user asks
@@ -196,7 +197,7 @@ class Tokenizer:
 
         Args:
             messages: OpenAI-style dicts: ``role`` in system/user/assistant/tool, ``content``,
-                optional ``tool_calls`` on assistant messages.
+                optional ``tool_calls`` and ``weight`` (0: not trained) on assistant messages.
             tools: OpenAI-style tool schemas shown to the model.
             add_generation_prompt: end with the header that opens an assistant reply (for inference).
         """
@@ -205,7 +206,7 @@ class Tokenizer:
         text = template.render(messages, tools, add_generation_prompt)
         spans = []
         for i, message in enumerate(messages):
-            if message["role"] != "assistant":
+            if message["role"] != "assistant" or message.get("weight", 1) == 0:
                 continue
             before = template.render(messages[:i], tools, add_generation_prompt=True)
             upto = template.render(messages[: i + 1], tools)
@@ -232,6 +233,9 @@ def _check_messages(messages: list[dict]) -> None:
             raise TemplateError(f"message {i} needs a role in {ROLES}, got {m!r:.80}")
         if m.get("content") is None and not m.get("tool_calls"):
             raise TemplateError(f"message {i} ({m['role']}) has no content")
+        if "weight" in m and (m["role"] != "assistant" or m["weight"] not in (0, 1) or isinstance(m["weight"], bool)):
+            raise TemplateError(f"message {i} ({m['role']}) has weight {m['weight']!r}; only assistant messages take a "
+                                "weight, 0 (shown, not trained) or 1")
 
 
 def _numbers(source: dict, names: dict[str, str]) -> dict[str, float]:

@@ -102,6 +102,10 @@ def test_the_generator_is_seeded_bilingual_and_never_asks_the_evaluation_prompts
                for t in conversions if t.language == "zh")
     weighted = generate_tasks(60, seed=3, kinds=("linear", "convert", "convert"))
     assert [t.kind for t in weighted].count("convert") == 40
+    def price_cuts(share: float) -> int:  # a price after a cut is computed as n * (100 - p) / 100
+        tasks = generate_tasks(100, seed=3, kinds=("percent",), discount_share=share)
+        return sum("(100 - " in json.dumps(t.arguments) for t in tasks)
+    assert (price_cuts(0.0), price_cuts(1.0)) == (0, 100) and 35 <= price_cuts(0.5) <= 65
     assert all(re.search(r"[\u4e00-\u9fff]", t.question) for t in tasks if t.language == "zh")
     assert not any(re.search(r"[\u4e00-\u9fff]", t.question) for t in tasks if t.language == "en")
     assert all("Python" not in t.question or t.tool == "python" for t in tasks)
@@ -156,7 +160,7 @@ def test_a_trajectory_is_exactly_what_the_agent_sends_its_model(recorder):
     assert run.answer == trajectory["messages"][-1]["content"]
 
 
-def test_the_build_counts_every_row_and_trains_assistant_turns_only(small_data_dir, tmp_path, tiny_tokenizer):
+def test_the_build_counts_every_row_and_trains_assistant_turns_only(small_data_dir, tmp_path, tiny_tokenizer, monkeypatch):
     mix = Mix(gsm8k=30, tasks=12, glaive=6, seed=0)
     path, report = build_agent_data(mix, small_data_dir, tmp_path / "out", progress=False)
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -165,6 +169,10 @@ def test_the_build_counts_every_row_and_trains_assistant_turns_only(small_data_d
     assert all(row["tools"] for row in rows[:-6])
     again, _ = build_agent_data(mix, small_data_dir, tmp_path / "out", progress=False)  # cached: the same file, not rebuilt
     assert again == path and again.stat().st_mtime_ns == path.stat().st_mtime_ns
+    with monkeypatch.context() as patch:  # a changed wording of the generator is a new set, not the cached one
+        patch.setitem(TEMPLATES["linear"]["train"], "en", ["Tell me {v} in {eq}."])
+        reworded, _ = build_agent_data(mix, small_data_dir, tmp_path / "out", progress=False)
+        assert reworded != path and "Tell me" in reworded.read_text(encoding="utf-8")
     data = TrainData.build(DataConfig(train=[str(path)], format="openai", max_length=4096, pack=False), tiny_tokenizer, 0)
     assert not data.report.dropped
     gsm8k_row = next(r for r in data.rows if "tool_response" in tiny_tokenizer.decode(r.ids, skip_special_tokens=False))
@@ -209,6 +217,8 @@ def test_a_bad_data_dir_or_mix_is_named(tmp_path):
         Mix(glaive=299)
     with pytest.raises(ConfigError, match="distractors"):
         Mix(distractors=1.5)
+    with pytest.raises(ConfigError, match="discounts"):
+        Mix(discounts=-0.1)
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,18 @@ def test_tool_calls_are_trained_and_tool_results_are_not(templated):
     assert '"add"' in rendered.text and "Add two numbers." in rendered.text  # the tool schema is shown
 
 
+def test_an_assistant_message_of_weight_0_is_shown_but_not_trained(templated):
+    family, tokenizer = templated
+    weighted = [MULTI_TURN[0], MULTI_TURN[1], {**MULTI_TURN[2], "weight": 0}, *MULTI_TURN[3:]]
+    rendered = tokenizer.render(weighted)
+    assert trained_runs(tokenizer, rendered) == [f"Sure: 4.{EOT[family]}"]
+    assert rendered.text == tokenizer.render(MULTI_TURN).text  # the weight is not part of the text
+    assert trained_runs(tokenizer, tokenizer.render([*weighted[:4], {**MULTI_TURN[4], "weight": 1}])) == [f"Sure: 4.{EOT[family]}"]
+    for bad in ({**MULTI_TURN[1], "weight": 0}, {**MULTI_TURN[2], "weight": 0.5}, {**MULTI_TURN[2], "weight": True}):
+        with pytest.raises(TemplateError, match="weight"):
+            tokenizer.render([bad])
+
+
 def test_generation_prompt_is_rendered_but_not_trained(templated):
     _, tokenizer = templated
     rendered = tokenizer.render(MULTI_TURN[:2], add_generation_prompt=True)

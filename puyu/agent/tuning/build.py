@@ -31,7 +31,7 @@ from puyu.agent.models import Reply
 from puyu.agent.protocols import Decision, FunctionCallingProtocol
 from puyu.agent.tools import ToolRegistry, ToolResult
 from puyu.agent.tuning.gsm8k import NotAProgram, gsm8k_program
-from puyu.agent.tuning.tasks import Task, generate_tasks
+from puyu.agent.tuning.tasks import Task, generate_tasks, task_key
 from puyu.data.jsonl import read_jsonl
 from puyu.errors import ConfigError
 from puyu.home import home_subdir
@@ -48,9 +48,11 @@ GLAIVE_HELD_OUT_FROM = 250  # glaive rows 250-299 are held out for the tool-choi
 # conversions still failed in Chinese (pounds taken for kilograms) and linear equations worded like a percentage.  Once
 # conversions copied their units into convert(), three shares of them and one of systems gave conversions 49/50 but
 # systems 22/50 (one equation of two copied into `solve`); with two shares of each, English conversions fell to 18/25
-# (the held-out "37 feet is how many meters?" written as a GSM8K program): two shares of equations and percentages,
-# three of conversions.
-TASK_KINDS = ("linear", "system", "percent", "convert", "percent", "convert", "linear", "system", "convert")
+# (the held-out "37 feet is how many meters?" written as a GSM8K program).  Two shares of equations and three of
+# percentages and conversions, half of the percentages price cuts (Mix.discounts; held-out sets keep 35%): 175/200,
+# 179/200 with the wordings that balance 求/已知 (tasks.TEMPLATES).  Rows that first show a failed equation program
+# (weight 0, not trained) and then the right call did not teach recovery: the model repeated the failed call (160/200).
+TASK_KINDS = ("linear", "system", "percent", "convert", "percent", "convert", "linear", "system", "convert", "percent")
 VERSION = 6  # bump when the trajectories change, so cached sets are rebuilt
 ANSWER = {"en": "The answer is {value}.", "zh": "答案是 {value}。"}
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+|/\d+)?")  # 72, -3.5, 1e-07, 7/2 (the solver's exact fractions)
@@ -69,6 +71,7 @@ class Mix:
         distractors: share of glaive chats also offered ``calculator`` and ``solve``, and half that share of the
             other rows also offered one glaive tool, each at a random place in the list: the right tool has to be
             picked by what the question asks, not by which tools are offered (see :func:`with_distractors`).
+        discounts: share of the percentage tasks worded as a price reduction (the rest ask for a plain share).
     """
 
     gsm8k: int = 60
@@ -77,10 +80,12 @@ class Mix:
     seed: int = 0
     python_only: float = 0.5
     distractors: float = 0.6
+    discounts: float = 0.5
 
     def __post_init__(self) -> None:
-        if min(self.gsm8k, self.tasks, self.glaive) < 0 or not (0 <= self.python_only <= 1 and 0 <= self.distractors <= 1):
-            raise ConfigError(f"a mix needs counts >= 0 and python_only, distractors in [0, 1]; got {self}")
+        shares = (self.python_only, self.distractors, self.discounts)
+        if min(self.gsm8k, self.tasks, self.glaive) < 0 or not all(0 <= share <= 1 for share in shares):
+            raise ConfigError(f"a mix needs counts >= 0 and python_only, distractors, discounts in [0, 1]; got {self}")
         if self.glaive > GLAIVE_HELD_OUT_FROM:
             raise ConfigError(f"at most {GLAIVE_HELD_OUT_FROM} glaive rows can be trained on (the rest are held out); got {self.glaive}")
 
@@ -214,8 +219,14 @@ def _read(path: Path, what: str) -> list[dict]:
     return [row for _, row in read_jsonl(path)]
 
 
+def _tasks(mix: Mix) -> list[Task]:
+    return generate_tasks(mix.tasks, mix.seed, kinds=TASK_KINDS, discount_share=mix.discounts)
+
+
 def _cache_key(mix: Mix, files: list[Path]) -> str:
-    digest = hashlib.sha256(json.dumps([VERSION, TASK_KINDS, asdict(mix)]).encode())  # the kinds too: a changed share rebuilds
+    # The generated tasks themselves, not only the mix: a changed share of kinds or a new wording rebuilds the set.
+    tasks = [task_key(task) for task in _tasks(mix)]
+    digest = hashlib.sha256(json.dumps([VERSION, asdict(mix), tasks], ensure_ascii=False).encode())
     for path in files:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -252,7 +263,7 @@ def build_rows(mix: Mix, data_dir: Path, progress: bool = True) -> tuple[list[di
             if report.kept.get("gsm8k", 0) >= mix.gsm8k:
                 break
             add("gsm8k", *gsm8k_trajectory(recorder, gsm8k[index], _offered("python", rng, mix.python_only)))
-        for task in generate_tasks(mix.tasks, mix.seed, kinds=TASK_KINDS):
+        for task in _tasks(mix):
             add(task.kind, *task_trajectory(recorder, task, _offered(task.tool, rng, mix.python_only)))
     for index in sorted(rng.sample(range(len(with_tools)), mix.glaive)):
         chat = with_tools[index]

@@ -12,6 +12,7 @@ saw (with a new seed too).  The bootcamp equation 2x+3=10 and the evaluation pro
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -31,8 +32,11 @@ HELD_OUT_EQUATIONS = {(2, 3, 10)}  # a*x + b = c of the bootcamp demo
 # wordings: "discount" (the price after a reduction) and "percent" (a plain share); a task picks by its numbers.
 # Many train wordings per kind: a small model learns the task, not one sentence (measured: with 2-4 wordings the
 # tuned model solved 4 of 25 held-out Chinese percentage questions, taking plain shares for discounts; with 8 plain and
-# 4 discount wordings 15 of 25, and with these 12 and 8 (降价 among them) 14 of 25: the held-out price cut "一件 N 元的
-# 商品降价 P% 后卖多少元" is still taken for a share, so the wordings alone do not teach the difference to a 135M model).
+# 4 discount wordings 15 of 25, and with 12 and 8 (降价 among them) 14 of 25: the held-out price cut "一件 N 元的
+# 商品降价 P% 后卖多少元" was still taken for a share).  The question words 求 and 已知 were in eight equation wordings
+# and one percentage wording, so a small model can read 求 as "solve an equation"; the percentages, price cuts and
+# conversions now have them too (measured, same mix otherwise: held-out price cuts 8 of 9 right, up from 1 of 9; the
+# held-out share "求 N 乘以 P% 的结果" is still written as the equation program, 0 of 16).
 TEMPLATES = {
     "linear": {
         "train": {"en": ["Solve {eq} for {v}.", "Find {v} if {eq}.", "Use Python to find {v}: {eq}", "What is {v} when {eq}?",
@@ -59,7 +63,8 @@ TEMPLATES = {
                   "zh": ["{n} 的 {p}% 是多少？", "计算 {n} 的百分之{p}", "{n} 的百分之{p}是多少？", "求 {n} 的 {p}%",
                          "{n} × {p}% 等于多少？", "{p}% 的 {n} 是多少？", "{n} 乘 {p}% 得多少？",
                          "请算出 {n} 的 {p}%", "{n} 乘以百分之{p}是多少？", "算一下 {n} 乘 {p}% 的值",
-                         "{n} 元的 {p}% 是多少元？", "{n} 人中的 {p}% 是多少人？"]},
+                         "{n} 元的 {p}% 是多少元？", "{n} 人中的 {p}% 是多少人？", "已知一个数是 {n}，求它的 {p}%",
+                         "求 {n} 的百分之{p}是多少"]},
         "heldout": {"en": ["How much is {p}% of {n}?"], "zh": ["求 {n} 乘以 {p}% 的结果"]},
     },
     "discount": {
@@ -70,7 +75,8 @@ TEMPLATES = {
                   "zh": ["原价 {n} 元，打折减少 {p}%，现价是多少元？", "商品标价 {n} 元，优惠 {p}%，实付多少元？",
                          "{n} 元的东西便宜了 {p}%，现在多少钱？", "价格 {n} 元，下降 {p}% 后是多少元？",
                          "一台 {n} 元的电脑减价 {p}%，现在卖多少钱？", "{n} 元的衣服降价 {p}%，降价后多少元？",
-                         "票价 {n} 元，降低 {p}% 以后是多少元？", "工资 {n} 元减少 {p}% 后还剩多少元？"]},
+                         "票价 {n} 元，降低 {p}% 以后是多少元？", "工资 {n} 元减少 {p}% 后还剩多少元？",
+                         "原价 {n} 元，降价 {p}% 后，求现价", "已知一双鞋 {n} 元，打折减价 {p}%，求现在的价格"]},
         "heldout": {"en": ["After a {p}% discount, what does an item priced {n} cost?"],
                     "zh": ["一件 {n} 元的商品降价 {p}% 后卖多少元？"]},
     },
@@ -79,7 +85,7 @@ TEMPLATES = {
                          "Express {q} {src} in {dst}.", "Change {q} {src} into {dst}.",
                          "I have {q} {src}. How much is that in {dst}?", "{q} {src} = ? {dst}"],
                   "zh": ["把 {q} {src_zh}换算成{dst_zh}", "{q} {src_zh}等于多少{dst_zh}？", "{q} {src_zh}合多少{dst_zh}？",
-                         "请把 {q} {src_zh}转换为{dst_zh}", "{q} {src_zh}换成{dst_zh}是多少？"]},
+                         "请把 {q} {src_zh}转换为{dst_zh}", "{q} {src_zh}换成{dst_zh}是多少？", "已知 {q} {src_zh}，求合多少{dst_zh}"]},
         "heldout": {"en": ["{q} {src} is how many {dst}?"], "zh": ["{q} {src_zh}是多少{dst_zh}？"]},
     },
 }
@@ -178,9 +184,9 @@ def _system(rng: random.Random, use_python: bool, language: str) -> Made | None:
     return {"eq1": eq1, "eq2": eq2}, "solve", {"equations": f"{eq1}, {eq2}"}, expected, "solution"
 
 
-def _percent(rng: random.Random, use_python: bool, language: str) -> Made:
+def _percent(rng: random.Random, use_python: bool, language: str, discount_share: float = 0.35) -> Made:
     p, n = rng.choice([5, 10, 12, 15, 20, 25, 30, 35, 40, 50, 60, 75, 80, 8, 3, 45]), rng.choice(range(20, 2001, 5))
-    discount = rng.random() < 0.35
+    discount = rng.random() < discount_share
     value = Fraction(n) * (100 - p) / 100 if discount else Fraction(n) * p / 100
     expression = f"{n} * (100 - {p}) / 100" if discount else f"{p} / 100 * {n}"
     fields = {"p": p, "n": n, "discount": discount}
@@ -211,7 +217,7 @@ def _phrase(kind: str, fields: dict, tool: str, phrasings: str, language: str, r
 
 
 def generate_tasks(n: int, seed: int = 0, phrasings: str = "train", kinds: tuple[str, ...] = tuple(KINDS),
-                   python_share: float = 0.6) -> list[Task]:
+                   python_share: float = 0.6, discount_share: float = 0.35) -> list[Task]:
     """``n`` tasks, half English and half Chinese, cycling through ``kinds`` (see the module docstring).
 
     Args:
@@ -221,6 +227,7 @@ def generate_tasks(n: int, seed: int = 0, phrasings: str = "train", kinds: tuple
         kinds: which kinds of task, in turn (a kind listed twice comes twice as often).
         python_share: share of equations and percentages solved with ``python``; the others call ``solve``
             (equations) or ``calculator`` (percentages).  Conversions always use ``python`` (see :func:`_convert`).
+        discount_share: share of percentages worded as a price reduction rather than a plain share.
     """
     if phrasings not in PHRASINGS:
         raise ConfigError(f"phrasings must be one of {', '.join(PHRASINGS)}, got {phrasings!r}")
@@ -228,9 +235,10 @@ def generate_tasks(n: int, seed: int = 0, phrasings: str = "train", kinds: tuple
     if n < 0 or not kinds or unknown:
         raise ConfigError(f"generate_tasks needs n >= 0 and kinds from {', '.join(KINDS)}; got n={n}, kinds={kinds}")
     rng, tasks, seen = random.Random(seed), [], set()
+    makers = dict(KINDS, percent=functools.partial(_percent, discount_share=discount_share))
     while len(tasks) < n:
         kind, language = kinds[len(tasks) % len(kinds)], ("en", "zh")[(len(tasks) // len(kinds)) % 2]
-        made = KINDS[kind](rng, rng.random() < python_share, language)
+        made = makers[kind](rng, rng.random() < python_share, language)
         if made is None:
             continue
         fields, tool, arguments, expected, answer = made

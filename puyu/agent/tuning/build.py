@@ -50,8 +50,10 @@ GLAIVE_HELD_OUT_FROM = 250  # glaive rows 250-299 are held out for the tool-choi
 # systems 22/50 (one equation of two copied into `solve`); with two shares of each, English conversions fell to 18/25
 # (the held-out "37 feet is how many meters?" written as a GSM8K program).  Two shares of equations and three of
 # percentages and conversions, half of the percentages price cuts (Mix.discounts; held-out sets keep 35%): 175/200,
-# 179/200 with the wordings that balance 求/已知 (tasks.TEMPLATES).  Rows that first show a failed equation program
-# (weight 0, not trained) and then the right call did not teach recovery: the model repeated the failed call (160/200).
+# 179/200 with the wordings that balance 求/已知 (tasks.TEMPLATES), 178/200 with the grammar of Chinese shares
+# (Chinese percentages 20/25 from 7, English conversions 18/25 from 25: one training is a draw of about ±8, see the
+# README).  Rows that first show a failed equation program (weight 0, not trained) and then the right call did not
+# teach recovery: the model repeated the failed call (160/200).
 TASK_KINDS = ("linear", "system", "percent", "convert", "percent", "convert", "linear", "system", "convert", "percent")
 VERSION = 6  # bump when the trajectories change, so cached sets are rebuilt
 ANSWER = {"en": "The answer is {value}.", "zh": "答案是 {value}。"}

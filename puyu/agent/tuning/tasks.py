@@ -28,6 +28,27 @@ HELD_OUT_PROMPTS = ("已知2x+3=10，求x", "Use Python to solve 2x+3=10 for x."
                     "求解方程 x - 8 = 2", "What is 7% of 300?", "What value of y satisfies 3y = 27?", "Solve for z: z/4 = 6.")
 HELD_OUT_EQUATIONS = {(2, 3, 10)}  # a*x + b = c of the bootcamp demo
 
+
+def _wordings(asks: tuple[str, ...], bodies: tuple[str, ...], ends: tuple[str, ...], held_out: str) -> list[str]:
+    """Every ``ask + body + end`` with an asking word or an ending (or both), but the held-out wording: the asking
+    word, the question's body and its ending are learnt apart from each other, so no single word (求) decides the tool
+    by itself."""
+    return [f"{ask}{body}{end}" for ask in asks for body in bodies for end in ends
+            if (ask or end) and f"{ask}{body}{end}" != held_out]
+
+
+# Chinese plain shares come from this small grammar.  Measured with 14 fixed Chinese share wordings: the tuned model
+# wrote the equation program for the held-out "求 N 乘以 P% 的结果" 16 of 16 times, and also for "计算 N 乘以 P% 的
+# 结果", "求 N 乘 P%" and "求 N 的 P% 的结果", none of them held out; with the grammar it solved 20 of 25 held-out
+# Chinese percentages (7 before) and 30 of 35 probe questions in neither set (25 before).  The same grammar for the
+# conversions (92 English wordings) did worse: 15 of 25 held-out English conversions, 13 of 35 probes wrong.
+ZH_SHARE_HELD_OUT = "求 {n} 乘以 {p}% 的结果"
+ZH_SHARES = _wordings(("", "求 ", "计算 ", "请算出 ", "算一下 ", "请帮我求 ", "帮我算 "),
+                      ("{n} 的 {p}%", "{n} 的百分之{p}", "{n} 乘以 {p}%", "{n} 乘 {p}%", "{n} × {p}%", "{p}% 的 {n}",
+                       "{n} 乘以百分之{p}"),
+                      ("", " 是多少？", " 等于多少？", " 得多少？", " 的值", " 的结果", " 是几？", " 为多少？"), ZH_SHARE_HELD_OUT)
+ZH_SHARES += ["{n} 元的 {p}% 是多少元？", "{n} 人中的 {p}% 是多少人？", "已知一个数是 {n}，求它的 {p}%"]
+
 # {kind: {phrasings: {language: [templates]}}}; fields are filled with str.format.  Percentages come in two
 # wordings: "discount" (the price after a reduction) and "percent" (a plain share); a task picks by its numbers.
 # Many train wordings per kind: a small model learns the task, not one sentence (measured: with 2-4 wordings the
@@ -36,7 +57,7 @@ HELD_OUT_EQUATIONS = {(2, 3, 10)}  # a*x + b = c of the bootcamp demo
 # 商品降价 P% 后卖多少元" was still taken for a share).  The question words 求 and 已知 were in eight equation wordings
 # and one percentage wording, so a small model can read 求 as "solve an equation"; the percentages, price cuts and
 # conversions now have them too (measured, same mix otherwise: held-out price cuts 8 of 9 right, up from 1 of 9; the
-# held-out share "求 N 乘以 P% 的结果" is still written as the equation program, 0 of 16).
+# held-out share "求 N 乘以 P% 的结果" was still written as the equation program, 0 of 16, until the grammars above).
 TEMPLATES = {
     "linear": {
         "train": {"en": ["Solve {eq} for {v}.", "Find {v} if {eq}.", "Use Python to find {v}: {eq}", "What is {v} when {eq}?",
@@ -60,12 +81,8 @@ TEMPLATES = {
     "percent": {
         "train": {"en": ["What is {p}% of {n}?", "Compute {p} percent of {n}.", "Find {p}% of {n}.", "What's {p} percent of {n}?",
                          "{p}% of {n} equals what?", "Take {p}% of {n}. What do you get?"],
-                  "zh": ["{n} 的 {p}% 是多少？", "计算 {n} 的百分之{p}", "{n} 的百分之{p}是多少？", "求 {n} 的 {p}%",
-                         "{n} × {p}% 等于多少？", "{p}% 的 {n} 是多少？", "{n} 乘 {p}% 得多少？",
-                         "请算出 {n} 的 {p}%", "{n} 乘以百分之{p}是多少？", "算一下 {n} 乘 {p}% 的值",
-                         "{n} 元的 {p}% 是多少元？", "{n} 人中的 {p}% 是多少人？", "已知一个数是 {n}，求它的 {p}%",
-                         "求 {n} 的百分之{p}是多少"]},
-        "heldout": {"en": ["How much is {p}% of {n}?"], "zh": ["求 {n} 乘以 {p}% 的结果"]},
+                  "zh": ZH_SHARES},
+        "heldout": {"en": ["How much is {p}% of {n}?"], "zh": [ZH_SHARE_HELD_OUT]},
     },
     "discount": {
         "train": {"en": ["A price of {n} is reduced by {p}%. What is the new price?",

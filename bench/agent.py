@@ -9,6 +9,9 @@ For each model configuration (the built-in model alone, and with the adapter ``p
   solved when the answer says 3.5 (or 7/2).
 * **gsm8k**: GSM8K *test*, the first ``--gsm8k`` items, program-aided (the agent may write Python); solved when the
   final answer's last number is the gold one.
+* **probes**: 35 questions of the generated kinds in wordings that neither the training nor the held-out set has
+  (checked against every template), English and Chinese: a wider look at generalisation than one held-out wording
+  per kind and language gives.
 * **tool choice**: the 30 prompts of tests/agent/test_builtin_tool_calls.py (right tool, right tool + arguments,
   forced constrained calls) and the held-out glaive chats (rows 250-299): the first call the reference makes,
   against the model's, given the same conversation and tools.
@@ -39,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from puyu.agent import Agent, LocalChatModel, PythonSandbox, ToolRegistry, builtin_tools, calculator, solve  # noqa: E402
 from puyu.agent.tuning.build import AGENT_TOOLS, GLAIVE, GLAIVE_HELD_OUT_FROM  # noqa: E402
 from puyu.agent.tuning.gsm8k import gold_answer  # noqa: E402
-from puyu.agent.tuning.tasks import generate_tasks  # noqa: E402
+from puyu.agent.tuning.tasks import TEMPLATES, UNITS, _normal, generate_tasks  # noqa: E402
 from puyu.api import LLM  # noqa: E402
 from puyu.generation import SamplingParams  # noqa: E402
 from puyu.hardware import describe_machine  # noqa: E402
@@ -48,6 +51,27 @@ from tests.agent.test_builtin_tool_calls import PROMPTS, get_weather  # noqa: E4
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
 BOOTCAMP = ["已知2x+3=10，求x", "Use Python to solve 2x+3=10 for x."]
 HELD_OUT_SEED = 20261202  # never used by the tuning data (its seeds are small integers)
+F = Fraction
+PROBES = [  # (question, expected values): percentages, price cuts, equations and conversions in other wordings
+    ("请计算 165 乘以 5%", {"value": F("8.25")}), ("求出 240 的 8%", {"value": F("19.2")}),
+    ("算算 1280 的 35% 等于几？", {"value": F(448)}), ("请问 655 的百分之40是多少呢", {"value": F(262)}),
+    ("1505 乘以 8% 等于？", {"value": F("120.4")}), ("900 乘以 12% 的结果是多少？", {"value": F(108)}),
+    ("计算一下 350 乘以 25%", {"value": F("87.5")}), ("1775 乘 50% 是多少呢？", {"value": F("887.5")}),
+    ("380 的 15% 算出来是多少", {"value": F(57)}), ("560 乘以 25% 算出来是几", {"value": F(140)}),
+    ("一双 960 元的鞋降价 25%，现在卖多少元？", {"value": F(720)}), ("一台 800 元的手机降价 20%，现在多少钱？", {"value": F(640)}),
+    ("5x+2=37，那么 x 是几？", {"x": F(7)}), ("求方程 3y - 4 = 20 的解", {"y": F(8)}), ("2a+3=11 时 a 是多少", {"a": F(4)}),
+    ("请解出 7t - 9 = 40 中的 t", {"t": F(7)}), ("x + y = 12，x - y = 4，x、y 各是多少？", {"x": F(8), "y": F(4)}),
+    ("3 英里有多少千米？", {"value": F("4.828")}), ("12 磅折合几千克？", {"value": F("5.4431")}),
+    ("请把 7 英尺换成米", {"value": F("2.1336")}), ("30 英寸等于几厘米？", {"value": F("76.2")}),
+    ("2.5 小时有几分钟？", {"value": F(150)}), ("帮我换算：18 千米合几米", {"value": F(18000)}),
+    ("How many meters is 12 feet?", {"value": F("3.6576")}), ("Turn 40 miles into kilometers.", {"value": F("64.3738")}),
+    ("What do 7 pounds weigh in kilograms?", {"value": F("3.1751")}), ("15 inches equals how many centimeters?", {"value": F("38.1")}),
+    ("Tell me 3.5 hours in minutes.", {"value": F(210)}), ("How many grams does 2.25 kilograms make?", {"value": F(2250)}),
+    ("Could you convert 18 kilometers to meters?", {"value": F(18000)}),
+    ("26 miles converts to how many kilometers?", {"value": F("41.8429")}),
+    ("9 feet makes how many meters?", {"value": F("2.7432")}), ("What is 15 percent of 260?", {"value": F(39)}),
+    ("Calculate 8% of 1250.", {"value": F(100)}), ("How much do you get for 35% of 980?", {"value": F(343)}),
+]
 
 
 class LockstepModel(LocalChatModel):
@@ -167,6 +191,33 @@ def part_equations(llm: LLM, args) -> dict:
     return {"solved": solved, "n": len(tasks), "used_tool": tooled, "errors": errors, "by_kind": by_kind, "examples": examples}
 
 
+NUMBER_FIELD, UNIT_FIELD = r"-?\d+(?:\.\d+)?", "|".join(re.escape(u) for row in UNITS for u in row[:4])
+FIELDS = {"n": NUMBER_FIELD, "p": NUMBER_FIELD, "q": NUMBER_FIELD, "v": "[a-z]", "eq": "[-0-9a-z+*/=]+", "eq1": "[-0-9a-z+*/=]+",
+          "eq2": "[-0-9a-z+*/=]+", "src": UNIT_FIELD, "dst": UNIT_FIELD, "src_zh": UNIT_FIELD, "dst_zh": UNIT_FIELD}
+
+
+def _template_of(question: str) -> str | None:
+    """The training or held-out wording that produces ``question`` (compared without spaces and punctuation)."""
+    for by_split in TEMPLATES.values():
+        for template in (t for templates in by_split.values() for ts in templates.values() for t in ts):
+            parts = re.split(r"(\{\w+\})", _normal(template))
+            pattern = "".join(f"(?:{FIELDS[p[1:-1]]})" if p.startswith("{") else re.escape(p) for p in parts)
+            if re.fullmatch(pattern, _normal(question)):
+                return template
+    return None
+
+
+def part_probes(llm: LLM, args) -> dict:
+    produced = {q: t for q, _ in PROBES if (t := _template_of(q))}
+    if produced:
+        raise SystemExit(f"probes that a generator wording produces (reword them): {produced}")
+    model = LockstepModel(llm, temperature=0.0, max_new_tokens=args.max_new_tokens)
+    runs = run_agents(model, [q for q, _ in PROBES], args.agents)
+    solved, tooled, errors = score(runs, [lambda a, e=e: states(a, e) for _, e in PROBES])
+    failed = [q for (q, e), r in zip(PROBES, runs) if isinstance(r, Exception) or not states(r.answer, e)]
+    return {"solved": solved, "n": len(PROBES), "used_tool": tooled, "errors": errors, "failed": failed}
+
+
 def part_bootcamp(llm: LLM, args) -> dict:
     model = LockstepModel(llm, temperature=0.7, max_new_tokens=args.max_new_tokens)
     prompts = [p for p in BOOTCAMP for _ in range(args.bootcamp_runs)]
@@ -219,7 +270,8 @@ def part_tool_choice(llm: LLM, args) -> dict:
             "glaive": {"right_tool": g_tool, "right_args": g_args, "n": len(glaive)}}
 
 
-PARTS = {"equations": part_equations, "bootcamp": part_bootcamp, "gsm8k": part_gsm8k, "tool_choice": part_tool_choice}
+PARTS = {"equations": part_equations, "probes": part_probes, "bootcamp": part_bootcamp, "gsm8k": part_gsm8k,
+         "tool_choice": part_tool_choice}
 
 
 def main() -> None:

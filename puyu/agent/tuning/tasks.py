@@ -40,8 +40,9 @@ def _wordings(asks: tuple[str, ...], bodies: tuple[str, ...], ends: tuple[str, .
 # Chinese plain shares come from this small grammar.  Measured with 14 fixed Chinese share wordings: the tuned model
 # wrote the equation program for the held-out "求 N 乘以 P% 的结果" 16 of 16 times, and also for "计算 N 乘以 P% 的
 # 结果", "求 N 乘 P%" and "求 N 的 P% 的结果", none of them held out; with the grammar it solved 20 of 25 held-out
-# Chinese percentages (7 before) and 30 of 35 probe questions in neither set (25 before).  The same grammar for the
-# conversions (92 English wordings) did worse: 15 of 25 held-out English conversions, 13 of 35 probes wrong.
+# Chinese percentages (7 before) and 8 of the 10 Chinese shares among bench/agent.py's probes (5 before; all probes 30
+# of 35, 29 before).  The same grammar for the conversions (92 English wordings) did worse: 15 of 25 held-out English
+# conversions, 22 of 35 probes.
 ZH_SHARE_HELD_OUT = "求 {n} 乘以 {p}% 的结果"
 ZH_SHARES = _wordings(("", "求 ", "计算 ", "请算出 ", "算一下 ", "请帮我求 ", "帮我算 "),
                       ("{n} 的 {p}%", "{n} 的百分之{p}", "{n} 乘以 {p}%", "{n} 乘 {p}%", "{n} × {p}%", "{p}% 的 {n}",

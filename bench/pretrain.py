@@ -21,6 +21,9 @@ downgrade the 2.x that transformers 5 uses, so install it beside the venv:
 torchmetrics jsonargparse docstring_parser typeshed_client`` and run with
 ``PYTHONPATH=DIR``.
 
+``--profile`` adds, per side, where the step's time goes (PyTorch profiler, self CPU time of 2 steps): the matrix
+products, attention (SDPA) and the rest, and the ceiling any side can reach against transformers while it runs the same
+product and attention kernels: transformers' step over its own products + attention.
 ``--compile`` adds puyu with ``train.compile`` (its warm-up compiles both graphs: rows with and without packed
 documents); ``--repeats N`` alternates the sides N times and reports medians (a shared 2-core machine varies by 10-20%
 from minute to minute).
@@ -147,7 +150,25 @@ def worker(args) -> None:
         step(batch)
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"tok_s": args.steps * args.batch * args.seq / seconds, "peak_mb": peak_mb}))
+    result = {"tok_s": args.steps * args.batch * args.seq / seconds, "peak_mb": peak_mb}
+    if args.profile:
+        result["profile"] = profile_shares(step, batches[2:4])
+    print(json.dumps(result))
+
+
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def profile_shares(step, batches) -> dict:
+    """Shares of the self CPU time of ``batches``' steps: matrix products, SDPA (forward and backward), the rest."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for batch in batches:
+            step(batch)
+    times = {event.key: event.self_cpu_time_total for event in prof.key_averages()}
+    total = sum(times.values())
+    gemm = sum(t for key, t in times.items() if key in GEMM_OPS) / total
+    attention = sum(t for key, t in times.items() if "scaled_dot_product" in key) / total
+    return {"gemm": gemm, "sdpa": attention, "rest": 1 - gemm - attention}
 
 
 def main() -> None:
@@ -161,6 +182,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also puyu with train.compile (compiled decoder layers)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side (alternating); the median is reported")
+    parser.add_argument("--profile", action="store_true", help="also where each side's step time goes (see the docstring)")
     parser.add_argument("--worker", choices=list(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -189,7 +211,7 @@ def main() -> None:
                 for side in sides:
                     command = [sys.executable, __file__, "--worker", side, "--dtype", dtype, "--folder", tmp, "--steps",
                                str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads),
-                               "--size", args.size]
+                               "--size", args.size] + (["--profile"] if args.profile else [])
                     done = subprocess.run(command, capture_output=True, text=True)
                     if done.returncode:
                         raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
@@ -205,6 +227,13 @@ def main() -> None:
                     row += "".join(f"{ours_r['tok_s'] / results[p]['tok_s']:>13.2f} / {ours_r['peak_mb'] / results[p]['peak_mb']:<6.2f}"
                                    for p in peers)
                 print(row)
+            if args.profile:
+                for side in sides:
+                    shares = runs[side][-1]["profile"]
+                    print(f"  {side:<14} step time: products {shares['gemm']:.0%}, attention {shares['sdpa']:.0%}, "
+                          f"rest {shares['rest']:.0%}")
+                peer = runs["transformers"][-1]["profile"]
+                print(f"  ceiling with the same product and attention kernels: {1 / (peer['gemm'] + peer['sdpa']):.2f}x transformers")
         print("(ratios: tok/s ours / theirs (target >= 1.3) / peak memory ours / theirs (target <= 1))")
 
 

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from puyu.agent import Agent, LocalChatModel, PythonSandbox, ToolRegistry, builtin_tools, calculator, solve  # noqa: E402
 from puyu.agent.tuning.build import AGENT_TOOLS, GLAIVE, GLAIVE_HELD_OUT_FROM  # noqa: E402
 from puyu.agent.tuning.gsm8k import gold_answer  # noqa: E402
-from puyu.agent.tuning.tasks import TEMPLATES, UNITS, _normal, generate_tasks  # noqa: E402
+from puyu.agent.tuning.tasks import TEMPLATES, UNITS, generate_tasks, normal_question  # noqa: E402
 from puyu.api import LLM  # noqa: E402
 from puyu.generation import SamplingParams  # noqa: E402
 from puyu.hardware import describe_machine  # noqa: E402
@@ -191,18 +191,19 @@ def part_equations(llm: LLM, args) -> dict:
     return {"solved": solved, "n": len(tasks), "used_tool": tooled, "errors": errors, "by_kind": by_kind, "examples": examples}
 
 
-NUMBER_FIELD, UNIT_FIELD = r"-?\d+(?:\.\d+)?", "|".join(re.escape(u) for row in UNITS for u in row[:4])
-FIELDS = {"n": NUMBER_FIELD, "p": NUMBER_FIELD, "q": NUMBER_FIELD, "v": "[a-z]", "eq": "[-0-9a-z+*/=]+", "eq1": "[-0-9a-z+*/=]+",
-          "eq2": "[-0-9a-z+*/=]+", "src": UNIT_FIELD, "dst": UNIT_FIELD, "src_zh": UNIT_FIELD, "dst_zh": UNIT_FIELD}
+NUMBER_FIELD, EQUATION_FIELD = r"-?\d+(?:\.\d+)?", "[-0-9a-z+*/=]+"
+UNIT_FIELD = "|".join(re.escape(u) for row in UNITS for u in row[:4])
+FIELDS = {"n": NUMBER_FIELD, "p": NUMBER_FIELD, "q": NUMBER_FIELD, "v": "[a-z]", "eq": EQUATION_FIELD, "eq1": EQUATION_FIELD,
+          "eq2": EQUATION_FIELD, "src": UNIT_FIELD, "dst": UNIT_FIELD, "src_zh": UNIT_FIELD, "dst_zh": UNIT_FIELD}
 
 
 def _template_of(question: str) -> str | None:
     """The training or held-out wording that produces ``question`` (compared without spaces and punctuation)."""
     for by_split in TEMPLATES.values():
         for template in (t for templates in by_split.values() for ts in templates.values() for t in ts):
-            parts = re.split(r"(\{\w+\})", _normal(template))
+            parts = re.split(r"(\{\w+\})", normal_question(template))
             pattern = "".join(f"(?:{FIELDS[p[1:-1]]})" if p.startswith("{") else re.escape(p) for p in parts)
-            if re.fullmatch(pattern, _normal(question)):
+            if re.fullmatch(pattern, normal_question(question)):
                 return template
     return None
 

@@ -58,7 +58,7 @@ ZH_SHARES += ["{n} 元的 {p}% 是多少元？", "{n} 人中的 {p}% 是多少�
 # 商品降价 P% 后卖多少元" was still taken for a share).  The question words 求 and 已知 were in eight equation wordings
 # and one percentage wording, so a small model can read 求 as "solve an equation"; the percentages, price cuts and
 # conversions now have them too (measured, same mix otherwise: held-out price cuts 8 of 9 right, up from 1 of 9; the
-# held-out share "求 N 乘以 P% 的结果" was still written as the equation program, 0 of 16, until the grammars above).
+# held-out share "求 N 乘以 P% 的结果" was still written as the equation program, 0 of 16, until the grammar above).
 TEMPLATES = {
     "linear": {
         "train": {"en": ["Solve {eq} for {v}.", "Find {v} if {eq}.", "Use Python to find {v}: {eq}", "What is {v} when {eq}?",
@@ -148,11 +148,12 @@ class Task:
     answer: str
 
 
-def _normal(text: str) -> str:
+def normal_question(text: str) -> str:
+    """``text`` without spaces and punctuation, lower-cased: questions that differ only there are the same question."""
     return re.sub(r"[\s,，.。?？:：]", "", text).lower()
 
 
-HELD_OUT_NORMAL = {_normal(p) for p in HELD_OUT_PROMPTS}
+HELD_OUT_NORMAL = {normal_question(p) for p in HELD_OUT_PROMPTS}
 
 
 def _term(coefficient: int, variable: str) -> str:
@@ -261,7 +262,7 @@ def generate_tasks(n: int, seed: int = 0, phrasings: str = "train", kinds: tuple
             continue
         fields, tool, arguments, expected, answer = made
         question = _phrase(kind, fields, tool, phrasings, language, rng)
-        key = _normal(question)
+        key = normal_question(question)
         if key in HELD_OUT_NORMAL or key in seen:
             continue
         seen.add(key)

@@ -10,34 +10,13 @@
  * Each (sequence, key/value head) pair is computed by the same operations whatever else the call holds (OpenMP hands
  * out whole pairs), so batched decoding, speculative draft rows and lone decoding give the same bits.
  * Two passes per pair: the scores (kept in a buffer of G x length floats), then their softmax and the weighted sum of
- * the values.  exp is a polynomial (Cephes' expf: about 1 ulp) on 8 lanes.
+ * the values (exp8, vector_math.h).
  * Returns 0, 2 when memory for the scores runs out, or 3 when a slot or a length is out of range. */
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
 
-/* exp(x) on 8 lanes for x <= 0 (scores minus their maximum); below -87 it returns 2^-126 * p instead of 0. */
-static inline __m256 exp8(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  /* x - n ln2, ln2 in two parts */
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
-}
-
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
+#include "vector_math.h"
 
 static inline float dot(const float *a, const float *b, int64_t D) {
     __m256 acc = _mm256_setzero_ps();
@@ -116,22 +95,7 @@ static int pair(const float *q, const float *keys, const float *values, const in
         float *s = scores + g * n;
         float top = s[0];
         for (int64_t t = 1; t < n; t++) top = s[t] > top ? s[t] : top;
-        const __m256 max8 = _mm256_set1_ps(top);
-        __m256 sum8 = _mm256_setzero_ps();
-        int64_t t = 0;
-        for (; t + 8 <= n; t += 8) {
-            const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t), max8));
-            _mm256_storeu_ps(s + t, e);
-            sum8 = _mm256_add_ps(sum8, e);
-        }
-        float sum = hsum(sum8);
-        if (t < n) {  /* the rest through the same polynomial, in a padded vector */
-            float tail[8] = {0};
-            for (int64_t i = t; i < n; i++) tail[i - t] = s[i] - top;
-            float e[8];
-            _mm256_storeu_ps(e, exp8(_mm256_loadu_ps(tail)));
-            for (int64_t i = t; i < n; i++) s[i] = e[i - t], sum += e[i - t];
-        }
+        const float sum = exp_shifted(s, n, top);
         float *o = out + g * D;
         weighted_sum(s, values, slots, n, KV, j, D, o);
         const float inv = 1.0f / sum;

@@ -11,11 +11,11 @@
 - :data:`LIBRARY` — the ``puyu`` op library: every kernel's schema is defined here, in Python, so that the ops exist
   (and trace under ``torch.compile``) wherever the C++ side could not be built.
 
-Two libraries: the kernels are plain C (``gemv.c``, ``attention.c``; one build per instruction set, a second to
-compile: they include only the compiler's intrinsics), and ``ops.cpp`` registers them as torch ops in C++ (about 15 s
-to compile against torch's headers, once per torch version) and is handed the kernels of the build that runs.  Not a
-PyTorch C++ extension: that needs ninja and compiles the kernels with torch's headers; two plain compiler calls need
-neither.
+Two libraries: the kernels are plain C (``gemv.c``, ``attention.c``, ``cross_entropy.c``, ``rms_norm.c`` and their
+header ``vector_math.h``; one build per instruction set, a second to compile: they include only the compiler's
+intrinsics), and ``ops.cpp`` registers them as torch ops in C++ (about 15 s to compile against torch's headers, once per
+torch version) and is handed the kernels of the build that runs.  Not a PyTorch C++ extension: that needs ninja and
+compiles the kernels with torch's headers; two plain compiler calls need neither.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from puyu.home import home_subdir
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
-SOURCES = [HERE / "gemv.c", HERE / "attention.c"]
+SOURCES = [HERE / "gemv.c", HERE / "attention.c", HERE / "cross_entropy.c", HERE / "rms_norm.c"]
+HEADERS = [HERE / "vector_math.h"]  # included by the sources: part of their cache key
 OPS_SOURCE = HERE / "ops.cpp"
 _AVX2 = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-lm"]
 # The builds of the kernels, best last; each runs where the CPU has its instructions (see gemv.c for what differs).
@@ -49,7 +50,10 @@ _OPS_FLAGS = ["-O2", "-std=c++20", "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_AB
 
 SCHEMAS = ("int4_matmul(Tensor x, Tensor codes, Tensor table, int group_size, int n, int activation_bits=16) -> Tensor",
            "int8_matmul(Tensor x, Tensor codes, Tensor scale, int n) -> Tensor",
-           "paged_decode_attention(Tensor q, Tensor keys, Tensor values, Tensor slots, Tensor lengths, Tensor? rows=None) -> Tensor")
+           "paged_decode_attention(Tensor q, Tensor keys, Tensor values, Tensor slots, Tensor lengths, Tensor? rows=None) -> Tensor",
+           "softmax_cross_entropy_(Tensor(a!) logits, Tensor targets, int rows, bool grad) -> Tensor",
+           "rms_norm_forward(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)",
+           "rms_norm_backward(Tensor grad, Tensor x, Tensor weight, Tensor rstd) -> (Tensor, Tensor)")
 LIBRARY = torch.library.Library("puyu", "DEF")
 for _schema in SCHEMAS:
     LIBRARY.define(_schema)
@@ -77,7 +81,7 @@ def builds_here() -> list[str]:
 def _build(compiler: str, sources: list[Path], flags: list[str], name: str, salt: str = "", again: bool = False) -> Path:
     """The library ``sources`` compile to, compiled unless the cache holds it (``again``: replace what it holds)."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    text = b"".join(source.read_bytes() for source in sources) + " ".join(flags).encode() + version.encode() + salt.encode()
+    text = b"".join(source.read_bytes() for source in [*sources, *HEADERS]) + " ".join(flags).encode() + version.encode() + salt.encode()
     target = home_subdir("kernels") / f"{name}-{hashlib.sha256(text).hexdigest()[:16]}.so"
     if again or not target.is_file():
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -119,7 +123,8 @@ def _ops() -> ctypes.CDLL:
 def use_build(build: str) -> None:
     """Route the ops to the kernels of ``build`` (building what is missing; raises where it cannot)."""
     kernels, ops = _kernels(build), _ops()
-    pointers = (kernels.puyu_int4_gemm, kernels.puyu_int8_gemm, kernels.puyu_paged_decode_attention)
+    pointers = (kernels.puyu_int4_gemm, kernels.puyu_int8_gemm, kernels.puyu_paged_decode_attention,
+                kernels.puyu_softmax_cross_entropy, kernels.puyu_rms_norm_forward, kernels.puyu_rms_norm_backward)
     ops.puyu_use_kernels(*(ctypes.cast(f, ctypes.c_void_p) for f in pointers))
 
 

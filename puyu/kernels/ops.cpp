@@ -1,4 +1,5 @@
-/* The torch ops puyu::int4_matmul, puyu::int8_matmul (gemv.c) and puyu::paged_decode_attention (attention.c); their
+/* The torch ops puyu::int4_matmul, puyu::int8_matmul (gemv.c), puyu::paged_decode_attention (attention.c) and
+ * puyu::softmax_cross_entropy_ (cross_entropy.c) and puyu::rms_norm_forward/backward (rms_norm.c); their
  * schemas are defined in build.py and their fake kernels beside their Python wrappers.  puyu.kernels.build compiles
  * this once per torch version and hands it the kernels of the build the CPU runs (puyu_use_kernels), so one
  * registration serves every build and a test can switch between them.
@@ -14,19 +15,31 @@
 #include <cmath>
 #include <cstdint>
 #include <optional>
+#include <tuple>
 
 using Int4Kernel = int (*)(const float *, int64_t, int64_t, const uint32_t *, const uint16_t *, int64_t, int64_t, int, float *, int);
 using Int8Kernel = int (*)(const float *, int64_t, int64_t, const int8_t *, const float *, int64_t, float *, int);
 using AttentionKernel = int (*)(const float *, int64_t, int64_t, int64_t, int64_t, const float *, const float *, int64_t,
                                 const int64_t *, int64_t, int64_t, const int64_t *, const int64_t *, float, float *, int);
+using CrossEntropyKernel = int (*)(void *, int, int64_t, int64_t, int64_t, const int64_t *, int, float *, int);
+using NormForwardKernel = int (*)(const void *, int, int64_t, int64_t, const void *, int, float, void *, float *, int);
+using NormBackwardKernel = int (*)(const void *, const void *, int, int64_t, int64_t, const void *, int, const float *, void *,
+                                   float *, int);
 static Int4Kernel int4_kernel = nullptr;
 static Int8Kernel int8_kernel = nullptr;
 static AttentionKernel attention_kernel = nullptr;
+static CrossEntropyKernel cross_entropy_kernel = nullptr;
+static NormForwardKernel norm_forward_kernel = nullptr;
+static NormBackwardKernel norm_backward_kernel = nullptr;
 
-extern "C" void puyu_use_kernels(void *int4, void *int8, void *attention) {
+extern "C" void puyu_use_kernels(void *int4, void *int8, void *attention, void *cross_entropy, void *norm_forward,
+                                 void *norm_backward) {
     int4_kernel = reinterpret_cast<Int4Kernel>(int4);
     int8_kernel = reinterpret_cast<Int8Kernel>(int8);
     attention_kernel = reinterpret_cast<AttentionKernel>(attention);
+    cross_entropy_kernel = reinterpret_cast<CrossEntropyKernel>(cross_entropy);
+    norm_forward_kernel = reinterpret_cast<NormForwardKernel>(norm_forward);
+    norm_backward_kernel = reinterpret_cast<NormBackwardKernel>(norm_backward);
 }
 
 static void check(int code, const char *what) {
@@ -97,8 +110,66 @@ static at::Tensor paged_decode_attention(const at::Tensor &q, const at::Tensor &
     return out;
 }
 
+/* logits [n, V] float32 or bf16, contiguous, overwritten by the gradient when grad; targets [n] int64 (the first rows
+ * are real, the rest padding) -> the loss of each row [n] float32. */
+static at::Tensor softmax_cross_entropy_(at::Tensor &logits, const at::Tensor &targets, int64_t rows, bool grad) {
+    const char *what = "softmax cross-entropy";
+    TORCH_CHECK(cross_entropy_kernel != nullptr, what, ": the kernels were not loaded (puyu.kernels.build loads them)");
+    TORCH_CHECK(logits.device().is_cpu() && logits.dim() == 2 && logits.is_contiguous() &&
+                    (logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16),
+                what, ": logits must be a contiguous float32 or bf16 [n, V] CPU tensor");
+    TORCH_CHECK(targets.dim() == 1 && targets.size(0) == logits.size(0) && targets.scalar_type() == at::kLong, what,
+                ": targets must be int64 [n]");
+    TORCH_CHECK(rows >= 0 && rows <= logits.size(0), what, ": rows out of range");
+    at::Tensor tc = targets.contiguous();
+    at::Tensor loss = at::empty({logits.size(0)}, logits.options().dtype(at::kFloat));
+    const int code = cross_entropy_kernel(logits.data_ptr(), logits.scalar_type() == at::kBFloat16, logits.size(0), logits.size(1),
+                                          rows, tc.data_ptr<int64_t>(), grad, loss.data_ptr<float>(), at::get_num_threads());
+    TORCH_CHECK(code != 3, what, ": a target is out of range");
+    TORCH_CHECK(code != 2, what, ": out of memory");
+    return loss;
+}
+
+static bool float_or_bf16(const at::Tensor &t) { return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16; }
+
+/* x [..., D] and weight [D], float32 or bf16, contiguous -> (y, rstd [rows] float32); y is bf16 when both are. */
+static std::tuple<at::Tensor, at::Tensor> rms_norm_forward(const at::Tensor &x, const at::Tensor &weight, double eps) {
+    const char *what = "rms norm";
+    TORCH_CHECK(norm_forward_kernel != nullptr, what, ": the kernels were not loaded (puyu.kernels.build loads them)");
+    TORCH_CHECK(x.device().is_cpu() && x.dim() > 0 && x.is_contiguous() && weight.is_contiguous() && float_or_bf16(x) &&
+                    float_or_bf16(weight) && weight.dim() == 1 && weight.size(0) == x.size(-1) && x.size(-1) > 0,
+                what, ": x [..., D] and weight [D] must be contiguous float32 or bf16 CPU tensors");
+    const bool x_bf16 = x.scalar_type() == at::kBFloat16, w_bf16 = weight.scalar_type() == at::kBFloat16;
+    const int64_t D = x.size(-1), rows = x.numel() / D;
+    at::Tensor y = at::empty(x.sizes(), x.options().dtype(x_bf16 && w_bf16 ? at::kBFloat16 : at::kFloat));
+    at::Tensor rstd = at::empty({rows}, x.options().dtype(at::kFloat));
+    norm_forward_kernel(x.data_ptr(), x_bf16, rows, D, weight.data_ptr(), w_bf16, static_cast<float>(eps), y.data_ptr(),
+                        rstd.data_ptr<float>(), at::get_num_threads());
+    return {y, rstd};
+}
+
+/* grad [..., D] in y's dtype -> (dx in x's dtype, dweight [D] float32). */
+static std::tuple<at::Tensor, at::Tensor> rms_norm_backward(const at::Tensor &grad, const at::Tensor &x, const at::Tensor &weight,
+                                                            const at::Tensor &rstd) {
+    const char *what = "rms norm backward";
+    TORCH_CHECK(norm_backward_kernel != nullptr, what, ": the kernels were not loaded (puyu.kernels.build loads them)");
+    const bool x_bf16 = x.scalar_type() == at::kBFloat16, w_bf16 = weight.scalar_type() == at::kBFloat16;
+    const at::Tensor g = grad.to(x_bf16 && w_bf16 ? at::kBFloat16 : at::kFloat).contiguous();
+    TORCH_CHECK(g.sizes() == x.sizes() && rstd.numel() == x.numel() / x.size(-1), what, ": shapes disagree");
+    at::Tensor dx = at::empty_like(x);
+    at::Tensor dw = at::empty({x.size(-1)}, x.options().dtype(at::kFloat));
+    const int code = norm_backward_kernel(g.data_ptr(), x.data_ptr(), x_bf16, x.numel() / x.size(-1), x.size(-1),
+                                          weight.data_ptr(), w_bf16, rstd.data_ptr<float>(), dx.data_ptr(), dw.data_ptr<float>(),
+                                          at::get_num_threads());
+    TORCH_CHECK(code != 2, what, ": out of memory");
+    return {dx, dw};
+}
+
 TORCH_LIBRARY_IMPL(puyu, CPU, m) {
     m.impl("int4_matmul", int4_matmul);
     m.impl("int8_matmul", int8_matmul);
     m.impl("paged_decode_attention", paged_decode_attention);
+    m.impl("softmax_cross_entropy_", softmax_cross_entropy_);
+    m.impl("rms_norm_forward", rms_norm_forward);
+    m.impl("rms_norm_backward", rms_norm_backward);
 }

@@ -36,13 +36,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from puyu.kernels import rms_norm
 from puyu.model.config import ModelConfig
 from puyu.model.lora import LoRALinear, concat_lora, merge_lora
 from puyu.model.rope import RotaryEmbedding, apply_rope
 
 
 class RMSNorm(nn.Module):
-    """``y = w * x / sqrt(mean(x^2) + eps)``, the statistic in fp32 (as Llama does)."""
+    """``y = w * x / sqrt(mean(x^2) + eps)``, the statistic in fp32 (as Llama does).
+
+    In training mode, recording gradients on the CPU, it runs puyu's kernel (:mod:`puyu.kernels.rms_norm`: the same
+    roundings, a float32 backward in one pass); elsewhere - inference, other devices, Inductor tracing - torch ops."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -50,6 +54,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) \
+                and not torch.compiler.is_compiling() and rms_norm.usable(x, self.weight):
+            return rms_norm.rms_norm(x, self.weight, self.eps)  # training on the CPU: one pass each way
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)

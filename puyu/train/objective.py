@@ -22,6 +22,7 @@ from torch import nn
 
 from puyu.data.packing import IGNORE
 from puyu.errors import ConfigError
+from puyu.kernels import cross_entropy
 from puyu.model.lora import LoraConfig, add_lora
 from puyu.model.transformer import Transformer
 
@@ -99,16 +100,21 @@ def head_chunk(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, need_h: bool, 
     """One chunk of :class:`LinearCrossEntropy`: ``(summed loss, dL/dh or None, dL/dw or None)`` for hidden ``h``
     ``[n, H]`` and weight ``w`` ``[V, H]`` in the compute dtype, targets ``t`` ``[n]``; the gradients in that dtype
     (as autocast's own backward of a linear has them), the loss fp32.  ``rows``: only the first ``rows`` rows are
-    real, the rest (zeros) pad the products to an aligned shape; ``dL/dh`` then has ``rows`` rows."""
-    log_p = torch.log_softmax(h @ w.t(), dim=-1, dtype=torch.float32)  # one fused pass, not logsumexp + sub + exp
+    real, the rest (zeros) pad the products to an aligned shape; ``dL/dh`` then has ``rows`` rows.
+
+    The softmax cross-entropy between the products is puyu's CPU kernel in eager mode where it runs (one pass a row,
+    the gradient written over the logits), else - on other devices, and when ``torch.compile`` traces this for
+    Inductor to fuse - the same in torch ops."""
     n = t.shape[0] if rows is None else rows
-    loss = -log_p[:n].gather(1, t[:n, None]).sum()
-    if not (need_h or need_w):
+    grad = need_h or need_w
+    logits = h @ w.t()
+    if not torch.compiler.is_compiling() and cross_entropy.usable(logits):
+        loss, d = cross_entropy.softmax_cross_entropy_(logits, t, n, grad).sum(), logits
+    else:
+        losses, d = cross_entropy.reference(logits, t, n, grad)
+        loss = losses.sum()
+    if not grad:
         return loss, None, None
-    d = log_p.exp_()
-    d[n:] = 0
-    d[torch.arange(n, device=t.device), t[:n]] -= 1
-    d = d.to(h.dtype)
     return loss, (d @ w)[:n] if need_h else None, d.t() @ h if need_w else None
 
 

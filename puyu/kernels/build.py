@@ -54,6 +54,9 @@ SCHEMAS = ("int4_matmul(Tensor x, Tensor codes, Tensor table, int group_size, in
            "softmax_cross_entropy_(Tensor(a!) logits, Tensor targets, int rows, bool grad) -> Tensor",
            "rms_norm_forward(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)",
            "rms_norm_backward(Tensor grad, Tensor x, Tensor weight, Tensor rstd) -> (Tensor, Tensor)")
+# The C functions handed to ops.cpp's puyu_use_kernels, in the order it takes them.
+KERNELS = ("puyu_int4_gemm", "puyu_int8_gemm", "puyu_paged_decode_attention", "puyu_softmax_cross_entropy",
+           "puyu_rms_norm_forward", "puyu_rms_norm_backward")
 LIBRARY = torch.library.Library("puyu", "DEF")
 for _schema in SCHEMAS:
     LIBRARY.define(_schema)
@@ -123,9 +126,8 @@ def _ops() -> ctypes.CDLL:
 def use_build(build: str) -> None:
     """Route the ops to the kernels of ``build`` (building what is missing; raises where it cannot)."""
     kernels, ops = _kernels(build), _ops()
-    pointers = (kernels.puyu_int4_gemm, kernels.puyu_int8_gemm, kernels.puyu_paged_decode_attention,
-                kernels.puyu_softmax_cross_entropy, kernels.puyu_rms_norm_forward, kernels.puyu_rms_norm_backward)
-    ops.puyu_use_kernels(*(ctypes.cast(f, ctypes.c_void_p) for f in pointers))
+    pointers = [ctypes.cast(getattr(kernels, name), ctypes.c_void_p) for name in KERNELS]
+    ops.puyu_use_kernels((ctypes.c_void_p * len(pointers))(*pointers))
 
 
 @functools.lru_cache(maxsize=None)

@@ -32,14 +32,14 @@ static CrossEntropyKernel cross_entropy_kernel = nullptr;
 static NormForwardKernel norm_forward_kernel = nullptr;
 static NormBackwardKernel norm_backward_kernel = nullptr;
 
-extern "C" void puyu_use_kernels(void *int4, void *int8, void *attention, void *cross_entropy, void *norm_forward,
-                                 void *norm_backward) {
-    int4_kernel = reinterpret_cast<Int4Kernel>(int4);
-    int8_kernel = reinterpret_cast<Int8Kernel>(int8);
-    attention_kernel = reinterpret_cast<AttentionKernel>(attention);
-    cross_entropy_kernel = reinterpret_cast<CrossEntropyKernel>(cross_entropy);
-    norm_forward_kernel = reinterpret_cast<NormForwardKernel>(norm_forward);
-    norm_backward_kernel = reinterpret_cast<NormBackwardKernel>(norm_backward);
+/* The kernels of one build, in the order of build.py's KERNELS. */
+extern "C" void puyu_use_kernels(void *const *k) {
+    int4_kernel = reinterpret_cast<Int4Kernel>(k[0]);
+    int8_kernel = reinterpret_cast<Int8Kernel>(k[1]);
+    attention_kernel = reinterpret_cast<AttentionKernel>(k[2]);
+    cross_entropy_kernel = reinterpret_cast<CrossEntropyKernel>(k[3]);
+    norm_forward_kernel = reinterpret_cast<NormForwardKernel>(k[4]);
+    norm_backward_kernel = reinterpret_cast<NormBackwardKernel>(k[5]);
 }
 
 static void check(int code, const char *what) {

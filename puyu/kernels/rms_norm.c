@@ -21,40 +21,6 @@
 
 #include "vector_math.h"
 
-/* Up to 8 values of a row at j (float32 or bf16) as float32, zeros past `count`. */
-static inline __m256 load8(const void *p, int bf16, int64_t j, int64_t count) {
-    if (count >= 8) return bf16 ? load_bf16x8((const uint16_t *)p + j) : _mm256_loadu_ps((const float *)p + j);
-    float lanes[8] = {0};
-    for (int64_t i = 0; i < count; i++) lanes[i] = bf16 ? float_of_bf16(((const uint16_t *)p)[j + i]) : ((const float *)p)[j + i];
-    return _mm256_loadu_ps(lanes);
-}
-
-/* The first `count` (up to 8) lanes of v into a row at j (float32 or bf16). */
-static inline void store8(void *p, int bf16, int64_t j, int64_t count, __m256 v) {
-    if (count >= 8) {
-        if (bf16)
-            store_bf16x8((uint16_t *)p + j, v);
-        else
-            _mm256_storeu_ps((float *)p + j, v);
-        return;
-    }
-    float lanes[8];
-    _mm256_storeu_ps(lanes, v);
-    for (int64_t i = 0; i < count; i++) {
-        if (bf16)
-            ((uint16_t *)p)[j + i] = bf16_of(lanes[i]);
-        else
-            ((float *)p)[j + i] = lanes[i];
-    }
-}
-
-/* v rounded to bf16 and back. */
-static inline __m256 round_bf16(__m256 v) {
-    uint16_t h[8];
-    store_bf16x8(h, v);
-    return load_bf16x8(h);
-}
-
 int puyu_rms_norm_forward(const void *x, int x_bf16, int64_t n, int64_t D, const void *w, int w_bf16, float eps, void *y,
                           float *rstd, int threads) {
     const int y_bf16 = x_bf16 && w_bf16;
@@ -64,16 +30,16 @@ int puyu_rms_norm_forward(const void *x, int x_bf16, int64_t n, int64_t D, const
         char *yr = (char *)y + (size_t)(r * D) * (y_bf16 ? 2 : 4);
         __m256 sq = _mm256_setzero_ps();
         for (int64_t j = 0; j < D; j += 8) {
-            const __m256 v = load8(xr, x_bf16, j, D - j);
+            const __m256 v = load_floats(xr, x_bf16, j, D - j);
             sq = _mm256_fmadd_ps(v, v, sq);
         }
         const float inv = 1.0f / sqrtf(hsum(sq) / (float)D + eps);
         rstd[r] = inv;
         const __m256 inv8 = _mm256_set1_ps(inv);
         for (int64_t j = 0; j < D; j += 8) {
-            __m256 v = _mm256_mul_ps(load8(xr, x_bf16, j, D - j), inv8);
+            __m256 v = _mm256_mul_ps(load_floats(xr, x_bf16, j, D - j), inv8);
             if (x_bf16) v = round_bf16(v);
-            store8(yr, y_bf16, j, D - j, _mm256_mul_ps(load8(w, w_bf16, j, D - j), v));
+            store_floats(yr, y_bf16, j, D - j, _mm256_mul_ps(load_floats(w, w_bf16, j, D - j), v));
         }
     }
     return 0;
@@ -96,16 +62,16 @@ int puyu_rms_norm_backward(const void *dy, const void *x, int x_bf16, int64_t n,
             const __m256 inv8 = _mm256_set1_ps(rstd[r]);
             __m256 dot = _mm256_setzero_ps();
             for (int64_t j = 0; j < D; j += 8) {
-                const __m256 nrm = _mm256_mul_ps(load8(xr, x_bf16, j, D - j), inv8);
-                const __m256 d = load8(dyr, y_bf16, j, D - j);
-                dot = _mm256_fmadd_ps(_mm256_mul_ps(d, load8(w, w_bf16, j, D - j)), nrm, dot);
+                const __m256 nrm = _mm256_mul_ps(load_floats(xr, x_bf16, j, D - j), inv8);
+                const __m256 d = load_floats(dyr, y_bf16, j, D - j);
+                dot = _mm256_fmadd_ps(_mm256_mul_ps(d, load_floats(w, w_bf16, j, D - j)), nrm, dot);
                 _mm256_storeu_ps(mine + j, _mm256_fmadd_ps(d, nrm, _mm256_loadu_ps(mine + j)));
             }
             const __m256 mean8 = _mm256_set1_ps(hsum(dot) / (float)D);
             for (int64_t j = 0; j < D; j += 8) {
-                const __m256 nrm = _mm256_mul_ps(load8(xr, x_bf16, j, D - j), inv8);
-                const __m256 g = _mm256_mul_ps(load8(dyr, y_bf16, j, D - j), load8(w, w_bf16, j, D - j));
-                store8(dxr, x_bf16, j, D - j, _mm256_mul_ps(inv8, _mm256_fnmadd_ps(nrm, mean8, g)));
+                const __m256 nrm = _mm256_mul_ps(load_floats(xr, x_bf16, j, D - j), inv8);
+                const __m256 g = _mm256_mul_ps(load_floats(dyr, y_bf16, j, D - j), load_floats(w, w_bf16, j, D - j));
+                store_floats(dxr, x_bf16, j, D - j, _mm256_mul_ps(inv8, _mm256_fnmadd_ps(nrm, mean8, g)));
             }
         }
     }

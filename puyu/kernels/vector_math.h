@@ -75,4 +75,39 @@ static inline float float_of_bf16(uint16_t x) {
     union { uint32_t u; float f; } v = {(uint32_t)x << 16};
     return v.f;
 }
+/* Up to 8 values of p from index i (float32, or bf16 when bf16 is set) as float32; zeros past `count`. */
+static inline __m256 load_floats(const void *p, int bf16, int64_t i, int64_t count) {
+    if (count >= 8) return bf16 ? load_bf16x8((const uint16_t *)p + i) : _mm256_loadu_ps((const float *)p + i);
+    float lanes[8] = {0};
+    for (int64_t k = 0; k < count; k++) lanes[k] = bf16 ? float_of_bf16(((const uint16_t *)p)[i + k]) : ((const float *)p)[i + k];
+    return _mm256_loadu_ps(lanes);
+}
+
+/* The first `count` (up to 8) lanes of v into p from index i, as float32 or (bf16 set) rounded to bf16. */
+static inline void store_floats(void *p, int bf16, int64_t i, int64_t count, __m256 v) {
+    if (count >= 8) {
+        if (bf16)
+            store_bf16x8((uint16_t *)p + i, v);
+        else
+            _mm256_storeu_ps((float *)p + i, v);
+        return;
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, v);
+    for (int64_t k = 0; k < count; k++) {
+        if (bf16)
+            ((uint16_t *)p)[i + k] = bf16_of(lanes[k]);
+        else
+            ((float *)p)[i + k] = lanes[k];
+    }
+}
+
+/* v rounded to bf16 (as torch rounds, NaN kept) and back to float32, in registers. */
+static inline __m256 round_bf16(__m256 v) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))),
+                                       _mm256_set1_epi32((int)0xffff0000u));
+    return _mm256_blendv_ps(_mm256_castsi256_ps(r), v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+}
 #endif

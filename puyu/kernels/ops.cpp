@@ -1,5 +1,6 @@
 /* The torch ops puyu::int4_matmul, puyu::int8_matmul (gemv.c), puyu::paged_decode_attention (attention.c) and
- * puyu::softmax_cross_entropy_ (cross_entropy.c) and puyu::rms_norm_forward/backward (rms_norm.c); their
+ * puyu::softmax_cross_entropy_ (cross_entropy.c), puyu::rms_norm_forward/backward (rms_norm.c) and puyu::rope
+ * (rope.c); their
  * schemas are defined in build.py and their fake kernels beside their Python wrappers.  puyu.kernels.build compiles
  * this once per torch version and hands it the kernels of the build the CPU runs (puyu_use_kernels), so one
  * registration serves every build and a test can switch between them.
@@ -25,12 +26,14 @@ using CrossEntropyKernel = int (*)(void *, int, int64_t, int64_t, int64_t, const
 using NormForwardKernel = int (*)(const void *, int, int64_t, int64_t, const void *, int, float, void *, float *, int);
 using NormBackwardKernel = int (*)(const void *, const void *, int, int64_t, int64_t, const void *, int, const float *, void *,
                                    float *, int);
+using RopeKernel = void (*)(const void *, int, int64_t, int64_t, int64_t, const void *, const void *, int, void *, int, int, int);
 static Int4Kernel int4_kernel = nullptr;
 static Int8Kernel int8_kernel = nullptr;
 static AttentionKernel attention_kernel = nullptr;
 static CrossEntropyKernel cross_entropy_kernel = nullptr;
 static NormForwardKernel norm_forward_kernel = nullptr;
 static NormBackwardKernel norm_backward_kernel = nullptr;
+static RopeKernel rope_kernel = nullptr;
 
 /* The kernels of one build, in the order of build.py's KERNELS. */
 extern "C" void puyu_use_kernels(void *const *k) {
@@ -40,6 +43,7 @@ extern "C" void puyu_use_kernels(void *const *k) {
     cross_entropy_kernel = reinterpret_cast<CrossEntropyKernel>(k[3]);
     norm_forward_kernel = reinterpret_cast<NormForwardKernel>(k[4]);
     norm_backward_kernel = reinterpret_cast<NormBackwardKernel>(k[5]);
+    rope_kernel = reinterpret_cast<RopeKernel>(k[6]);
 }
 
 static void check(int code, const char *what) {
@@ -165,6 +169,23 @@ static std::tuple<at::Tensor, at::Tensor> rms_norm_backward(const at::Tensor &gr
     return {dx, dw};
 }
 
+/* x [B, T, H, D] and tables cos, sin [B, T, D] (float32 or bf16) -> x rotated, or with backward the gradient x
+ * rotated back; the result is bf16 when bf16_out, else float32. */
+static at::Tensor rope(const at::Tensor &x, const at::Tensor &cos, const at::Tensor &sin, bool backward, bool bf16_out) {
+    const char *what = "rope";
+    TORCH_CHECK(rope_kernel != nullptr, what, ": the kernels were not loaded (puyu.kernels.build loads them)");
+    TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && cos.dim() == 3 && sin.sizes() == cos.sizes() && cos.size(0) == x.size(0) &&
+                    cos.size(1) == x.size(1) && cos.size(2) == x.size(3) && x.size(3) % 2 == 0,
+                what, ": expected x [B, T, H, D] and tables [B, T, D], D even");
+    TORCH_CHECK(float_or_bf16(x) && float_or_bf16(cos) && cos.scalar_type() == sin.scalar_type(), what,
+                ": float32 or bf16 tensors, both tables of one dtype");
+    const at::Tensor xc = x.contiguous(), cc = cos.contiguous(), sc = sin.contiguous();
+    at::Tensor out = at::empty(x.sizes(), x.options().dtype(bf16_out ? at::kBFloat16 : at::kFloat));
+    rope_kernel(xc.data_ptr(), x.scalar_type() == at::kBFloat16, x.size(0) * x.size(1), x.size(2), x.size(3), cc.data_ptr(),
+                sc.data_ptr(), cos.scalar_type() == at::kBFloat16, out.data_ptr(), bf16_out, backward, at::get_num_threads());
+    return out;
+}
+
 TORCH_LIBRARY_IMPL(puyu, CPU, m) {
     m.impl("int4_matmul", int4_matmul);
     m.impl("int8_matmul", int8_matmul);
@@ -172,4 +193,5 @@ TORCH_LIBRARY_IMPL(puyu, CPU, m) {
     m.impl("softmax_cross_entropy_", softmax_cross_entropy_);
     m.impl("rms_norm_forward", rms_norm_forward);
     m.impl("rms_norm_backward", rms_norm_backward);
+    m.impl("rope", rope);
 }

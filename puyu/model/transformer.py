@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from puyu.kernels import rms_norm
+from puyu.kernels import rope as rope_kernel
 from puyu.model.config import ModelConfig
 from puyu.model.lora import LoRALinear, concat_lora, merge_lora
 from puyu.model.rope import RotaryEmbedding, apply_rope
@@ -237,9 +238,12 @@ class Attention(nn.Module):
         q, k = q.view(b, t, c.num_heads, c.head_dim), k.view(b, t, c.num_kv_heads, c.head_dim)
         if c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v.view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.training and torch.is_grad_enabled() and q.requires_grad and not torch.compiler.is_compiling() \
+                and rope_kernel.usable(q, cos):  # training on the CPU: puyu's kernel, one pass each way, heads still last
+            q, k = rope_kernel.rope(q, cos, sin).transpose(1, 2), rope_kernel.rope(k, cos, sin).transpose(1, 2)
+        else:
+            q, k = apply_rope(q.transpose(1, 2), cos, sin), apply_rope(k.transpose(1, 2), cos, sin)
         if cache is not None:
             out = cache.attend(layer, q, k, v)
         else:

@@ -1,13 +1,12 @@
 """The training RMSNorm kernel: parity with the model's torch form in float32, with a float64 reference in bf16 (it
-rounds where the torch form rounds, and computes its backward in float32), the result dtypes of torch's promotion,
-and a whole model's training gradients the same with the kernels as without them."""
+rounds where the torch form rounds, and computes its backward in float32), the result dtypes of torch's promotion."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from puyu.kernels import build, cross_entropy
+from puyu.kernels import build
 from puyu.kernels import rms_norm as kernel
 
 pytestmark = pytest.mark.skipif(not build.available(), reason="no AVX2 or no C/C++ compilers on this machine")
@@ -59,32 +58,6 @@ def test_bf16_rounds_as_the_torch_form_and_is_at_least_as_accurate(x_dtype, w_dt
     for ours, theirs, exact in ((dx, dx_t, x64.grad), (dw, dw_t, w64.grad)):
         error, torch_error = (ours.double() - exact).abs().max(), (theirs.double() - exact).abs().max()
         assert error <= max(torch_error, 2**-7 * exact.abs().max())
-
-
-def test_the_model_trains_with_the_same_gradients_with_and_without_the_kernels(monkeypatch, tiny_llm):
-    """A training step of a tiny model (float32): the loss and every parameter's gradient agree with the kernels off."""
-    from puyu.train.objective import LMObjective
-
-    model = tiny_llm.model.float().train()
-    tokens = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
-    positions = torch.arange(24).expand(2, 24)
-    results, calls = [], []
-    for name, module in (("rms_norm", kernel), ("softmax_cross_entropy_", cross_entropy)):  # count the kernels' calls
-        original = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
-    for on in (True, False):
-        if not on:
-            assert set(calls) == {"rms_norm", "softmax_cross_entropy_"}
-            monkeypatch.setattr(kernel, "usable", lambda x, w: False)
-            monkeypatch.setattr(cross_entropy, "usable", lambda logits: False)
-        model.zero_grad(set_to_none=True)
-        loss = LMObjective(model)(tokens, tokens.roll(-1, 1), positions, None)
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (loss_k, grads_k), (loss_t, grads_t) = results
-    torch.testing.assert_close(loss_k, loss_t, rtol=1e-6, atol=1e-5)
-    for name, grad in grads_k.items():
-        torch.testing.assert_close(grad, grads_t[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_clear_errors():

@@ -41,20 +41,7 @@ static float load_row(const void *x, int bf16, int64_t V, float *buf) {
 /* Row out = buf * scale in the logits' dtype. */
 static void store_row(void *out, int bf16, int64_t V, const float *buf, float scale) {
     const __m256 scale8 = _mm256_set1_ps(scale);
-    int64_t j = 0;
-    for (; j + 8 <= V; j += 8) {
-        const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(buf + j), scale8);
-        if (bf16)
-            store_bf16x8((uint16_t *)out + j, v);
-        else
-            _mm256_storeu_ps((float *)out + j, v);
-    }
-    for (; j < V; j++) {
-        if (bf16)
-            ((uint16_t *)out)[j] = bf16_of(buf[j] * scale);
-        else
-            ((float *)out)[j] = buf[j] * scale;
-    }
+    for (int64_t j = 0; j < V; j += 8) store_floats(out, bf16, j, V - j, _mm256_mul_ps(load_floats(buf, 0, j, V - j), scale8));
 }
 
 int puyu_softmax_cross_entropy(void *logits, int bf16, int64_t n, int64_t V, int64_t rows, const int64_t *targets, int grad,

@@ -1,7 +1,6 @@
-/* The torch ops puyu::int4_matmul, puyu::int8_matmul (gemv.c), puyu::paged_decode_attention (attention.c) and
- * puyu::softmax_cross_entropy_ (cross_entropy.c), puyu::rms_norm_forward/backward (rms_norm.c) and puyu::rope
- * (rope.c); their
- * schemas are defined in build.py and their fake kernels beside their Python wrappers.  puyu.kernels.build compiles
+/* The torch ops puyu::int4_matmul, puyu::int8_matmul (gemv.c), puyu::paged_decode_attention (attention.c),
+ * puyu::softmax_cross_entropy_ (cross_entropy.c), puyu::rms_norm_forward/backward (rms_norm.c) and puyu::rope (rope.c);
+ * their schemas are defined in build.py and their fake kernels beside their Python wrappers.  puyu.kernels.build compiles
  * this once per torch version and hands it the kernels of the build the CPU runs (puyu_use_kernels), so one
  * registration serves every build and a test can switch between them.
  *

@@ -43,6 +43,14 @@ from puyu.model.lora import LoRALinear, concat_lora, merge_lora
 from puyu.model.rope import RotaryEmbedding, apply_rope
 
 
+def trains_on_kernels(module: nn.Module, *tensors: torch.Tensor) -> bool:
+    """Whether ``module`` takes puyu's training kernels for this call: training mode, gradients recorded for one of
+    ``tensors``, not traced by ``torch.compile`` (Inductor fuses the torch form itself); the kernel's ``usable`` then
+    says whether the device and dtypes fit."""
+    return (module.training and torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+            and not torch.compiler.is_compiling())
+
+
 class RMSNorm(nn.Module):
     """``y = w * x / sqrt(mean(x^2) + eps)``, the statistic in fp32 (as Llama does).
 
@@ -55,8 +63,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) \
-                and not torch.compiler.is_compiling() and rms_norm.usable(x, self.weight):
+        if trains_on_kernels(self, x, self.weight) and rms_norm.usable(x, self.weight):
             return rms_norm.rms_norm(x, self.weight, self.eps)  # training on the CPU: one pass each way
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -239,8 +246,7 @@ class Attention(nn.Module):
         if c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         v = v.view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
-        if self.training and torch.is_grad_enabled() and q.requires_grad and not torch.compiler.is_compiling() \
-                and rope_kernel.usable(q, cos):  # training on the CPU: puyu's kernel, one pass each way, heads still last
+        if trains_on_kernels(self, q) and rope_kernel.usable(q, cos):  # puyu's kernel, one pass each way, heads still last
             q, k = rope_kernel.rope(q, cos, sin).transpose(1, 2), rope_kernel.rope(k, cos, sin).transpose(1, 2)
         else:
             q, k = apply_rope(q.transpose(1, 2), cos, sin), apply_rope(k.transpose(1, 2), cos, sin)

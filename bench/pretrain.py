@@ -22,8 +22,8 @@ torchmetrics jsonargparse docstring_parser typeshed_client`` and run with
 ``PYTHONPATH=DIR``.
 
 ``--profile`` adds, per side, where the step's time goes (PyTorch profiler, self CPU time of 2 steps): the matrix
-products, attention (SDPA) and the rest, and the ceiling any side can reach against transformers while it runs the same
-product and attention kernels: transformers' step over its own products + attention.
+products, attention (SDPA, or puyu's own kernel) and the rest, and the ceiling any side can reach against transformers
+while it runs the same product kernels and attention as fast: transformers' step over its own products + attention.
 ``--compile`` adds puyu with ``train.compile`` (its warm-up compiles both graphs: rows with and without packed
 documents); ``--repeats N`` alternates the sides N times and reports medians (a shared 2-core machine varies by 10-20%
 from minute to minute).
@@ -160,15 +160,17 @@ GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
 
 def profile_shares(step, batches) -> dict:
-    """Shares of the self CPU time of ``batches``' steps: matrix products, SDPA (forward and backward), the rest."""
+    """Shares of the self CPU time of ``batches``' steps: matrix products, attention (SDPA or puyu's span attention,
+    forward and backward), the rest; and
+    ``step_ms``, that time per step (under the profiler: longer than a plain step)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for batch in batches:
             step(batch)
     times = {event.key: event.self_cpu_time_total for event in prof.key_averages()}
     total = sum(times.values())
     gemm = sum(t for key, t in times.items() if key in GEMM_OPS) / total
-    attention = sum(t for key, t in times.items() if "scaled_dot_product" in key) / total
-    return {"gemm": gemm, "sdpa": attention, "rest": 1 - gemm - attention}
+    attention = sum(t for key, t in times.items() if "scaled_dot_product" in key or "span_attention" in key) / total
+    return {"gemm": gemm, "sdpa": attention, "rest": 1 - gemm - attention, "step_ms": total / len(batches) / 1000}
 
 
 def main() -> None:

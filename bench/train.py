@@ -17,9 +17,12 @@ to the first logged step, and its tokens/s (real tokens, packed rows).
 
 ``--compile`` adds puyu with ``train.compile`` (compiled decoder layers; the warm-up steps compile).
 ``--repeats N`` alternates the sides N times and reports median tok/s (a shared 2-core machine varies by 10-40%).
+``--profile`` adds, per side, where the step's time goes (as ``bench/pretrain.py --profile``: the matrix products,
+attention, the rest) and the ceiling: peft's step over puyu's own products + attention, the ratio puyu would reach if
+everything else cost nothing (puyu's products are fewer than peft's: its LM head skips the positions without a target).
 
     python bench/train.py [--dtypes auto|float32,bfloat16] [--steps 10] [--batch 4] [--seq 128] [--threads 2] [--recipe-steps 3]
-                          [--compile] [--repeats 3]
+                          [--compile] [--repeats 3] [--profile]
 """
 
 from __future__ import annotations
@@ -119,7 +122,12 @@ def worker(args) -> None:
         step(ids, labels)
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"tok_s": args.steps * args.batch * args.seq / seconds, "peak_mb": peak_mb}))
+    result = {"tok_s": args.steps * args.batch * args.seq / seconds, "peak_mb": peak_mb}
+    if args.profile:
+        from pretrain import profile_shares  # bench/ is this script's folder, first on sys.path
+
+        result["profile"] = profile_shares(lambda batch: step(*batch), data[2:4])
+    print(json.dumps(result))
 
 
 def run_recipe(steps: int) -> tuple[float, float, str]:
@@ -152,6 +160,7 @@ def main() -> None:
     parser.add_argument("--recipe-steps", type=int, default=3, help="steps of the shipped lora_sft recipe (0 = skip)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side (alternating); the median is reported")
     parser.add_argument("--compile", action="store_true", help="also puyu with train.compile (compiled decoder layers)")
+    parser.add_argument("--profile", action="store_true", help="also where each side's step time goes, and the ceiling")
     parser.add_argument("--worker", choices=["ours", "ours-compiled", "peft"], help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -178,6 +187,7 @@ def main() -> None:
             for side in sides:
                 command = [sys.executable, __file__, "--worker", side, "--dtype", dtype, "--folder", folder, "--steps",
                            str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads)]
+                command += ["--profile"] if args.profile else []
                 done = subprocess.run(command, capture_output=True, text=True, check=True)
                 runs[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
         results = {side: {"tok_s": statistics.median(r["tok_s"] for r in got), "peak_mb": max(r["peak_mb"] for r in got)}
@@ -187,6 +197,13 @@ def main() -> None:
             r = results[side]
             print(f"{dtype:<10} {side:<14} {r['tok_s']:>8.1f} {r['peak_mb']:>8.0f} {r['tok_s'] / theirs['tok_s']:>7.2f} "
                   f"{r['peak_mb'] / theirs['peak_mb']:>9.2f}")
+        if args.profile:
+            shares = {side: got[-1]["profile"] for side, got in runs.items()}
+            for side, share in shares.items():
+                print(f"  {side:<14} step time: products {share['gemm']:.0%}, attention {share['sdpa']:.0%}, rest {share['rest']:.0%}")
+            ours = shares["ours"]
+            print(f"  ceiling (peft's step over puyu's products + attention): "
+                  f"{shares['peft']['step_ms'] / (ours['step_ms'] * (ours['gemm'] + ours['sdpa'])):.2f}x peft")
 
     if args.recipe_steps:
         first, rate, precision = run_recipe(args.recipe_steps)

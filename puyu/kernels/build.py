@@ -11,11 +11,11 @@
 - :data:`LIBRARY` — the ``puyu`` op library: every kernel's schema is defined here, in Python, so that the ops exist
   (and trace under ``torch.compile``) wherever the C++ side could not be built.
 
-Two libraries: the kernels are plain C (``gemv.c``, ``attention.c``, ``cross_entropy.c``, ``rms_norm.c``, ``rope.c`` and
-their header ``vector_math.h``; one build per instruction set, a second to compile: they include only the compiler's
-intrinsics), and ``ops.cpp`` registers them as torch ops in C++ (about 15 s to compile against torch's headers, once per
-torch version) and is handed the kernels of the build that runs.  Not a PyTorch C++ extension: that needs ninja and
-compiles the kernels with torch's headers; two plain compiler calls need neither.
+Two libraries: the kernels are plain C (``gemv.c``, ``attention.c``, ``cross_entropy.c``, ``rms_norm.c``, ``rope.c``,
+``span_attention.c`` and their header ``vector_math.h``; one build per instruction set, a second to compile: they
+include only the compiler's intrinsics), and ``ops.cpp`` registers them as torch ops in C++ (about 15 s to compile
+against torch's headers, once per torch version) and is handed the kernels of the build that runs. Not a PyTorch C++
+extension: that needs ninja and compiles the kernels with torch's headers; two plain compiler calls need neither.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from puyu.home import home_subdir
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
-SOURCES = [HERE / "gemv.c", HERE / "attention.c", HERE / "cross_entropy.c", HERE / "rms_norm.c", HERE / "rope.c"]
+SOURCES = [HERE / "gemv.c", HERE / "attention.c", HERE / "cross_entropy.c", HERE / "rms_norm.c", HERE / "rope.c",
+           HERE / "span_attention.c"]
 HEADERS = [HERE / "vector_math.h"]  # included by the sources: part of their cache key
 OPS_SOURCE = HERE / "ops.cpp"
 _AVX2 = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-lm"]
@@ -54,10 +55,14 @@ SCHEMAS = ("int4_matmul(Tensor x, Tensor codes, Tensor table, int group_size, in
            "softmax_cross_entropy_(Tensor(a!) logits, Tensor targets, int rows, bool grad) -> Tensor",
            "rms_norm_forward(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)",
            "rms_norm_backward(Tensor grad, Tensor x, Tensor weight, Tensor rstd) -> (Tensor, Tensor)",
-           "rope(Tensor x, Tensor cos, Tensor sin, bool backward, bool bf16_out) -> Tensor")
+           "rope(Tensor x, Tensor cos, Tensor sin, bool backward, bool bf16_out) -> Tensor",
+           "span_attention(Tensor q, Tensor k, Tensor v, Tensor spans) -> (Tensor, Tensor)",
+           "span_attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor spans) "
+           "-> (Tensor, Tensor, Tensor)")
 # The C functions handed to ops.cpp's puyu_use_kernels, in the order it takes them.
 KERNELS = ("puyu_int4_gemm", "puyu_int8_gemm", "puyu_paged_decode_attention", "puyu_softmax_cross_entropy",
-           "puyu_rms_norm_forward", "puyu_rms_norm_backward", "puyu_rope")
+           "puyu_rms_norm_forward", "puyu_rms_norm_backward", "puyu_rope", "puyu_span_attention_forward",
+           "puyu_span_attention_backward")
 LIBRARY = torch.library.Library("puyu", "DEF")
 for _schema in SCHEMAS:
     LIBRARY.define(_schema)

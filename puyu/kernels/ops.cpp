@@ -1,5 +1,6 @@
 /* The torch ops puyu::int4_matmul, puyu::int8_matmul (gemv.c), puyu::paged_decode_attention (attention.c),
- * puyu::softmax_cross_entropy_ (cross_entropy.c), puyu::rms_norm_forward/backward (rms_norm.c) and puyu::rope (rope.c);
+ * puyu::softmax_cross_entropy_ (cross_entropy.c), puyu::rms_norm_forward/backward (rms_norm.c), puyu::rope (rope.c) and
+ * puyu::span_attention/_backward (span_attention.c);
  * their schemas are defined in build.py and their fake kernels beside their Python wrappers.  puyu.kernels.build compiles
  * this once per torch version and hands it the kernels of the build the CPU runs (puyu_use_kernels), so one
  * registration serves every build and a test can switch between them.
@@ -32,7 +33,14 @@ static AttentionKernel attention_kernel = nullptr;
 static CrossEntropyKernel cross_entropy_kernel = nullptr;
 static NormForwardKernel norm_forward_kernel = nullptr;
 static NormBackwardKernel norm_backward_kernel = nullptr;
+using SpanForwardKernel = int (*)(const float *, const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                  const int64_t *, int64_t, float *, float *, int);
+using SpanBackwardKernel = int (*)(const float *, const float *, const float *, const float *, const float *, const float *,
+                                   int64_t, int64_t, int64_t, int64_t, int64_t, const int64_t *, int64_t, float *, float *,
+                                   float *, int);
 static RopeKernel rope_kernel = nullptr;
+static SpanForwardKernel span_forward_kernel = nullptr;
+static SpanBackwardKernel span_backward_kernel = nullptr;
 
 /* The kernels of one build, in the order of build.py's KERNELS. */
 extern "C" void puyu_use_kernels(void *const *k) {
@@ -43,6 +51,8 @@ extern "C" void puyu_use_kernels(void *const *k) {
     norm_forward_kernel = reinterpret_cast<NormForwardKernel>(k[4]);
     norm_backward_kernel = reinterpret_cast<NormBackwardKernel>(k[5]);
     rope_kernel = reinterpret_cast<RopeKernel>(k[6]);
+    span_forward_kernel = reinterpret_cast<SpanForwardKernel>(k[7]);
+    span_backward_kernel = reinterpret_cast<SpanBackwardKernel>(k[8]);
 }
 
 static void check(int code, const char *what) {
@@ -185,6 +195,54 @@ static at::Tensor rope(const at::Tensor &x, const at::Tensor &cos, const at::Ten
     return out;
 }
 
+/* q [B, T, H, D], k and v [B, T, KV, D] float32, spans [N, 3] int64 (row, start, end): the checks both directions share. */
+static void check_spans(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, const at::Tensor &spans, const char *what) {
+    TORCH_CHECK(span_forward_kernel != nullptr, what, ": the kernels were not loaded (puyu.kernels.build loads them)");
+    TORCH_CHECK(q.device().is_cpu() && q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes() && k.size(0) == q.size(0) &&
+                    k.size(1) == q.size(1) && k.size(3) == q.size(3) && k.size(2) > 0 && q.size(2) % k.size(2) == 0 &&
+                    q.size(3) % 8 == 0 && q.size(3) > 0,
+                what, ": expected q [B, T, H, D] and k, v [B, T, KV, D] with H a multiple of KV and D of 8");
+    TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat, what,
+                ": float32 tensors only");
+    TORCH_CHECK(spans.dim() == 2 && spans.size(1) == 3 && spans.scalar_type() == at::kLong, what,
+                ": spans must be int64 [N, 3] (row, start, end)");
+}
+
+static std::tuple<at::Tensor, at::Tensor> span_attention(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
+                                                         const at::Tensor &spans) {
+    const char *what = "span attention";
+    check_spans(q, k, v, spans, what);
+    const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), sc = spans.contiguous();
+    at::Tensor out = at::empty_like(qc), lse = at::empty({q.size(0), q.size(1), q.size(2)}, qc.options());
+    const int code = span_forward_kernel(qc.data_ptr<float>(), kc.data_ptr<float>(), vc.data_ptr<float>(), q.size(0), q.size(1),
+                                         q.size(2), k.size(2), q.size(3), sc.data_ptr<int64_t>(), sc.size(0), out.data_ptr<float>(),
+                                         lse.data_ptr<float>(), at::get_num_threads());
+    TORCH_CHECK(code != 3, what, ": a span is out of range");
+    TORCH_CHECK(code != 2, what, ": out of memory");
+    return {out, lse};
+}
+
+static std::tuple<at::Tensor, at::Tensor, at::Tensor> span_attention_backward(const at::Tensor &grad, const at::Tensor &q,
+                                                                              const at::Tensor &k, const at::Tensor &v,
+                                                                              const at::Tensor &out, const at::Tensor &lse,
+                                                                              const at::Tensor &spans) {
+    const char *what = "span attention backward";
+    check_spans(q, k, v, spans, what);
+    TORCH_CHECK(grad.sizes() == q.sizes() && out.sizes() == q.sizes() && lse.numel() == q.numel() / q.size(3) &&
+                    out.scalar_type() == at::kFloat && lse.scalar_type() == at::kFloat,
+                what, ": the gradient, output and log-sum-exp disagree with q");
+    const at::Tensor g = grad.to(at::kFloat).contiguous(), qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+    const at::Tensor oc = out.contiguous(), lc = lse.contiguous(), sc = spans.contiguous();
+    at::Tensor dq = at::empty_like(qc), dk = at::empty_like(kc), dv = at::empty_like(vc);
+    const int code = span_backward_kernel(g.data_ptr<float>(), qc.data_ptr<float>(), kc.data_ptr<float>(), vc.data_ptr<float>(),
+                                          oc.data_ptr<float>(), lc.data_ptr<float>(), q.size(0), q.size(1), q.size(2), k.size(2),
+                                          q.size(3), sc.data_ptr<int64_t>(), sc.size(0), dq.data_ptr<float>(), dk.data_ptr<float>(),
+                                          dv.data_ptr<float>(), at::get_num_threads());
+    TORCH_CHECK(code != 3, what, ": a span is out of range");
+    TORCH_CHECK(code != 2, what, ": out of memory");
+    return {dq, dk, dv};
+}
+
 TORCH_LIBRARY_IMPL(puyu, CPU, m) {
     m.impl("int4_matmul", int4_matmul);
     m.impl("int8_matmul", int8_matmul);
@@ -193,4 +251,6 @@ TORCH_LIBRARY_IMPL(puyu, CPU, m) {
     m.impl("rms_norm_forward", rms_norm_forward);
     m.impl("rms_norm_backward", rms_norm_backward);
     m.impl("rope", rope);
+    m.impl("span_attention", span_attention);
+    m.impl("span_attention_backward", span_attention_backward);
 }

@@ -38,6 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from puyu.kernels import rms_norm
 from puyu.kernels import rope as rope_kernel
+from puyu.kernels import span_attention as span_kernel
 from puyu.model.config import ModelConfig
 from puyu.model.lora import LoRALinear, concat_lora, merge_lora
 from puyu.model.rope import RotaryEmbedding, apply_rope
@@ -81,6 +82,15 @@ class CausalBlocks:
 
     def __init__(self, rows: list[list[tuple[int, int]]]):
         self.rows = rows
+        self.longest = max(e - s for spans in rows for s, e in spans)
+        self._spans: torch.Tensor | None = None
+
+    @property
+    def spans(self) -> torch.Tensor:
+        """The spans as :func:`puyu.kernels.span_attention.spans_tensor` gives them (made once, for every layer)."""
+        if self._spans is None:
+            self._spans = span_kernel.spans_tensor(self.rows)
+        return self._spans
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor) -> "CausalBlocks | None":
@@ -113,7 +123,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         # so the cached keys/values are not copied per group.
         out = F.scaled_dot_product_attention(q.reshape(b, kv, h // kv, d), k, v, attn_mask=mask)
         return out.reshape(b, h, 1, d)
-    queries = max(e - s for spans in mask.rows for s, e in spans) if isinstance(mask, CausalBlocks) else t
+    queries = mask.longest if isinstance(mask, CausalBlocks) else t
     back = _fp32_training_attention(q, k, v, queries)
     if back is None:
         return _attend(q, k, v, mask, causal)
@@ -245,11 +255,17 @@ class Attention(nn.Module):
         q, k = q.view(b, t, c.num_heads, c.head_dim), k.view(b, t, c.num_kv_heads, c.head_dim)
         if c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        v = v.view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
-        if trains_on_kernels(self, q) and rope_kernel.usable(q, cos):  # puyu's kernel, one pass each way, heads still last
-            q, k = rope_kernel.rope(q, cos, sin).transpose(1, 2), rope_kernel.rope(k, cos, sin).transpose(1, 2)
+        v = v.view(b, t, c.num_kv_heads, c.head_dim)
+        if trains_on_kernels(self, q) and rope_kernel.usable(q, cos):  # puyu's kernels, heads still after the positions
+            q, k = rope_kernel.rope(q, cos, sin), rope_kernel.rope(k, cos, sin)
+            blocks = mask if isinstance(mask, CausalBlocks) else CausalBlocks([[(0, t)]] * b) if mask is None else None
+            if cache is None and blocks is not None and span_kernel.usable(q, k, blocks.longest, len(blocks.spans)):
+                out = span_kernel.span_attention(q, k, v, blocks.spans)
+                return self.o_proj(out.reshape(b, t, c.num_heads * c.head_dim))
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
         else:
             q, k = apply_rope(q.transpose(1, 2), cos, sin), apply_rope(k.transpose(1, 2), cos, sin)
+        v = v.transpose(1, 2)
         if cache is not None:
             out = cache.attend(layer, q, k, v)
         else:

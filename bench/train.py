@@ -7,7 +7,7 @@ loss on the assistant tokens only; the same dtype (fp32, or bf16 weights with
 bf16 autocast) and the same thread count.  Each side runs in its own process so
 its peak resident memory (``ru_maxrss``, loading included) is its own.  Prints
 tokens/s (batch x seq per second of optimizer steps after warm-up), peak
-memory, and the ratios ours / theirs (target: >= 1.3x tokens/s at <= their memory).
+memory, and the ratios ours / theirs (target: >= 1.5x tokens/s at <= their memory).
 The default dtype is the one ``precision: auto`` picks on this machine (bf16
 only where the CPU computes it natively), and the CPU's features are printed.
 

@@ -8,7 +8,7 @@ bytes read per token / measured copy bandwidth), and llama-cpp-python's
 ``Llama`` on the same GGUF.
 
 Part 2, over HTTP with realistic prompts (MT-Bench first turns and Alpaca
-instructions from ../shared/datasets), a fresh server per concurrency level:
+instructions from ../shared/datasets), a fresh server per concurrency level (the servers of a level back to back):
 output tokens/s, time to first token and inter-token latency p50/p99, for
 ``puyu serve``, llama.cpp's ``llama-server`` and llama-cpp-python's server (``--interrupt_requests False``, ``repeat_penalty``
 1.0 to match), plus transformers ``generate`` with static batches of the same
@@ -19,7 +19,7 @@ of the same setting (the target: within 10%; below, the server path loses speed 
 
     python bench/serve.py [--concurrency 1,8,32] [--max-tokens 128] [--quant w4a16,w4a8] [--no-compile]
                           [--llama-server /path/to/llama-server] [--llama-python /path/to/venv/bin/python]
-                          [--skip-decode] [--skip-http]
+                          [--skip-decode] [--skip-http] [--skip-transformers]
 
 The strongest peer is llama.cpp's own ``llama-server`` (``-t 2 -np 8 -cb``), built
 from the llama.cpp sources that llama-cpp-python's sdist vendors (PyPI is reachable,
@@ -33,6 +33,12 @@ On a CPU with AMX (``amx_tile`` in /proc/cpuinfo) the native build takes ggml's 
 matrices, and on the 2-core KVM Xeon of these measurements it died there (SIGSEGV at ``ldtilecfg``; F32 ran). There,
 configure without AMX instead: ``-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
 -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF``.
+
+An AVX2 laptop's instruction set on an AVX-512 machine: ``ATEN_CPU_CAPABILITY=avx2`` for puyu (its ``avx_vnni`` kernel
+build where the CPU has AVX-VNNI, as Intel's AVX2-only client cores since Alder Lake do; add ``PUYU_KERNELS=avx2`` for
+a CPU without it, such as AMD's Zen 3), against llama-server configured with ``-DGGML_NATIVE=OFF -DGGML_AVX=ON
+-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF`` and the AMX options off (plus ``-DGGML_AVX_VNNI=ON``
+against the ``avx_vnni`` build).
 """
 
 from __future__ import annotations
@@ -113,8 +119,9 @@ def decode_part(tokens: int, llama_python: str | None, compiled: list[str], max_
 
     bw = bandwidth_gbs()
     from puyu.hardware import describe_machine
+    from puyu.kernels.build import build_name
 
-    print(f"\n{describe_machine()}\nmeasured copy bandwidth: {bw:.1f} GB/s")
+    print(f"\n{describe_machine()}, puyu's kernel build {build_name()}\nmeasured copy bandwidth: {bw:.1f} GB/s")
     print(f"{'setting':18} {'tok/s':>8} {'MB/token':>9} {'bound tok/s':>12} {'of bound':>9}")
     rates = {}
     # The quantized settings load as `puyu serve --quant` does (dtype auto): the server check below compares like with like.
@@ -262,7 +269,7 @@ def transformers_static(questions: list[str], batch: int, max_tokens: int) -> di
 
 
 def http_part(levels: list[int], max_tokens: int, quants: list[str], compile: bool, llama_python: str | None,
-              in_process: dict[str, float], llama_server: str | None = None) -> None:
+              in_process: dict[str, float], llama_server: str | None = None, transformers: bool = True) -> None:
     """Part 2; ``in_process`` holds part 1's single-stream tok/s of the served settings, to check the server path against."""
     from puyu.model.registry import resolve
 
@@ -280,9 +287,11 @@ def http_part(levels: list[int], max_tokens: int, quants: list[str], compile: bo
         servers["llama-cpp-python server"] = lambda port: [llama_python, "-m", "llama_cpp.server", "--model", gguf, "--n_threads", "2",
                                                            "--n_ctx", "8192", "--port", str(port), "--interrupt_requests", "False",
                                                            "--model_alias", "smol"]
-    for name, command in servers.items():
-        results[name] = {c: fresh_server_load(command, c, max_tokens) for c in levels}
-    results["transformers static batch"] = {c: transformers_static(prompts(max(2 * c, 8)), c, max_tokens) for c in levels}
+    for c in levels:  # level by level, the servers back to back: this class of machine drifts by 30% in minutes
+        for name, command in servers.items():
+            results.setdefault(name, {})[c] = fresh_server_load(command, c, max_tokens)
+    if transformers:
+        results["transformers static batch"] = {c: transformers_static(prompts(max(2 * c, 8)), c, max_tokens) for c in levels}
 
     print(f"\n{'server':28} {'conc':>4} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}")
     for name, by_level in results.items():
@@ -314,6 +323,7 @@ def main() -> None:
     parser.add_argument("--llama-server", default=None, help="llama.cpp's llama-server binary (the strongest peer; build recipe above)")
     parser.add_argument("--skip-decode", action="store_true")
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--skip-transformers", action="store_true", help="part 2 without transformers' static batches")
     args = parser.parse_args()
     torch.set_num_threads(2)
     quants = args.quant.split(",")
@@ -321,7 +331,7 @@ def main() -> None:
     rates = decode_part(args.decode_tokens, args.llama_python, compiled, args.max_tokens) if not args.skip_decode else {}
     if not args.skip_http:
         http_part([int(c) for c in args.concurrency.split(",")], args.max_tokens, quants, args.compile, args.llama_python,
-                  rates, args.llama_server)
+                  rates, args.llama_server, not args.skip_transformers)
 
 
 if __name__ == "__main__":

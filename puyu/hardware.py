@@ -28,8 +28,10 @@ The one place where puyu decides by hardware.  Everything that picks a dtype
   emulated still runs, after a warning that names the cost and the flag to
   change it.
 - :func:`cpu_features` / :func:`describe_machine` — the CPU's relevant flags,
-  read through PyTorch's cpuinfo (cross-platform, no /proc parsing), for
-  logs and benchmark headers.
+  read through PyTorch's cpuinfo (cross-platform), for kernels, logs and
+  benchmark headers; AVX-VNNI, which PyTorch does not report, from Linux's
+  /proc/cpuinfo (the Intel client CPUs that have it run Linux or Windows, where
+  puyu's kernels need a C compiler anyway; no Intel Mac has it).
 
 Tests fake the flags by monkeypatching :func:`cpu_features`.
 """
@@ -58,6 +60,7 @@ class CpuFeatures:
     """The CPU flags that decide kernels and dtypes (x86 names; ``arm_bf16`` for Arm's BF16 extension)."""
 
     avx2: bool = False
+    avx_vnni: bool = False  # VNNI for 256-bit vectors: Intel's client cores since Alder Lake (no AVX-512 there)
     avx512: bool = False
     vnni: bool = False
     avx512_bf16: bool = False
@@ -70,7 +73,7 @@ class CpuFeatures:
         return self.avx512_bf16 or self.amx or self.arm_bf16
 
     def names(self) -> list[str]:
-        return [name for name in ("avx2", "avx512", "vnni", "avx512_bf16", "amx", "arm_bf16") if getattr(self, name)]
+        return [name for name in ("avx2", "avx_vnni", "avx512", "vnni", "avx512_bf16", "amx", "arm_bf16") if getattr(self, name)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -80,7 +83,9 @@ def cpu_features() -> CpuFeatures:
     ``ATEN_CPU_CAPABILITY=avx2`` (or ``default``) makes PyTorch's kernels and Inductor's generated code use at most
     AVX2 (or no vector instructions); puyu then uses no more either (its kernel build, the dtype ``auto`` picks, the
     compile cache's key): the whole product runs as on an AVX2 CPU, which is how AVX2 figures are measured on an
-    AVX-512 machine, and a way round an AVX-512 problem.
+    AVX-512 machine, and a way round an AVX-512 problem.  AVX-VNNI stays under the ``avx2`` cap: it is part of the
+    256-bit instruction set of Intel's AVX2-only client CPUs (``PUYU_KERNELS=avx2`` leaves it out of puyu's kernels:
+    see :mod:`puyu.kernels.build`).
     """
     cpu = torch.cpu
     probe = lambda name: bool(getattr(cpu, name, lambda: False)())  # noqa: E731  private but stable since torch 2.1
@@ -88,9 +93,19 @@ def cpu_features() -> CpuFeatures:
     arm_bf16 = arm and torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     capability = torch.backends.cpu.get_cpu_capability()
     wide = arm or capability not in ("AVX2", "DEFAULT")  # AVX-512 allowed
-    return CpuFeatures(avx2=probe("_is_avx2_supported") and capability != "DEFAULT", avx512=wide and probe("_is_avx512_supported"),
+    avx2 = probe("_is_avx2_supported") and capability != "DEFAULT"
+    return CpuFeatures(avx2=avx2, avx_vnni=avx2 and "avx_vnni" in _linux_cpu_flags(), avx512=wide and probe("_is_avx512_supported"),
                        vnni=wide and probe("_is_vnni_supported"), avx512_bf16=wide and probe("_is_avx512_bf16_supported"),
                        amx=wide and probe("_is_amx_tile_supported"), arm_bf16=arm_bf16)
+
+
+def _linux_cpu_flags() -> set[str]:
+    """The flags of /proc/cpuinfo's first processor (empty where there is none: not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
+    except OSError:
+        return set()
 
 
 def describe_machine() -> str:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -92,16 +95,30 @@ def test_real_flags_are_read_and_described():
         assert features.avx2  # every AVX-512 CPU has AVX2
 
 
+def _in_a_subprocess(code: str, **env: str) -> list[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, **env}).stdout.split("|")
+
+
 @pytest.mark.skipif(not hardware.cpu_features().avx2, reason="an x86 CPU with AVX2")
 def test_pytorchs_dispatch_cap_caps_what_puyu_uses_too():
-    """ATEN_CPU_CAPABILITY=avx2 on any AVX2 CPU: no AVX-512 flag, the AVX2 kernel build, float32 by ``auto``."""
-    import os
-    import subprocess
-    import sys
-
+    """ATEN_CPU_CAPABILITY=avx2 on any AVX2 CPU: no AVX-512 flag, the 256-bit kernel builds only, float32 by ``auto``;
+    AVX-VNNI stays where the CPU has it (Intel's AVX2-only client cores have it)."""
     code = ("from puyu import hardware; from puyu.kernels.build import builds_here; import torch\n"
             "f = hardware.cpu_features()\n"
-            "print(torch.backends.cpu.get_cpu_capability(), f.names(), builds_here(), hardware.resolve_dtype('auto', torch.device('cpu')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}).stdout.split()
-    assert out == ["AVX2", "['avx2']", "['avx2']", "torch.float32"]
+            "print(torch.backends.cpu.get_cpu_capability(), f.names(), builds_here(),\n"
+            "      hardware.resolve_dtype('auto', torch.device('cpu')), sep='|')")
+    vnni = hardware._linux_cpu_flags() >= {"avx_vnni"}
+    out = _in_a_subprocess(code, ATEN_CPU_CAPABILITY="avx2")
+    flags = str(["avx2", "avx_vnni"] if vnni else ["avx2"])
+    assert out == ["AVX2", flags, flags, "torch.float32\n"]
+
+
+@pytest.mark.skipif(not hardware.cpu_features().avx2, reason="an x86 CPU with AVX2")
+def test_puyu_kernels_pins_a_build_and_refuses_one_the_cpu_cannot_run():
+    code = "from puyu.kernels import build; print(build.build_name())"
+    assert _in_a_subprocess(code, PUYU_KERNELS="avx2") == ["avx2\n"]
+    for wrong, why in (("avx3", "no such build"), ("avx512_vnni", "this CPU cannot run that build")):
+        with pytest.raises(subprocess.CalledProcessError) as failed:
+            _in_a_subprocess(code, PUYU_KERNELS=wrong, ATEN_CPU_CAPABILITY="avx2")
+        assert f"PUYU_KERNELS={wrong}: {why}; this CPU runs avx2" in failed.value.stderr

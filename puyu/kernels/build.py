@@ -5,9 +5,12 @@
   the compiler's version and, for the ops, torch's version: a changed source, compiler or torch builds anew and a
   foreign file is never loaded), and the libraries loaded.  A failure is logged once with its reason; callers then
   keep PyTorch's own kernels.
-- :func:`build_name` — which build runs: ``avx512_vnni`` where the CPU has AVX-512 with VNNI and the compiler builds
-  it (the same bits; int4 decode products 1.3-1.6x faster on 2 Xeon cores), else ``avx2``; :func:`use_build` switches
-  (tests compare the builds).
+- :func:`build_name` — which build runs: the best this CPU runs and the compiler builds (the same bits from each):
+  ``avx512_vnni`` where the CPU has AVX-512 with VNNI (int4 decode products 1.3-1.6x faster than ``avx2`` on 2 Xeon
+  cores), ``avx_vnni`` where it has VNNI for 256-bit vectors only (Intel's client cores since Alder Lake: 1.2x faster
+  int4 and 1.3x int8 products at 4-8 rows, measured with that build on the Xeon), else ``avx2``.
+  ``PUYU_KERNELS=<build>`` pins one this CPU runs (to measure a plain AVX2 CPU on a newer one, or to step round a
+  build's problem); :func:`use_build` switches in-process (tests compare the builds).
 - :data:`LIBRARY` — the ``puyu`` op library: every kernel's schema is defined here, in Python, so that the ops exist
   (and trace under ``torch.compile``) wherever the C++ side could not be built.
 
@@ -33,6 +36,7 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
+from puyu.errors import ConfigError
 from puyu.hardware import cpu_features
 from puyu.home import home_subdir
 
@@ -44,7 +48,8 @@ HEADERS = [HERE / "vector_math.h"]  # included by the sources: part of their cac
 OPS_SOURCE = HERE / "ops.cpp"
 _AVX2 = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-lm"]
 # The builds of the kernels, best last; each runs where the CPU has its instructions (see gemv.c for what differs).
-BUILDS = {"avx2": _AVX2, "avx512_vnni": [*_AVX2, "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]}
+BUILDS = {"avx2": _AVX2, "avx_vnni": [*_AVX2, "-mavxvnni"],
+          "avx512_vnni": [*_AVX2, "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]}
 _OPS_FLAGS = ["-O2", "-std=c++20", "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
               *(f"-I{path}" for path in cpp_extension.include_paths()), *(f"-L{path}" for path in cpp_extension.library_paths()),
               "-lc10", "-ltorch_cpu"]
@@ -83,8 +88,20 @@ def _compilers() -> tuple[str, str] | None:
 
 def builds_here() -> list[str]:
     """The builds this CPU can run, best last (none without AVX2)."""
-    features = cpu_features()
-    return [name for name, ok in (("avx2", features.avx2), ("avx512_vnni", features.avx2 and features.avx512 and features.vnni)) if ok]
+    f = cpu_features()
+    runs = {"avx2": f.avx2, "avx_vnni": f.avx2 and f.avx_vnni, "avx512_vnni": f.avx2 and f.avx512 and f.vnni}
+    return [name for name in BUILDS if runs[name]]
+
+
+def _wanted() -> list[str]:
+    """The builds to try, best first: those this CPU runs, or the one ``PUYU_KERNELS`` pins."""
+    runs, pinned = builds_here(), os.environ.get("PUYU_KERNELS", "").strip()
+    if not pinned:
+        return runs[::-1]
+    if pinned not in runs:
+        raise ConfigError(f"PUYU_KERNELS={pinned}: {'this CPU cannot run that build' if pinned in BUILDS else 'no such build'}; "
+                          f"this CPU runs {', '.join(runs) or 'none (no AVX2)'} (unset PUYU_KERNELS to take the best)")
+    return [pinned]
 
 
 def _build(compiler: str, sources: list[Path], flags: list[str], name: str, salt: str = "", again: bool = False) -> Path:
@@ -139,7 +156,7 @@ def use_build(build: str) -> None:
 @functools.lru_cache(maxsize=None)
 def _library() -> str | None:
     """The build the ops run (the best this CPU runs and the compilers build), or None."""
-    wanted = builds_here()[::-1]
+    wanted = _wanted()
     if not wanted:
         log.info("puyu's CPU kernels: not used (this CPU has no AVX2); PyTorch's own kernels instead")
         return None
@@ -159,7 +176,7 @@ def _library() -> str | None:
 
 
 def build_name() -> str | None:
-    """Which build of the kernels runs here (``avx2``, ``avx512_vnni``), or None."""
+    """Which build of the kernels runs here (``avx2``, ``avx_vnni``, ``avx512_vnni``), or None."""
     return _library()
 
 

@@ -18,10 +18,10 @@
  * int8 activations measured a logits cosine of 0.997 against the float reference on a model with outlier channels,
  * int16 keeps it above 0.999.  The group sums of x stay in float for the low term.  Each activation row is computed by
  * the same operations whatever else the call holds, so batched and speculative decoding give the bits of single rows.
- * Built twice where the CPU has AVX-512 with VNNI (puyu.kernels.build picks the build): there two neighbouring tiles
- * share one 512-bit vector and vpdpwssd fuses each multiply-add with its accumulation, half the instructions per
- * product of the AVX2 build.  Integer sums are exact and each lane's float steps are the same, so both builds give
- * the same bits.
+ * Three builds (puyu.kernels.build picks the one the CPU runs): AVX2; AVX-VNNI (Intel's AVX2-only client cores since
+ * Alder Lake), where vpdpwssd / vpdpbusd fuse each multiply-add with its accumulation (1.2x the int4 and 1.3x the int8
+ * products at 4-8 rows); and AVX-512 VNNI, where two neighbouring tiles also share one 512-bit vector.  Integer sums
+ * are exact and each lane's float steps are the same, so every build gives the same bits.
  * Threads: OpenMP over (pairs of) tiles, through the OpenMP runtime PyTorch already loaded (same soname).
  */
 #include <immintrin.h>
@@ -136,27 +136,47 @@ static inline void store(float *y, __m256 v, int64_t cols) {
     }
 }
 
+/* VNNI for 256-bit vectors: AVX-VNNI (Intel's client cores since Alder Lake, which have no AVX-512), or AVX-512 VNNI
+ * with VL.  vpdpwssd / vpdpbusd fuse each multiply-add with its accumulation into int32, and a fused instruction waits
+ * ~5 cycles for the previous one into the same sum: CHAINS(R) independent sums per activation row keep the multipliers
+ * busy (four for a lone row; with more rows two each suffice and fit the 16 registers).  Without VNNI, madd results
+ * are summed as a tree into one sum per row (measured faster there than chains of madd and add). */
+#if defined(__AVXVNNI__)
+#define VNNI256 1
+#define DPWSSD _mm256_dpwssd_avx_epi32
+#define DPBUSD _mm256_dpbusd_avx_epi32
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define VNNI256 1
+#define DPWSSD _mm256_dpwssd_epi32
+#define DPBUSD _mm256_dpbusd_epi32
+#else
+#define VNNI256 0
+#endif
+#define CHAINS(R) (!VNNI256 ? 1 : (R) == 1 ? 4 : 2)
+
 /* One tile of the int4 product for R (1..ROWS) activation rows.  BPG is the blocks per group as a constant (1, 2, 4;
  * 0 = any, read from G), so finding a block's group is a shift.  BITS is the activations' width as a constant:
- *   16 (w4a16): a shift and a mask leave each 32-bit lane's pair of codes as two int16, times an activation pair
- *       (madd_epi16), four vectors per run of 8 inputs;
+ *   16 (w4a16): shifts and masks leave each 32-bit lane's pair of codes as two int16, times an activation pair
+ *       (vpdpwssd, or madd), four vectors per run of 8 inputs;
  *   8 (w4a8, llama.cpp's Q4_1 x Q8_1): a mask and a shift leave each lane's four codes as bytes (inputs 0,4,1,5 and
- *       2,6,3,7 of a run of 8: the order quantize_rows stores int8 activations in), and maddubs multiplies 32 of them
- *       at once, twice the products per instruction.  A block's 8 maddubs sums stay below 8 * 2 * 15 * 127 = 30480, so
- *       they add up in int16 and widen once per block (madd by ones).
- * The float steps per block (integer sum times weight scale times activation scale, then + low * sum(x) per group)
- * are the same for both. */
+ *       2,6,3,7 of a run of 8: the order quantize_rows stores int8 activations in), times four int8 activations: with
+ *       VNNI vpdpbusd sums them into int32 at once; else maddubs multiplies 32 of them per instruction, and as a block's
+ *       8 maddubs sums stay below 8 * 2 * 15 * 127 = 30480 they add up in int16 and widen once per block (madd by ones).
+ * Integer sums are exact either way.  The float steps per block (integer sum times weight scale times activation
+ * scale, then + low * sum(x) per group) are the same for both widths and every build. */
 static inline __attribute__((always_inline)) void int4_tile(const uint32_t *w, const uint16_t *t, const void *xq,
                                                            const float *xd, const float *xg, int64_t K, int64_t G,
                                                            float *y, int64_t N, int64_t cols, const int R, const int BPG,
                                                            const int BITS) {
     const int64_t nb = K / QK, ng = K / G, bpg = BPG ? BPG : G / QK;
-    const __m256i mask = _mm256_set1_epi32(BITS == 8 ? 0x0F0F0F0F : 0x000F000F), ones = _mm256_set1_epi16(1);
+    const int chains = CHAINS(R);
+    const __m256i mask = _mm256_set1_epi32(BITS == 8 ? 0x0F0F0F0F : 0x000F000F);
     __m256 acc[ROWS];
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m256i sum[ROWS];
-        for (int r = 0; r < R; r++) sum[r] = _mm256_setzero_si256();
+        __m256i sum[4][ROWS];
+        for (int i = 0; i < chains; i++)
+            for (int r = 0; r < R; r++) sum[i][r] = _mm256_setzero_si256();
         for (int c = 0; c < QK / 8; c++) {
             const __m256i words = _mm256_loadu_si256((const __m256i *)(w + (b * (QK / 8) + c) * 8));
             _mm_prefetch((const char *)(w + (b * (QK / 8) + c) * 8 + AHEAD), _MM_HINT_T0);
@@ -164,23 +184,34 @@ static inline __attribute__((always_inline)) void int4_tile(const uint32_t *w, c
                 const __m256i lo = _mm256_and_si256(words, mask), hi = _mm256_and_si256(_mm256_srli_epi32(words, 4), mask);
                 for (int r = 0; r < R; r++) {
                     const int8_t *x = (const int8_t *)xq + r * K + b * QK + c * 8;
-                    sum[r] = _mm256_add_epi16(sum[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, quad(x)), _mm256_maddubs_epi16(hi, quad(x + 4))));
+#if VNNI256
+                    sum[c % chains][r] = DPBUSD(DPBUSD(sum[c % chains][r], lo, quad(x)), hi, quad(x + 4));
+#else
+                    sum[0][r] = _mm256_add_epi16(sum[0][r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, quad(x)), _mm256_maddubs_epi16(hi, quad(x + 4))));
+#endif
                 }
                 continue;
             }
-            const __m256i v0 = _mm256_and_si256(words, mask), v1 = _mm256_and_si256(_mm256_srli_epi32(words, 4), mask),
-                          v2 = _mm256_and_si256(_mm256_srli_epi32(words, 8), mask),
-                          v3 = _mm256_and_si256(_mm256_srli_epi32(words, 12), mask);
+            /* the top nibble of each int16 needs no mask */
+            const __m256i v[4] = {_mm256_and_si256(words, mask), _mm256_and_si256(_mm256_srli_epi32(words, 4), mask),
+                                  _mm256_and_si256(_mm256_srli_epi32(words, 8), mask), _mm256_srli_epi16(words, 12)};
             for (int r = 0; r < R; r++) {
                 const int16_t *x = (const int16_t *)xq + r * K + b * QK + c * 8;
-                const __m256i p = _mm256_add_epi32(_mm256_add_epi32(_mm256_madd_epi16(v0, pair(x)), _mm256_madd_epi16(v1, pair(x + 2))),
-                                                   _mm256_add_epi32(_mm256_madd_epi16(v2, pair(x + 4)), _mm256_madd_epi16(v3, pair(x + 6))));
-                sum[r] = _mm256_add_epi32(sum[r], p);
+#if VNNI256
+                for (int i = 0; i < 4; i++) sum[i % chains][r] = DPWSSD(sum[i % chains][r], v[i], pair(x + 2 * i));
+#else
+                sum[0][r] = _mm256_add_epi32(sum[0][r], _mm256_add_epi32(_mm256_add_epi32(_mm256_madd_epi16(v[0], pair(x)), _mm256_madd_epi16(v[1], pair(x + 2))),
+                                                                         _mm256_add_epi32(_mm256_madd_epi16(v[2], pair(x + 4)), _mm256_madd_epi16(v[3], pair(x + 6)))));
+#endif
             }
         }
         const __m256 scale = half8(t + (b / bpg) * 16);
         for (int r = 0; r < R; r++) {
-            const __m256i total = BITS == 8 ? _mm256_madd_epi16(sum[r], ones) : sum[r];
+            __m256i total = sum[0][r];
+            for (int i = 1; i < chains; i++) total = _mm256_add_epi32(total, sum[i][r]);
+#if !VNNI256
+            if (BITS == 8) total = _mm256_madd_epi16(sum[0][r], _mm256_set1_epi16(1));
+#endif
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(scale, _mm256_set1_ps(xd[r * nb + b])), acc[r]);
         }
     }
@@ -308,21 +339,33 @@ static inline __attribute__((always_inline)) void int8_tile(const int8_t *w, con
                                                            const float *xd, int64_t K, float *y, int64_t N, int64_t cols,
                                                            const int R) {
     const int64_t nb = K / QK;
+    const int chains = CHAINS(R);
     __m256 acc[ROWS];
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m256i sum[ROWS];
-        for (int r = 0; r < R; r++) sum[r] = _mm256_setzero_si256();
+        __m256i sum[4][ROWS];
+        for (int i = 0; i < chains; i++)
+            for (int r = 0; r < R; r++) sum[i][r] = _mm256_setzero_si256();
         for (int p = 0; p < QK / 2; p += 2) {  /* two input pairs of 8 rows: 32 bytes */
             const int8_t *wp = w + (b * QK + 2 * p) * 8;
             const __m256i v0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)wp)),
                           v1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(wp + 16)));
             for (int r = 0; r < R; r++) {
                 const int16_t *x = xq + r * K + b * QK + 2 * p;
-                sum[r] = _mm256_add_epi32(sum[r], _mm256_add_epi32(_mm256_madd_epi16(v0, pair(x)), _mm256_madd_epi16(v1, pair(x + 2))));
+#if VNNI256
+                const int i = p / 2 % (chains / 2) * 2;
+                sum[i][r] = DPWSSD(sum[i][r], v0, pair(x));
+                sum[i + 1][r] = DPWSSD(sum[i + 1][r], v1, pair(x + 2));
+#else
+                sum[0][r] = _mm256_add_epi32(sum[0][r], _mm256_add_epi32(_mm256_madd_epi16(v0, pair(x)), _mm256_madd_epi16(v1, pair(x + 2))));
+#endif
             }
         }
-        for (int r = 0; r < R; r++) acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[r]), _mm256_set1_ps(xd[r * nb + b]), acc[r]);
+        for (int r = 0; r < R; r++) {
+            __m256i total = sum[0][r];
+            for (int i = 1; i < chains; i++) total = _mm256_add_epi32(total, sum[i][r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_set1_ps(xd[r * nb + b]), acc[r]);
+        }
     }
     const __m256 s = _mm256_loadu_ps(scale);
     for (int r = 0; r < R; r++) store(y + r * N, _mm256_mul_ps(acc[r], s), cols);

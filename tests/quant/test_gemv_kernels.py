@@ -88,8 +88,9 @@ def test_the_tiled_layouts_give_back_what_was_packed():
 @needs_avx2
 @pytest.mark.parametrize("group_size", [32, 64, 96])
 def test_every_build_this_cpu_runs_gives_the_same_bits(group_size):
-    """The AVX-512 VNNI build (where this CPU has it) against the AVX2 build: integer sums are exact and each lane's
-    float steps the same, so the bits are equal."""
+    """The AVX-VNNI and AVX-512 VNNI builds (where this CPU has them) against the AVX2 build, at every count of rows
+    a tile takes at once (1-4, their sums chained differently): integer sums are exact and each lane's float steps the
+    same, so the bits are equal."""
     torch.manual_seed(group_size)
     linear = nn.Linear(192, 8 * 5 + 3)  # pairs of tiles, a lone full tile and a partial one
     x = torch.randn(9, 192)
@@ -98,7 +99,7 @@ def test_every_build_this_cpu_runs_gives_the_same_bits(group_size):
         for build in kernels.builds_here():
             kernels.use_build(build)
             layers = (Int4Linear(linear, group_size, kernel="avx2"), _w4a8(linear, group_size), Int8Linear(linear, kernel="avx2"))
-            outputs.append([layer(x) for layer in layers])
+            outputs.append([layer(x[:rows]) for layer in layers for rows in (1, 2, 3, 9)])
     finally:
         kernels.use_build(kernels.build_name())
     for other in outputs[1:]:

@@ -30,8 +30,8 @@ The one place where puyu decides by hardware.  Everything that picks a dtype
 - :func:`cpu_features` / :func:`describe_machine` — the CPU's relevant flags,
   read through PyTorch's cpuinfo (cross-platform), for kernels, logs and
   benchmark headers; AVX-VNNI, which PyTorch does not report, from Linux's
-  /proc/cpuinfo (the Intel client CPUs that have it run Linux or Windows, where
-  puyu's kernels need a C compiler anyway; no Intel Mac has it).
+  /proc/cpuinfo (elsewhere it reads as absent and the AVX2 kernel build runs;
+  no Intel Mac has it).
 
 Tests fake the flags by monkeypatching :func:`cpu_features`.
 """
@@ -174,8 +174,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, flag: s
         if device.type == "cuda":
             return torch.bfloat16 if native_bf16(device) else torch.float16
         if quantized:
-            log.info("dtype auto -> float32: quantized layers compute in bf16 inside PyTorch's packed kernels either way, "
-                     "and the rest in float32 is as fast (measured) and exact")
+            log.info("dtype auto -> float32: quantized layers compute in their own integer kernels either way, and the "
+                     "rest in float32 is as fast (measured) and keeps batched decoding exact")
             return torch.float32
         chosen = torch.bfloat16 if native_bf16(device) else torch.float32
         log.info(f"dtype auto -> {str(chosen).removeprefix('torch.')}: {_bf16_reason(device)}")

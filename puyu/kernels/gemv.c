@@ -210,7 +210,7 @@ static inline __attribute__((always_inline)) void int4_tile(const uint32_t *w, c
             __m256i total = sum[0][r];
             for (int i = 1; i < chains; i++) total = _mm256_add_epi32(total, sum[i][r]);
 #if !VNNI256
-            if (BITS == 8) total = _mm256_madd_epi16(sum[0][r], _mm256_set1_epi16(1));
+            if (BITS == 8) total = _mm256_madd_epi16(total, _mm256_set1_epi16(1));  /* int16 sums, widened */
 #endif
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(scale, _mm256_set1_ps(xd[r * nb + b])), acc[r]);
         }

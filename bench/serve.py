@@ -19,7 +19,7 @@ of the same setting (the target: within 10%; below, the server path loses speed 
 
     python bench/serve.py [--concurrency 1,8,32] [--max-tokens 128] [--quant w4a16,w4a8] [--no-compile]
                           [--llama-server /path/to/llama-server] [--llama-python /path/to/venv/bin/python]
-                          [--skip-decode] [--skip-http] [--skip-transformers]
+                          [--skip-decode] [--skip-http] [--skip-transformers] [--repeat 3]
 
 The strongest peer is llama.cpp's own ``llama-server`` (``-t 2 -np 8 -cb``), built
 from the llama.cpp sources that llama-cpp-python's sdist vendors (PyPI is reachable,
@@ -78,6 +78,40 @@ def bandwidth_gbs() -> float:
     return 2 * a.numel() * 4 / best / 1e9
 
 
+def two_thread_scaling() -> float | None:
+    """Speed of puyu's int4 product (8 rows, the built-in model's MLP shape) on 2 threads over 1 (None without the
+    kernels).  About 2 where the two vCPUs are cores of their own; near 1.4 where they share one core's vector ports
+    (hyperthreads of one core, as a KVM host may hand out), which slows port-bound integer products most."""
+    from puyu.kernels import gemv
+    from puyu.kernels.build import available
+
+    if not available():
+        return None
+    codes, table = gemv.pack_int4(torch.randint(0, 16, (3072, 576)), torch.full((3072, 18), 0.01), torch.zeros(3072, 18))
+    x = torch.randn(8, 576)
+    threads = torch.get_num_threads()
+    best = {}
+    try:
+        for n in (1, 2, 1, 2):
+            torch.set_num_threads(n)
+            best[n] = min(best.get(n, float("inf")), min(_timed(lambda: gemv.int4_matmul(x, codes, table, 32, 3072)) for _ in range(50)))
+    finally:
+        torch.set_num_threads(threads)
+    return best[1] / best[2]
+
+
+def machine_state() -> str:
+    """The benchmark's header: CPU flags, the kernel build, and how the machine performs right now (copy bandwidth,
+    two-thread scaling): figures from one box differ with both, so each run records them."""
+    from puyu.hardware import describe_machine
+    from puyu.kernels.build import available, build_name
+
+    scaling = two_thread_scaling()
+    return (f"{describe_machine()}, puyu's kernel build {build_name() if available() else 'none'}\n"
+            f"now: copy bandwidth {bandwidth_gbs():.1f} GB/s, int4 product on 2 threads "
+            f"{f'{scaling:.2f}x' if scaling else 'n/a'} of 1 thread")
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -118,10 +152,6 @@ def decode_part(tokens: int, llama_python: str | None, compiled: list[str], max_
     from puyu.quant.weight_only import resolve_kernel
 
     bw = bandwidth_gbs()
-    from puyu.hardware import describe_machine
-    from puyu.kernels.build import build_name
-
-    print(f"\n{describe_machine()}, puyu's kernel build {build_name()}\nmeasured copy bandwidth: {bw:.1f} GB/s")
     print(f"{'setting':18} {'tok/s':>8} {'MB/token':>9} {'bound tok/s':>12} {'of bound':>9}")
     rates = {}
     # The quantized settings load as `puyu serve --quant` does (dtype auto): the server check below compares like with like.
@@ -269,12 +299,14 @@ def transformers_static(questions: list[str], batch: int, max_tokens: int) -> di
 
 
 def http_part(levels: list[int], max_tokens: int, quants: list[str], compile: bool, llama_python: str | None,
-              in_process: dict[str, float], llama_server: str | None = None, transformers: bool = True) -> None:
-    """Part 2; ``in_process`` holds part 1's single-stream tok/s of the served settings, to check the server path against."""
+              in_process: dict[str, float], llama_server: str | None = None, transformers: bool = True,
+              repeat: int = 1) -> None:
+    """Part 2; ``in_process`` holds part 1's single-stream tok/s of the served settings, to check the server path against.
+    Each level runs ``repeat`` rounds of every server back to back; the table shows each figure's median over the rounds,
+    the ratios each round's (ours / peer within one round, minutes apart) and their median."""
     from puyu.model.registry import resolve
 
     gguf = str(resolve("smollm2-135m-instruct"))
-    results: dict[str, dict[int, dict[str, float]]] = {}
     ours = [f"puyu ({quant})" for quant in quants]
     servers = {name: lambda port, quant=quant: [sys.executable, "-m", "puyu", "serve", "smollm2-135m-instruct", "--port", str(port),
                                                 "--quant", quant, "--served-model-name", "smol",
@@ -287,11 +319,16 @@ def http_part(levels: list[int], max_tokens: int, quants: list[str], compile: bo
         servers["llama-cpp-python server"] = lambda port: [llama_python, "-m", "llama_cpp.server", "--model", gguf, "--n_threads", "2",
                                                            "--n_ctx", "8192", "--port", str(port), "--interrupt_requests", "False",
                                                            "--model_alias", "smol"]
+    rounds: dict[str, dict[int, list[dict[str, float]]]] = {}
     for c in levels:  # level by level, the servers back to back: this class of machine drifts by 30% in minutes
-        for name, command in servers.items():
-            results.setdefault(name, {})[c] = fresh_server_load(command, c, max_tokens)
+        for _ in range(repeat):
+            for name, command in servers.items():
+                rounds.setdefault(name, {}).setdefault(c, []).append(fresh_server_load(command, c, max_tokens))
     if transformers:
-        results["transformers static batch"] = {c: transformers_static(prompts(max(2 * c, 8)), c, max_tokens) for c in levels}
+        rounds["transformers static batch"] = {c: [transformers_static(prompts(max(2 * c, 8)), c, max_tokens)] * repeat
+                                               for c in levels}
+    results = {name: {c: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for c, runs in by_level.items()}
+               for name, by_level in rounds.items()}
 
     print(f"\n{'server':28} {'conc':>4} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}")
     for name, by_level in results.items():
@@ -306,10 +343,13 @@ def http_part(levels: list[int], max_tokens: int, quants: list[str], compile: bo
             ratio = results[name][1]["tok/s"] / in_process[f"{served} workload"]
             verdict = "ok" if ratio >= 0.9 else "SERVER PATH MORE THAN 10% SLOWER THAN IN-PROCESS"
             print(f"server c=1 / in-process single stream ({served}): {ratio:.2f} ({verdict})")
-    for name, by_level in results.items():
+    for name, by_level in rounds.items():
         for mine in ours if name not in ours else []:
-            ratios = ", ".join(f"c={c}: {results[mine][c]['tok/s'] / r['tok/s']:.2f}" for c, r in by_level.items())
-            print(f"throughput ratio {mine} / {name}: {ratios}")
+            def ratio(c: int, runs: list[dict[str, float]], mine=mine) -> str:
+                each = [ours_run["tok/s"] / peer["tok/s"] for ours_run, peer in zip(rounds[mine][c], runs)]
+                rounds_text = f" ({', '.join(f'{x:.2f}' for x in each)})" if len(each) > 1 else ""
+                return f"c={c}: {statistics.median(each):.2f}{rounds_text}"
+            print(f"throughput ratio {mine} / {name}: {', '.join(ratio(c, runs) for c, runs in by_level.items())}")
 
 
 def main() -> None:
@@ -324,14 +364,16 @@ def main() -> None:
     parser.add_argument("--skip-decode", action="store_true")
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--skip-transformers", action="store_true", help="part 2 without transformers' static batches")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every server per level (medians and each round's ratio)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    print(machine_state())
     quants = args.quant.split(",")
     compiled = quants if args.compile else []
     rates = decode_part(args.decode_tokens, args.llama_python, compiled, args.max_tokens) if not args.skip_decode else {}
     if not args.skip_http:
         http_part([int(c) for c in args.concurrency.split(",")], args.max_tokens, quants, args.compile, args.llama_python,
-                  rates, args.llama_server, not args.skip_transformers)
+                  rates, args.llama_server, not args.skip_transformers, args.repeat)
 
 
 if __name__ == "__main__":

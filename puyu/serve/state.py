@@ -81,6 +81,7 @@ class ServerState:
         return self.tokenizer.decode([token], skip_special_tokens=False)
 
 
-def server_state(request: Request) -> ServerState:
-    """FastAPI dependency: the :class:`ServerState` of the app serving ``request``."""
+async def server_state(request: Request) -> ServerState:
+    """FastAPI dependency: the :class:`ServerState` of the app serving ``request`` (async: FastAPI runs a plain
+    function dependency in its thread pool, a thread hop per request and a pool of idle threads under load)."""
     return request.app.state.server

@@ -80,8 +80,8 @@ def bandwidth_gbs() -> float:
 
 def two_thread_scaling() -> float | None:
     """Speed of puyu's int4 product (8 rows, the built-in model's MLP shape) on 2 threads over 1 (None without the
-    kernels).  About 2 where the two vCPUs are cores of their own; near 1.4 where they share one core's vector ports
-    (hyperthreads of one core, as a KVM host may hand out), which slows port-bound integer products most."""
+    kernels).  About 2 where the two vCPUs are cores of their own; well below where they share one core's vector
+    ports (hyperthreads of one core, as a KVM host may hand out), which slows port-bound integer products most."""
     from puyu.kernels import gemv
     from puyu.kernels.build import available
 
@@ -90,25 +90,25 @@ def two_thread_scaling() -> float | None:
     codes, table = gemv.pack_int4(torch.randint(0, 16, (3072, 576)), torch.full((3072, 18), 0.01), torch.zeros(3072, 18))
     x = torch.randn(8, 576)
     threads = torch.get_num_threads()
-    best = {}
+    best = {1: float("inf"), 2: float("inf")}
     try:
-        for n in (1, 2, 1, 2):
+        for n in (1, 2, 1, 2):  # alternated: the machine drifts
             torch.set_num_threads(n)
-            best[n] = min(best.get(n, float("inf")), min(_timed(lambda: gemv.int4_matmul(x, codes, table, 32, 3072)) for _ in range(50)))
+            best[n] = min(best[n], *(_timed(lambda: gemv.int4_matmul(x, codes, table, 32, 3072)) for _ in range(50)))
     finally:
         torch.set_num_threads(threads)
     return best[1] / best[2]
 
 
-def machine_state() -> str:
-    """The benchmark's header: CPU flags, the kernel build, and how the machine performs right now (copy bandwidth,
-    two-thread scaling): figures from one box differ with both, so each run records them."""
+def machine_state(bandwidth: float) -> str:
+    """The benchmark's header: CPU flags, the kernel build, and how the machine performs right now (copy ``bandwidth``
+    in GB/s, two-thread scaling): figures from one box differ with both, so each run records them."""
     from puyu.hardware import describe_machine
     from puyu.kernels.build import available, build_name
 
     scaling = two_thread_scaling()
     return (f"{describe_machine()}, puyu's kernel build {build_name() if available() else 'none'}\n"
-            f"now: copy bandwidth {bandwidth_gbs():.1f} GB/s, int4 product on 2 threads "
+            f"now: copy bandwidth {bandwidth:.1f} GB/s, int4 product on 2 threads "
             f"{f'{scaling:.2f}x' if scaling else 'n/a'} of 1 thread")
 
 
@@ -142,16 +142,15 @@ def single_stream_workload(engine, tokenizer, max_tokens: int) -> float:
     return total / (time.perf_counter() - began)
 
 
-def decode_part(tokens: int, llama_python: str | None, compiled: list[str], max_tokens: int) -> dict[str, float]:
-    """Part 1; returns the in-process tok/s of each setting (``compiled``: the quantizations also run compiled, and
-    part 2's single-stream workload too, ``"<setting> workload"``)."""
+def decode_part(tokens: int, llama_python: str | None, compiled: list[str], max_tokens: int, bw: float) -> dict[str, float]:
+    """Part 1 (``bw``: the measured copy bandwidth, GB/s); returns the in-process tok/s of each setting (``compiled``:
+    the quantizations also run compiled, and part 2's single-stream workload too, ``"<setting> workload"``)."""
     from puyu.engine import EngineConfig, LLMEngine
     from puyu.generation import SamplingParams
     from puyu.model import load_model
     from puyu.model.registry import resolve
     from puyu.quant.weight_only import resolve_kernel
 
-    bw = bandwidth_gbs()
     print(f"{'setting':18} {'tok/s':>8} {'MB/token':>9} {'bound tok/s':>12} {'of bound':>9}")
     rates = {}
     # The quantized settings load as `puyu serve --quant` does (dtype auto): the server check below compares like with like.
@@ -345,11 +344,14 @@ def http_part(levels: list[int], max_tokens: int, quants: list[str], compile: bo
             print(f"server c=1 / in-process single stream ({served}): {ratio:.2f} ({verdict})")
     for name, by_level in rounds.items():
         for mine in ours if name not in ours else []:
-            def ratio(c: int, runs: list[dict[str, float]], mine=mine) -> str:
-                each = [ours_run["tok/s"] / peer["tok/s"] for ours_run, peer in zip(rounds[mine][c], runs)]
-                rounds_text = f" ({', '.join(f'{x:.2f}' for x in each)})" if len(each) > 1 else ""
-                return f"c={c}: {statistics.median(each):.2f}{rounds_text}"
-            print(f"throughput ratio {mine} / {name}: {', '.join(ratio(c, runs) for c, runs in by_level.items())}")
+            text = ", ".join(f"c={c}: {_ratios(rounds[mine][c], runs)}" for c, runs in by_level.items())
+            print(f"throughput ratio {mine} / {name}: {text}")
+
+
+def _ratios(ours: list[dict[str, float]], peer: list[dict[str, float]]) -> str:
+    """The median of each round's output tok/s ratio, and the rounds' ratios when more than one."""
+    each = [a["tok/s"] / b["tok/s"] for a, b in zip(ours, peer)]
+    return f"{statistics.median(each):.2f}" + (f" ({', '.join(f'{x:.2f}' for x in each)})" if len(each) > 1 else "")
 
 
 def main() -> None:
@@ -367,10 +369,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="rounds of every server per level (medians and each round's ratio)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    print(machine_state())
+    bw = bandwidth_gbs()
+    print(machine_state(bw))
     quants = args.quant.split(",")
     compiled = quants if args.compile else []
-    rates = decode_part(args.decode_tokens, args.llama_python, compiled, args.max_tokens) if not args.skip_decode else {}
+    rates = decode_part(args.decode_tokens, args.llama_python, compiled, args.max_tokens, bw) if not args.skip_decode else {}
     if not args.skip_http:
         http_part([int(c) for c in args.concurrency.split(",")], args.max_tokens, quants, args.compile, args.llama_python,
                   rates, args.llama_server, not args.skip_transformers, args.repeat)

@@ -19,7 +19,7 @@ of the same setting (the target: within 10%; below, the server path loses speed 
 
     python bench/serve.py [--concurrency 1,8,32] [--max-tokens 128] [--quant w4a16,w4a8] [--no-compile]
                           [--llama-server /path/to/llama-server] [--llama-python /path/to/venv/bin/python]
-                          [--skip-decode] [--skip-http] [--skip-transformers] [--repeat 3]
+                          [--skip-decode] [--skip-http] [--skip-transformers] [--repeats 3]
 
 The strongest peer is llama.cpp's own ``llama-server`` (``-t 2 -np 8 -cb``), built
 from the llama.cpp sources that llama-cpp-python's sdist vendors (PyPI is reachable,
@@ -299,9 +299,9 @@ def transformers_static(questions: list[str], batch: int, max_tokens: int) -> di
 
 def http_part(levels: list[int], max_tokens: int, quants: list[str], compile: bool, llama_python: str | None,
               in_process: dict[str, float], llama_server: str | None = None, transformers: bool = True,
-              repeat: int = 1) -> None:
+              repeats: int = 1) -> None:
     """Part 2; ``in_process`` holds part 1's single-stream tok/s of the served settings, to check the server path against.
-    Each level runs ``repeat`` rounds of every server back to back; the table shows each figure's median over the rounds,
+    Each level runs ``repeats`` rounds of every server back to back; the table shows each figure's median over the rounds,
     the ratios each round's (ours / peer within one round, minutes apart) and their median."""
     from puyu.model.registry import resolve
 
@@ -320,11 +320,11 @@ def http_part(levels: list[int], max_tokens: int, quants: list[str], compile: bo
                                                            "--model_alias", "smol"]
     rounds: dict[str, dict[int, list[dict[str, float]]]] = {}
     for c in levels:  # level by level, the servers back to back: this class of machine drifts by 30% in minutes
-        for _ in range(repeat):
+        for _ in range(repeats):
             for name, command in servers.items():
                 rounds.setdefault(name, {}).setdefault(c, []).append(fresh_server_load(command, c, max_tokens))
     if transformers:
-        rounds["transformers static batch"] = {c: [transformers_static(prompts(max(2 * c, 8)), c, max_tokens)] * repeat
+        rounds["transformers static batch"] = {c: [transformers_static(prompts(max(2 * c, 8)), c, max_tokens)] * repeats
                                                for c in levels}
     results = {name: {c: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for c, runs in by_level.items()}
                for name, by_level in rounds.items()}
@@ -366,7 +366,7 @@ def main() -> None:
     parser.add_argument("--skip-decode", action="store_true")
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--skip-transformers", action="store_true", help="part 2 without transformers' static batches")
-    parser.add_argument("--repeat", type=int, default=1, help="rounds of every server per level (medians and each round's ratio)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of every server per level (medians and each round's ratio)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     bw = bandwidth_gbs()
@@ -376,7 +376,7 @@ def main() -> None:
     rates = decode_part(args.decode_tokens, args.llama_python, compiled, args.max_tokens, bw) if not args.skip_decode else {}
     if not args.skip_http:
         http_part([int(c) for c in args.concurrency.split(",")], args.max_tokens, quants, args.compile, args.llama_python,
-                  rates, args.llama_server, not args.skip_transformers, args.repeat)
+                  rates, args.llama_server, not args.skip_transformers, args.repeats)
 
 
 if __name__ == "__main__":

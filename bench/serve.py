@@ -14,8 +14,9 @@ output tokens/s, time to first token and inter-token latency p50/p99, for
 1.0 to match), plus transformers ``generate`` with static batches of the same
 size in-process.  ``puyu serve`` runs each ``--quant`` (default w4a16, and w4a8: llama.cpp's Q4_1 x Q8_1 scheme, what
 llama-server computes with the Q4_1 GGUF) with ``--compile`` unless ``--no-compile``.
-Prints ratios ours / peer, and the server's single stream over the same requests run in-process on part 1's engine
-of the same setting (the target: within 10%; below, the server path loses speed it should not).
+Prints ratios ours / peer, and the server's figures over the same load run in-process (the same requests, as many at a
+time, on a fresh engine of the same setting driven from the main thread as ``puyu serve`` drives it; the target: within
+10%; below, the server path loses speed it should not).
 
     python bench/serve.py [--concurrency 1,8,32] [--max-tokens 128] [--quant w4a16,w4a8] [--no-compile]
                           [--llama-server /path/to/llama-server] [--llama-python /path/to/venv/bin/python]
@@ -129,22 +130,8 @@ def weight_bytes_per_token(model) -> int:
     return total
 
 
-def single_stream_workload(engine, tokenizer, max_tokens: int) -> float:
-    """Output tok/s of part 2's concurrency-1 requests (the same prompts, template and limits) run one after another on
-    ``engine`` in this process: what the server adds on top of the engine is the gap to the server's figure."""
-    from puyu.generation import SamplingParams
-
-    params = SamplingParams(max_new_tokens=max_tokens, temperature=0)
-    ids = [tokenizer.render([{"role": "user", "content": q}], add_generation_prompt=True).ids for q in prompts(8)]
-    began, total = time.perf_counter(), 0
-    for prompt in ids:
-        total += len(engine.generate([prompt], params)[0].token_ids)
-    return total / (time.perf_counter() - began)
-
-
-def decode_part(tokens: int, llama_python: str | None, compiled: list[str], max_tokens: int, bw: float) -> dict[str, float]:
-    """Part 1 (``bw``: the measured copy bandwidth, GB/s); returns the in-process tok/s of each setting (``compiled``:
-    the quantizations also run compiled, and part 2's single-stream workload too, ``"<setting> workload"``)."""
+def decode_part(tokens: int, llama_python: str | None, compiled: list[str], bw: float) -> None:
+    """Part 1 (``bw``: the measured copy bandwidth, GB/s; ``compiled``: the quantizations also run compiled)."""
     from puyu.engine import EngineConfig, LLMEngine
     from puyu.generation import SamplingParams
     from puyu.model import load_model
@@ -174,9 +161,6 @@ def decode_part(tokens: int, llama_python: str | None, compiled: list[str], max_
         bound = bw * 1e9 / per_token
         rates[name] = rate
         print(f"{name:18} {rate:8.1f} {per_token / 1e6:9.1f} {bound:12.1f} {rate / bound:9.2f}   ({str(model.dtype)[6:]})")
-        if compile:  # part 2's single-stream workload, in-process: the server check's reference
-            rates[f"{name} workload"] = single_stream_workload(engine, tokenizer, max_tokens)
-            print(f"  (part 2's single-stream requests in-process: {rates[f'{name} workload']:.1f} tok/s)")
         engine.shutdown()
     if llama_python:
         code = (
@@ -192,7 +176,6 @@ def decode_part(tokens: int, llama_python: str | None, compiled: list[str], max_
         peer = float(out.stdout.strip().splitlines()[-1])
         print(f"{'llama-cpp-python':18} {peer:8.1f}   (Q4_1 GGUF)")
         print("ratio to llama-cpp-python: " + ", ".join(f"{name} {rate / peer:.2f}" for name, rate in rates.items()))
-    return rates
 
 
 def free_port() -> int:
@@ -254,8 +237,65 @@ async def load(url: str, model: str, questions: list[str], concurrency: int, max
         began = time.perf_counter()
         await asyncio.gather(*(one(http, q) for q in questions))
         wall = time.perf_counter() - began
+    return _summary(sum(tokens), wall, ttfts, itls)
+
+
+def _summary(tokens: int, wall: float, ttfts: list[float], itls: list[float]) -> dict[str, float]:
     q = lambda xs, p: statistics.quantiles(xs, n=100)[p - 1] if len(xs) > 1 else (xs[0] if xs else 0.0)  # noqa: E731
-    return {"tok/s": sum(tokens) / wall, "ttft p50": q(ttfts, 50), "ttft p99": q(ttfts, 99), "itl p50": q(itls, 50), "itl p99": q(itls, 99)}
+    return {"tok/s": tokens / wall, "ttft p50": q(ttfts, 50), "ttft p99": q(ttfts, 99), "itl p50": q(itls, 50), "itl p99": q(itls, 99)}
+
+
+def closed_loop(quant: str, compile: bool, concurrency: int, max_tokens: int) -> dict[str, float]:
+    """Part 2's load without HTTP: the same requests, ``concurrency`` at a time (the next one submitted as one finishes),
+    on a fresh engine (as ``puyu serve --quant quant`` loads it) driven from the main thread as ``puyu serve`` drives it.
+    The server's figures over these are what the HTTP path costs under load.  Run in a subprocess of its own."""
+    import threading
+
+    from puyu.engine import EngineConfig, LLMEngine
+    from puyu.generation import SamplingParams
+    from puyu.model import load_model
+
+    torch.set_num_threads(2)
+    model, tokenizer = load_model("smollm2-135m-instruct", dtype="auto", device="cpu", quantized=quant != "none")
+    engine = LLMEngine(model, tokenizer, EngineConfig(quant=quant, compile=compile))
+    params = SamplingParams(max_new_tokens=max_tokens, temperature=0)
+    queue = [tokenizer.render([{"role": "user", "content": q}], add_generation_prompt=True).ids
+             for q in prompts(max(2 * concurrency, 8))][::-1]
+    ttfts, itls, tokens, open_requests, done, lock = [], [], [0], [0], threading.Event(), threading.Lock()
+
+    def submit() -> None:  # from the client thread at first, then from the engine's (where sinks run); under `lock`
+        open_requests[0] += 1
+        started, last = time.perf_counter(), [None]
+
+        def sink(event) -> None:
+            now = time.perf_counter()
+            if event.delta is not None and event.delta.text:
+                if last[0] is None:
+                    ttfts.append(now - started)
+                else:
+                    itls.append(now - last[0])
+                last[0] = now
+            if event.finished:
+                with lock:
+                    tokens[0] += event.completion_tokens
+                    open_requests[0] -= 1
+                    if queue:
+                        submit()
+                    elif not open_requests[0]:
+                        done.set()
+
+        engine.submit(queue.pop(), params, sink)
+
+    def client() -> None:
+        with lock:
+            for _ in range(min(concurrency, len(queue))):
+                submit()
+        done.wait()
+        engine.shutdown()
+
+    began = time.perf_counter()
+    engine.run(ready=threading.Thread(target=client).start)
+    return _summary(tokens[0], time.perf_counter() - began, ttfts, itls)
 
 
 def fresh_server_load(command, concurrency: int, max_tokens: int) -> dict[str, float]:
@@ -267,6 +307,15 @@ def fresh_server_load(command, concurrency: int, max_tokens: int) -> dict[str, f
     finally:
         proc.terminate()
         proc.wait(60)
+
+
+def in_process_load(quant: str, compile: bool, concurrency: int, max_tokens: int) -> dict[str, float]:
+    """:func:`closed_loop` in a fresh process, as each server level gets a fresh server."""
+    spec = json.dumps([quant, compile, concurrency, max_tokens])
+    out = subprocess.run([sys.executable, __file__, "--closed-loop", spec], capture_output=True, text=True, timeout=1800)
+    if out.returncode:
+        raise RuntimeError(f"the in-process load failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def transformers_static(questions: list[str], batch: int, max_tokens: int) -> dict[str, float]:
@@ -298,11 +347,11 @@ def transformers_static(questions: list[str], batch: int, max_tokens: int) -> di
 
 
 def http_part(levels: list[int], max_tokens: int, quants: list[str], compile: bool, llama_python: str | None,
-              in_process: dict[str, float], llama_server: str | None = None, transformers: bool = True,
+              llama_server: str | None = None, transformers: bool = True,
               repeats: int = 1) -> None:
-    """Part 2; ``in_process`` holds part 1's single-stream tok/s of the served settings, to check the server path against.
-    Each level runs ``repeats`` rounds of every server back to back; the table shows each figure's median over the rounds,
-    the ratios each round's (ours / peer within one round, minutes apart) and their median."""
+    """Part 2.  Each level runs ``repeats`` rounds of every server (and of each served setting's load in-process, the
+    check of the server path) back to back; the table shows each figure's median over the rounds, the ratios each
+    round's (ours / peer within one round, minutes apart) and their median."""
     from puyu.model.registry import resolve
 
     gguf = str(resolve("smollm2-135m-instruct"))
@@ -318,11 +367,14 @@ def http_part(levels: list[int], max_tokens: int, quants: list[str], compile: bo
         servers["llama-cpp-python server"] = lambda port: [llama_python, "-m", "llama_cpp.server", "--model", gguf, "--n_threads", "2",
                                                            "--n_ctx", "8192", "--port", str(port), "--interrupt_requests", "False",
                                                            "--model_alias", "smol"]
+    runs = {name: lambda c, command=command: fresh_server_load(command, c, max_tokens) for name, command in servers.items()}
+    for quant in quants:  # the same load on the same engine without HTTP, in a fresh process of its own
+        runs[f"in-process ({quant})"] = lambda c, quant=quant: in_process_load(quant, compile, c, max_tokens)
     rounds: dict[str, dict[int, list[dict[str, float]]]] = {}
     for c in levels:  # level by level, the servers back to back: this class of machine drifts by 30% in minutes
         for _ in range(repeats):
-            for name, command in servers.items():
-                rounds.setdefault(name, {}).setdefault(c, []).append(fresh_server_load(command, c, max_tokens))
+            for name, run in runs.items():
+                rounds.setdefault(name, {}).setdefault(c, []).append(run(c))
     if transformers:
         rounds["transformers static batch"] = {c: [transformers_static(prompts(max(2 * c, 8)), c, max_tokens)] * repeats
                                                for c in levels}
@@ -335,15 +387,16 @@ def http_part(levels: list[int], max_tokens: int, quants: list[str], compile: bo
             print(f"{name:28} {c:4d} {r['tok/s']:8.1f} {r['ttft p50']:9.2f} {r['ttft p99']:9.2f} "
                   f"{r.get('itl p50', float('nan')):8.3f} {r.get('itl p99', float('nan')):8.3f}")
     for name, quant in zip(ours, quants):
-        served = f"{quant} + compile" if compile else quant
-        if f"{served} workload" in in_process and 1 in results[name]:
-            # The same requests in-process (part 1): the target is within 10%; far below that, the server path
-            # (threads, HTTP, cache size) costs something it should not.
-            ratio = results[name][1]["tok/s"] / in_process[f"{served} workload"]
-            verdict = "ok" if ratio >= 0.9 else "SERVER PATH MORE THAN 10% SLOWER THAN IN-PROCESS"
-            print(f"server c=1 / in-process single stream ({served}): {ratio:.2f} ({verdict})")
+        # The same requests on the same engine without HTTP: the target is within 10%; far below that, the server path
+        # (threads, HTTP, cache size) costs something it should not.
+        alone = rounds[f"in-process ({quant})"]
+        slow = [c for c, level in rounds[name].items()
+                if statistics.median(a["tok/s"] / b["tok/s"] for a, b in zip(level, alone[c])) < 0.9]
+        verdict = f"SERVER PATH MORE THAN 10% SLOWER THAN IN-PROCESS at c={', '.join(map(str, slow))}" if slow else "ok"
+        text = ", ".join(f"c={c}: {_ratios(level, alone[c])}" for c, level in rounds[name].items())
+        print(f"server / in-process, the same load ({quant}): {text} ({verdict})")
     for name, by_level in rounds.items():
-        for mine in ours if name not in ours else []:
+        for mine in ours if name not in ours and not name.startswith("in-process") else []:
             text = ", ".join(f"c={c}: {_ratios(rounds[mine][c], runs)}" for c, runs in by_level.items())
             print(f"throughput ratio {mine} / {name}: {text}")
 
@@ -367,16 +420,21 @@ def main() -> None:
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--skip-transformers", action="store_true", help="part 2 without transformers' static batches")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of every server per level (medians and each round's ratio)")
+    parser.add_argument("--closed-loop", help=argparse.SUPPRESS)  # internal: one in-process load (see in_process_load)
     args = parser.parse_args()
+    if args.closed_loop:
+        print(json.dumps(closed_loop(*json.loads(args.closed_loop))))
+        return
     torch.set_num_threads(2)
     bw = bandwidth_gbs()
     print(machine_state(bw))
     quants = args.quant.split(",")
     compiled = quants if args.compile else []
-    rates = decode_part(args.decode_tokens, args.llama_python, compiled, args.max_tokens, bw) if not args.skip_decode else {}
+    if not args.skip_decode:
+        decode_part(args.decode_tokens, args.llama_python, compiled, bw)
     if not args.skip_http:
         http_part([int(c) for c in args.concurrency.split(",")], args.max_tokens, quants, args.compile, args.llama_python,
-                  rates, args.llama_server, not args.skip_transformers, args.repeats)
+                  args.llama_server, not args.skip_transformers, args.repeats)
 
 
 if __name__ == "__main__":

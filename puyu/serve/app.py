@@ -17,7 +17,8 @@ import asyncio
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from puyu.engine import LLMEngine
 from puyu.errors import ConfigError
@@ -26,6 +27,27 @@ from puyu.serve import chat, completions, embeddings, info
 from puyu.serve.errors import OpenAIError, add_error_handlers, error_response
 from puyu.serve.metrics import ServerMetrics
 from puyu.serve.state import ServerState
+
+
+class APIKeyGuard:
+    """Answers a ``/v1`` request without ``Authorization: Bearer <api_key>`` with a 401, passes the rest on untouched.
+
+    A plain ASGI middleware: Starlette's ``@app.middleware("http")`` (BaseHTTPMiddleware) relays every chunk of a
+    streamed response through a memory stream and a second task, work on the HTTP thread for every token of every
+    stream, which on a 2-core machine takes CPU from the engine's compute threads."""
+
+    def __init__(self, app: ASGIApp, api_key: str):
+        self.app, self.expected = app, f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1") and scope["method"] != "OPTIONS":
+            given = next((value for name, value in scope["headers"] if name == b"authorization"), None)
+            if given != self.expected:
+                response = error_response(OpenAIError(401, "Incorrect or missing API key; send 'Authorization: Bearer <key>'",
+                                                      code="invalid_api_key"))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(engine: LLMEngine, served_name: str, api_key: str | None = None, cors_origins: list[str] | None = None,
@@ -48,14 +70,8 @@ def create_app(engine: LLMEngine, served_name: str, api_key: str | None = None, 
 
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"])
 
-    @app.middleware("http")
-    async def check_api_key(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1") and request.method != "OPTIONS":
-            if request.headers.get("authorization") != f"Bearer {api_key}":
-                return error_response(OpenAIError(401, "Incorrect or missing API key; send 'Authorization: Bearer <key>'",
-                                                  code="invalid_api_key"))
-        return await call_next(request)
-
+    if api_key:
+        app.add_middleware(APIKeyGuard, api_key=api_key)
     add_error_handlers(app)
     for module in (info, chat, completions, embeddings):
         app.include_router(module.router)

@@ -88,6 +88,10 @@ def test_invalid_json_and_auth(server):
     assert bad.status_code == 400 and "error" in bad.json()
     missing = httpx.get(f"{server.url}/models")
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
+    wrong = httpx.get(f"{server.url}/models", headers={"Authorization": f"Bearer {API_KEY}x"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"{server.url}/models", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+    assert httpx.get(f"{server.base}/health").status_code == 200  # outside /v1: no key needed
 
 
 def test_32_concurrent_streams_match_sequential_and_free_every_block(server):

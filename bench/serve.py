@@ -261,27 +261,30 @@ def closed_loop(quant: str, compile: bool, concurrency: int, max_tokens: int) ->
     params = SamplingParams(max_new_tokens=max_tokens, temperature=0)
     queue = [tokenizer.render([{"role": "user", "content": q}], add_generation_prompt=True).ids
              for q in prompts(max(2 * concurrency, 8))][::-1]
-    ttfts, itls, tokens, open_requests, done, lock = [], [], [0], [0], threading.Event(), threading.Lock()
+    ttfts, itls, done, lock = [], [], threading.Event(), threading.Lock()
+    tokens = open_requests = 0
 
     def submit() -> None:  # from the client thread at first, then from the engine's (where sinks run); under `lock`
-        open_requests[0] += 1
-        started, last = time.perf_counter(), [None]
+        nonlocal open_requests
+        open_requests += 1
+        started, last = time.perf_counter(), None
 
         def sink(event) -> None:
+            nonlocal last, tokens, open_requests
             now = time.perf_counter()
             if event.delta is not None and event.delta.text:
-                if last[0] is None:
+                if last is None:
                     ttfts.append(now - started)
                 else:
-                    itls.append(now - last[0])
-                last[0] = now
+                    itls.append(now - last)
+                last = now
             if event.finished:
                 with lock:
-                    tokens[0] += event.completion_tokens
-                    open_requests[0] -= 1
+                    tokens += event.completion_tokens
+                    open_requests -= 1
                     if queue:
                         submit()
-                    elif not open_requests[0]:
+                    elif not open_requests:
                         done.set()
 
         engine.submit(queue.pop(), params, sink)
@@ -295,7 +298,7 @@ def closed_loop(quant: str, compile: bool, concurrency: int, max_tokens: int) ->
 
     began = time.perf_counter()
     engine.run(ready=threading.Thread(target=client).start)
-    return _summary(tokens[0], time.perf_counter() - began, ttfts, itls)
+    return _summary(tokens, time.perf_counter() - began, ttfts, itls)
 
 
 def fresh_server_load(command, concurrency: int, max_tokens: int) -> dict[str, float]:
